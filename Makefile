@@ -4,12 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test venv clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "flanscale needs $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -20,7 +19,6 @@ demo: $(STAMP)
 	$(BIN)/flanscale report demo
 
 test: $(STAMP)
-	$(BIN)/lint-imports
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 clean:
