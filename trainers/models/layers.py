@@ -1,0 +1,210 @@
+"""Building blocks shared by both model families.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and large
+activations carry logical constraints; trainers/partitioning.py alone maps those names to
+mesh axes. Parameters are stored in `param_dtype` and cast to the compute `dtype` where
+they are used; norms and softmax run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from trainers.spec import UserError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Activation layouts (logical names); the rules drop a mesh axis already used by an
+# earlier dimension, so "embed" on activations stays unsharded when "batch" takes fsdp.
+ACT_EMBED = ("batch", "length", "embed")
+ACT_MLP = ("batch", "length", "mlp")
+ACT_HEADS = ("batch", "length", "heads", "kv")
+ACT_VOCAB = ("batch", "length", "vocab")
+
+
+def dtype_of(name: str):
+    if name not in DTYPES:
+        raise UserError(f"model.dtype / model.param_dtype: unknown {name!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dense_init(in_axes: Sequence[int] = (0,), out_axes: Sequence[int] = (-1,), scale: float = 1.0):
+    """Fan-in scaled truncated normal (T5X's default for every kernel)."""
+    return nn.initializers.variance_scaling(
+        scale, "fan_in", "truncated_normal", in_axis=tuple(in_axes), out_axis=tuple(out_axes)
+    )
+
+
+def param(module: nn.Module, name: str, init, shape: tuple[int, ...], axes: tuple, param_dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, param_dtype)
+
+
+class Norm(nn.Module):
+    """Scale-only normalisation: RMS norm (T5) or mean-subtracting layer norm (PaLM), no bias."""
+
+    eps: float = 1e-6
+    center: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.param_dtype)
+        x = x.astype(jnp.float32)
+        if self.center:
+            x = x - jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+        y = x * jax.lax.rsqrt(var + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding; `attend` gives logits against the same table (tied output layer)."""
+
+    vocab_size: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = param(
+            self, "embedding", nn.initializers.normal(stddev=1.0),
+            (self.vocab_size, self.features), ("vocab", "embed"), self.param_dtype,
+        )
+
+    def __call__(self, ids):
+        x = jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        return nn.with_logical_constraint(x, ACT_EMBED)
+
+    def attend(self, x):
+        return jnp.einsum("ble,ve->blv", x, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+
+
+class LMHead(nn.Module):
+    """Untied output projection [embed, vocab]."""
+
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = param(self, "kernel", dense_init(), (x.shape[-1], self.vocab_size), ("embed", "vocab"), self.param_dtype)
+        return jnp.einsum("ble,ev->blv", x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+
+
+class GatedMLP(nn.Module):
+    """act(x W0) * (x W1) -> dropout -> W2: gated-GELU (T5 v1.1) or SwiGLU (PaLM)."""
+
+    d_ff: int
+    activation: str = "gelu"  # "gelu" (tanh approximation, HF "gelu_new") | "silu"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        d = x.shape[-1]
+        w0 = param(self, "wi_0", dense_init(), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
+        w1 = param(self, "wi_1", dense_init(), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
+        wo = param(self, "wo", dense_init(), (self.d_ff, d), ("mlp", "embed"), self.param_dtype)
+        act = (lambda h: jax.nn.gelu(h, approximate=True)) if self.activation == "gelu" else jax.nn.silu
+        h = act(jnp.einsum("ble,ef->blf", x, w0.astype(self.dtype))) * jnp.einsum("ble,ef->blf", x, w1.astype(self.dtype))
+        h = nn.with_logical_constraint(h, ACT_MLP)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return jnp.einsum("blf,fe->ble", h, wo.astype(self.dtype))
+
+
+def rotary(x, positions, base: float = 10000.0):
+    """Rotary position embedding (rotate-half form) of x [B, L, H, D] at positions [B, L]."""
+    half = x.shape[-1] // 2
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [D/2]
+    angle = positions.astype(jnp.float32)[:, :, None, None] * freq  # [B, L, 1, D/2]
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with any number of key/value heads (MHA, GQA, MQA).
+
+    `bias` is additive, [B or 1, 1 or H, Lq, Lk] (mask and, for T5, relative positions).
+    Decoding passes `cache` ({"k", "v"}: [B, T, G, D]) and `write_pos` [B]: the new key and
+    value of the single query token are written at each row's position and the updated
+    cache is returned. Cross-attention decoding passes precomputed `kv` instead.
+    """
+
+    features: int  # d_model
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    scale_logits: bool = False  # T5 folds 1/sqrt(d_kv) into the query init instead
+    use_rotary: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        E, H, G, D = self.features, self.num_heads, self.num_kv_heads, self.head_dim
+        if G < 1 or H % G:
+            raise UserError(f"model.num_kv_heads: {G} must divide num_heads {H}")
+        # With fewer K/V heads than query heads the K/V kernels get their own axis name,
+        # replicated over the tensor axis (a single multi-query head cannot be split).
+        kv_heads = "heads" if G == H else "kv_heads"
+        q_init = dense_init(out_axes=(1, 2))
+        if not self.scale_logits:
+            # T5 / T5X: the 1/sqrt(d_kv) logit scaling lives in the query initialisation.
+            base = q_init
+            q_init = lambda key, shape, dtype: base(key, shape, dtype) * (D ** -0.5)
+        pd = self.param_dtype
+        self.query = param(self, "query", q_init, (E, H, D), ("embed", "heads", "kv"), pd)
+        self.key = param(self, "key", dense_init(out_axes=(1, 2)), (E, G, D), ("embed", kv_heads, "kv"), pd)
+        self.value = param(self, "value", dense_init(out_axes=(1, 2)), (E, G, D), ("embed", kv_heads, "kv"), pd)
+        self.out = param(self, "out", dense_init(in_axes=(0, 1), out_axes=(2,)), (H, D, E), ("heads", "kv", "embed"), pd)
+        self.dropout = nn.Dropout(self.dropout_rate)
+
+    def project_kv(self, x_kv, kv_positions=None):
+        """[B, Lk, E] -> keys, values [B, Lk, G, D] (rotary applied to keys)."""
+        k = jnp.einsum("ble,egd->blgd", x_kv, self.key.astype(self.dtype))
+        v = jnp.einsum("ble,egd->blgd", x_kv, self.value.astype(self.dtype))
+        if self.use_rotary:
+            k = rotary(k, kv_positions)
+        return k, v
+
+    def __call__(self, x_q, x_kv, bias, deterministic: bool, q_positions=None, kv_positions=None,
+                 cache=None, write_pos=None, kv=None):
+        H, G, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = jnp.einsum("ble,ehd->blhd", x_q, self.query.astype(self.dtype))
+        q = nn.with_logical_constraint(q, ACT_HEADS)
+        if self.use_rotary:
+            q = rotary(q, q_positions)
+        if kv is not None:
+            k, v = kv
+        else:
+            k, v = self.project_kv(x_kv, kv_positions)
+        new_cache = None
+        if cache is not None:
+            # One query token per row; write its key/value at that row's position.
+            rows = jnp.arange(k.shape[0])
+            ck = cache["k"].at[rows, write_pos].set(k[:, 0].astype(cache["k"].dtype))
+            cv = cache["v"].at[rows, write_pos].set(v[:, 0].astype(cache["v"].dtype))
+            new_cache = {"k": ck, "v": cv}
+            k, v = ck.astype(self.dtype), cv.astype(self.dtype)
+        B, Lq = q.shape[:2]
+        qg = q.reshape(B, Lq, G, H // G, D)  # [B, Lq, G, R, D]: R query heads per K/V head
+        if self.scale_logits:
+            qg = qg * jnp.asarray(D ** -0.5, qg.dtype)
+        # Logits and softmax in float32 whatever the compute dtype.
+        logits = jnp.einsum("bqgrd,bkgd->bgrqk", qg, k, preferred_element_type=jnp.float32)
+        logits = logits.reshape(B, H, Lq, k.shape[1]) + bias.astype(jnp.float32)
+        weights = jax.nn.softmax(logits, axis=-1)
+        weights = self.dropout(weights, deterministic=deterministic).astype(self.dtype)
+        out = jnp.einsum("bgrqk,bkgd->bqgrd", weights.reshape(B, G, H // G, Lq, -1), v).reshape(B, Lq, H, D)
+        out = nn.with_logical_constraint(out, ACT_HEADS)
+        y = jnp.einsum("blhd,hde->ble", out, self.out.astype(self.dtype))
+        return nn.with_logical_constraint(y, ACT_EMBED), (k, v), new_cache

@@ -1,0 +1,285 @@
+"""T5 v1.1 encoder-decoder (the Flan-T5 base models).
+
+Untied input/output embeddings (one input table `shared` by encoder and decoder, a separate
+`lm_head`), scale-only RMS norm (eps 1e-6), gated-GELU feed-forward, bucketed relative
+position bias (one table per stack, shared by its layers), no biases, no 1/sqrt(d_kv) on
+attention logits (folded into the query init), dropout where T5 applies it. Relative
+positions come from per-example positions, so packed examples each start at 0.
+HF checkpoint import lives in hf_import.py and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from trainers.models import masks
+from trainers.models.layers import ACT_EMBED, ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, dtype_of
+from trainers.spec import ModelConfig
+
+EPS = 1e-6
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
+    """T5's bucketing of (key position - query position), exactly as HF / Mesh TF compute it."""
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        rel = jnp.abs(relative_position)
+    else:
+        rel = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    # max(rel, 1) keeps log finite where the small branch is taken anyway.
+    scaled = jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (scaled * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, rel, large)
+
+
+class RelativePositionBias(nn.Module):
+    num_heads: int
+    num_buckets: int
+    max_distance: int
+    bidirectional: bool
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, q_positions, k_positions):
+        """[B, Lq], [B, Lk] -> additive bias [B, H, Lq, Lk] (float32)."""
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("relpos_buckets", "heads")),
+            (self.num_buckets, self.num_heads), self.param_dtype,
+        )
+        rel = k_positions[:, None, :] - q_positions[:, :, None]  # [B, Lq, Lk]
+        bucket = relative_position_bucket(rel.astype(jnp.int32), self.bidirectional, self.num_buckets, self.max_distance)
+        values = jnp.take(table.astype(jnp.float32), bucket, axis=0)  # [B, Lq, Lk, H]
+        return jnp.transpose(values, (0, 3, 1, 2))
+
+
+def _attention(cfg: ModelConfig, name: str) -> Attention:
+    return Attention(
+        features=cfg.d_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads or cfg.num_heads,
+        head_dim=cfg.d_kv, dropout_rate=cfg.dropout_rate, scale_logits=False,
+        dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name,
+    )
+
+
+def _norm(cfg: ModelConfig, name: str) -> Norm:
+    return Norm(eps=EPS, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name)
+
+
+def _mlp(cfg: ModelConfig) -> GatedMLP:
+    return GatedMLP(cfg.d_ff, "gelu", cfg.dropout_rate, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name="mlp")
+
+
+def _relpos(cfg: ModelConfig, bidirectional: bool) -> RelativePositionBias:
+    return RelativePositionBias(
+        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        bidirectional, dtype_of(cfg.param_dtype), name="relpos_bias",
+    )
+
+
+class EncoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        self.pre_attention_norm = _norm(self.cfg, "pre_attention_norm")
+        self.attention = _attention(self.cfg, "attention")
+        self.pre_mlp_norm = _norm(self.cfg, "pre_mlp_norm")
+        self.mlp = _mlp(self.cfg)
+        self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+    def __call__(self, x, bias, deterministic):
+        h = self.pre_attention_norm(x)
+        h, _, _ = self.attention(h, h, bias, deterministic)
+        x = x + self.dropout(h, deterministic=deterministic)
+        h = self.mlp(self.pre_mlp_norm(x), deterministic)
+        return x + self.dropout(h, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        self.pre_self_attention_norm = _norm(self.cfg, "pre_self_attention_norm")
+        self.self_attention = _attention(self.cfg, "self_attention")
+        self.pre_cross_attention_norm = _norm(self.cfg, "pre_cross_attention_norm")
+        self.cross_attention = _attention(self.cfg, "cross_attention")
+        self.pre_mlp_norm = _norm(self.cfg, "pre_mlp_norm")
+        self.mlp = _mlp(self.cfg)
+        self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+    def cross_kv(self, encoded):
+        return self.cross_attention.project_kv(encoded)
+
+    def __call__(self, x, encoded, self_bias, cross_bias, deterministic, cache=None, write_pos=None, cross_kv=None):
+        h = self.pre_self_attention_norm(x)
+        h, _, new_cache = self.self_attention(h, h, self_bias, deterministic, cache=cache, write_pos=write_pos)
+        x = x + self.dropout(h, deterministic=deterministic)
+        h = self.pre_cross_attention_norm(x)
+        h, _, _ = self.cross_attention(h, encoded, cross_bias, deterministic, kv=cross_kv)
+        x = x + self.dropout(h, deterministic=deterministic)
+        h = self.mlp(self.pre_mlp_norm(x), deterministic)
+        return x + self.dropout(h, deterministic=deterministic), new_cache
+
+
+def _layer_class(cfg: ModelConfig, cls, deterministic_argnum: int):
+    # Positional index of `deterministic` counting `self` as 0, as nn.remat expects.
+    return nn.remat(cls, static_argnums=(deterministic_argnum,)) if cfg.remat else cls
+
+
+class Encoder(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cls = _layer_class(self.cfg, EncoderLayer, 3)
+        self.relpos_bias = _relpos(self.cfg, bidirectional=True)
+        self.layers = [cls(self.cfg, name=f"layers_{i}") for i in range(self.cfg.num_encoder_layers)]
+        self.final_norm = _norm(self.cfg, "final_norm")
+        self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+    def __call__(self, x, segments, positions, deterministic):
+        # The bias (mask + relative positions) is computed once and shared by every layer.
+        bias = self.relpos_bias(positions, positions) + masks.mask_to_bias(masks.encoder_mask(segments))
+        x = self.dropout(x, deterministic=deterministic)
+        for layer in self.layers:
+            x = layer(x, bias, deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cls = _layer_class(self.cfg, DecoderLayer, 5)
+        self.relpos_bias = _relpos(self.cfg, bidirectional=False)
+        self.layers = [cls(self.cfg, name=f"layers_{i}") for i in range(self.cfg.num_decoder_layers)]
+        self.final_norm = _norm(self.cfg, "final_norm")
+        self.dropout = nn.Dropout(self.cfg.dropout_rate)
+
+    def __call__(self, x, encoded, segments, positions, encoder_segments, deterministic):
+        self_bias = self.relpos_bias(positions, positions) + masks.mask_to_bias(masks.decoder_mask(segments))
+        cross_bias = masks.mask_to_bias(masks.cross_mask(segments, encoder_segments))
+        x = self.dropout(x, deterministic=deterministic)
+        for layer in self.layers:
+            x, _ = layer(x, encoded, self_bias, cross_bias, deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic)
+
+    def cross_kvs(self, encoded):
+        return [layer.cross_kv(encoded) for layer in self.layers]
+
+    def step(self, x, cross_kvs, encoder_segments, caches, pos):
+        """One token per row: x [B, 1, E] at decoder position pos [B]; caches are [B, T, H, D]."""
+        T = caches[0]["k"].shape[1]
+        keys = jnp.broadcast_to(jnp.arange(T)[None, :], (x.shape[0], T))
+        visible = (keys <= pos[:, None])[:, None, None, :]  # [B, 1, 1, T]
+        self_bias = self.relpos_bias(pos[:, None], keys) + masks.mask_to_bias(visible)
+        ones = jnp.ones((x.shape[0], 1), jnp.int32)
+        cross_bias = masks.mask_to_bias(masks.cross_mask(ones, encoder_segments))
+        new_caches = []
+        for layer, kv, cache in zip(self.layers, cross_kvs, caches):
+            x, cache = layer(x, None, self_bias, cross_bias, True, cache, pos, kv)
+            new_caches.append(cache)
+        return self.final_norm(x), new_caches
+
+
+class T5(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, dt, pdt, name="shared")
+        self.encoder = Encoder(cfg, name="encoder")
+        self.decoder = Decoder(cfg, name="decoder")
+        # v1.1 unties the output layer and, unlike T5 1.0, does not rescale by d_model**-0.5.
+        self.lm_head = LMHead(cfg.vocab_size, dt, pdt, name="lm_head")
+
+    def encode(self, tokens, segments, positions, deterministic=True):
+        return self.encoder(self.shared(tokens), segments, positions, deterministic)
+
+    def decode(self, tokens, encoded, segments, positions, encoder_segments, deterministic=True):
+        x = self.decoder(self.shared(tokens), encoded, segments, positions, encoder_segments, deterministic)
+        logits = self.lm_head(x).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ACT_VOCAB)
+
+    def __call__(self, batch, deterministic=True):
+        enc_tokens = jnp.asarray(batch["encoder_input_tokens"])
+        dec_tokens = jnp.asarray(batch["decoder_input_tokens"])
+        enc_seg = _get(batch, "encoder_segment_ids", lambda: (enc_tokens != 0).astype(jnp.int32))
+        # The decoder input starts with 0 (start = pad id), so without segment ids every
+        # decoder position is real; right padding is harmless under the causal mask.
+        dec_seg = _get(batch, "decoder_segment_ids", lambda: jnp.ones_like(dec_tokens))
+        enc_pos = _get(batch, "encoder_positions", lambda: _arange_like(enc_tokens))
+        dec_pos = _get(batch, "decoder_positions", lambda: _arange_like(dec_tokens))
+        encoded = self.encode(enc_tokens, enc_seg, enc_pos, deterministic)
+        encoded = nn.with_logical_constraint(encoded, ACT_EMBED)
+        return self.decode(dec_tokens, encoded, dec_seg, dec_pos, enc_seg, deterministic)
+
+    def prefill(self, tokens, max_decode_len: int):
+        segments = (tokens != 0).astype(jnp.int32)
+        encoded = self.encode(tokens, segments, _arange_like(tokens), True)
+        H, D, B = self.cfg.num_heads, self.cfg.d_kv, tokens.shape[0]
+        zeros = jnp.zeros((B, max_decode_len, H, D), dtype_of(self.cfg.dtype))
+        return {
+            "cross": self.decoder.cross_kvs(encoded),
+            "cache": [{"k": zeros, "v": zeros} for _ in range(self.cfg.num_decoder_layers)],
+            "encoder_segments": segments,
+            "pos": jnp.zeros((B,), jnp.int32),
+        }
+
+    def decode_step(self, state, tokens):
+        x = self.shared(tokens[:, None])
+        x, caches = self.decoder.step(x, state["cross"], state["encoder_segments"], state["cache"], state["pos"])
+        logits = self.lm_head(x)[:, 0].astype(jnp.float32)
+        return logits, {**state, "cache": caches, "pos": state["pos"] + 1}
+
+
+def _get(batch, key, default):
+    return jnp.asarray(batch[key]) if key in batch else default()
+
+
+def _arange_like(tokens):
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
+
+
+def from_hf(path, param_dtype: str = "float32"):
+    """Import a Hugging Face T5 v1.1 checkpoint directory -> (ModelConfig, params)."""
+    from trainers.models.hf_import import from_hf as _from_hf
+
+    return _from_hf(path, param_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(config: ModelConfig, params, batch):
+    return T5(config).apply({"params": params}, batch, True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(config: ModelConfig, params, input_ids, mask):
+    return T5(config).apply({"params": params}, input_ids, mask, _arange_like(input_ids), True, method=T5.encode)
+
+
+def _padding_mask(input_ids, attention_mask):
+    return jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+
+
+def forward(config: ModelConfig, params, input_ids, decoder_input_ids, attention_mask=None):
+    """HF-style call (padding mask, no packing) -> logits [B, Lt, V] float32."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    batch = {"encoder_input_tokens": input_ids, "encoder_segment_ids": _padding_mask(input_ids, attention_mask),
+             "decoder_input_tokens": jnp.asarray(decoder_input_ids, jnp.int32)}
+    return _forward(config, params, batch)
+
+
+def encode(config: ModelConfig, params, input_ids, attention_mask=None):
+    """Encoder outputs [B, Li, d_model] (after the final norm), HF-style padding mask."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    return _encode(config, params, input_ids, _padding_mask(input_ids, attention_mask))
