@@ -1,0 +1,122 @@
+"""Few-shot prompts for each benchmark and mode, in the formats of the papers' evaluations.
+
+- MMLU direct: the 5 `dev` rows under the header "The following are multiple choice
+  questions (with answers) about {subject}." with "Answer: X" lines (Hendrycks et al.).
+  MMLU CoT: the same header, then the subject's CoT exemplars (`cot-prompts/{subject}.txt`)
+  as "Q: ... A: Let's think step by step. ... So the answer is (X)."; without such a file the
+  dev rows serve, answered "So the answer is (X)." without a rationale.
+- BBH: the task description and the 3 exemplars of `cot-prompts/{task}.txt`; CoT keeps each
+  rationale, direct answers "A: X" with the rationale removed.
+- TyDiQA: 1-shot, the exemplar being the first other question of the same language.
+- MGSM: 8-shot CoT from `exemplars/mgsm_{lang}.tsv` when present; otherwise the first 8
+  other rows of the language's own file, answered "The answer is N." without a rationale.
+CoT queries end with the zero-shot CoT trigger "Let's think step by step."
+"""
+
+from __future__ import annotations
+
+from trainers.eval.extract import COT_TRIGGER
+from trainers.eval.loaders import MMLU_LETTERS, Benchmark, Example, Shot
+
+SHOTS = {"mmlu": 5, "bbh": 3, "tydiqa": 1, "mgsm": 8}
+# Which modes each benchmark is evaluated in (TyDiQA is extractive: direct only).
+MODES = {
+    "mmlu": ("direct", "cot", "sc"),
+    "bbh": ("direct", "cot", "sc"),
+    "tydiqa": ("direct",),
+    "mgsm": ("direct", "cot", "sc"),
+}
+DEFAULT_MODE = {"mmlu": "direct", "bbh": "direct", "tydiqa": "direct", "mgsm": "cot"}
+
+
+def _others(shots: tuple[Shot, ...], ex: Example, k: int) -> list[Shot]:
+    """The first k shots that are not the evaluated example itself (when shots and
+    evaluated items come from the same file)."""
+    out = []
+    for s in shots:
+        if s.question == ex.question and s.context == ex.context:
+            continue
+        out.append(s)
+        if len(out) == k:
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------------- MMLU
+
+def _subject(subject: str) -> str:
+    return subject.replace("_", " ")
+
+
+def _mmlu_block(question: str, choices: tuple[str, ...]) -> str:
+    return question + "".join(f"\n{letter}. {c}" for letter, c in zip(MMLU_LETTERS, choices))
+
+
+def _mmlu_cot_question(question: str, choices: tuple[str, ...]) -> str:
+    return question + "\nAnswer Choices: " + " ".join(f"({l}) {c}" for l, c in zip(MMLU_LETTERS, choices))
+
+
+def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
+    header = f"The following are multiple choice questions (with answers) about {_subject(ex.task)}.\n\n"
+    if not cot:
+        shots = bench.shots.get(ex.task, ())[: SHOTS["mmlu"]]
+        body = "".join(f"{_mmlu_block(s.question, s.choices)}\nAnswer: {s.answer}\n\n" for s in shots)
+        return header + body + _mmlu_block(ex.question, ex.choices) + "\nAnswer:"
+    if ex.task in bench.cot_shots:
+        shots = bench.cot_shots[ex.task][: SHOTS["mmlu"]]
+        body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
+    else:
+        shots = bench.shots.get(ex.task, ())[: SHOTS["mmlu"]]
+        body = "".join(
+            f"Q: {_mmlu_cot_question(s.question, s.choices)}\nA: So the answer is ({s.answer}).\n\n" for s in shots)
+    return header + body + f"Q: {_mmlu_cot_question(ex.question, ex.choices)}\nA: {COT_TRIGGER}"
+
+
+# ------------------------------------------------------------------------------------ BBH
+
+def bbh_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
+    shots = bench.cot_shots.get(ex.task, ())[: SHOTS["bbh"]]
+    head = bench.descriptions.get(ex.task, "")
+    parts = [head] if head else []
+    for s in shots:
+        parts.append(f"Q: {s.question}\nA: {s.rationale if cot else s.answer}")
+    parts.append(f"Q: {ex.question}\nA:" + (f" {COT_TRIGGER}" if cot else ""))
+    return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------------- TyDiQA
+
+def _tydiqa_block(context: str, question: str) -> str:
+    return f"Passage: {context}\nQuestion: {question}\nAnswer:"
+
+
+def tydiqa_prompt(bench: Benchmark, ex: Example) -> str:
+    shots = _others(bench.shots.get(ex.task, ()), ex, SHOTS["tydiqa"])
+    body = "".join(f"{_tydiqa_block(s.context, s.question)} {s.answer}\n\n" for s in shots)
+    return body + _tydiqa_block(ex.context, ex.question)
+
+
+# ----------------------------------------------------------------------------------- MGSM
+
+def mgsm_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
+    if cot and ex.task in bench.cot_shots:
+        shots = _others(bench.cot_shots[ex.task], ex, SHOTS["mgsm"])
+        body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
+    else:
+        shots = _others(bench.shots.get(ex.task, ()), ex, SHOTS["mgsm"])
+        body = "".join(f"Q: {s.question}\nA: The answer is {s.answer}.\n\n" for s in shots)
+    return body + f"Q: {ex.question}\nA:" + (f" {COT_TRIGGER}" if cot else "")
+
+
+def prompt(bench: Benchmark, ex: Example, mode: str) -> str:
+    """The full prompt for one example; `mode` "sc" uses the CoT prompt."""
+    cot = mode in ("cot", "sc")
+    if bench.name == "mmlu":
+        return mmlu_prompt(bench, ex, cot)
+    if bench.name == "bbh":
+        return bbh_prompt(bench, ex, cot)
+    if bench.name == "tydiqa":
+        return tydiqa_prompt(bench, ex)
+    if bench.name == "mgsm":
+        return mgsm_prompt(bench, ex, cot)
+    raise ValueError(f"unknown benchmark {bench.name!r}")
