@@ -1,0 +1,146 @@
+"""Model presets: architecture, pretraining tokens and default finetuning hyperparameters.
+
+The T5 and PaLM presets are the paper's models (PAPER.md section 4 for the architectures,
+Table 22 for the finetuning hyperparameters). The tiny presets are small T5 v1.1-shaped
+models with a byte vocabulary that train on a laptop CPU in seconds to minutes; they have no
+pretraining (0 tokens) unless a base checkpoint says otherwise.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from trainers.accounting import ACCELERATORS, Accelerator, get_accelerator, param_count
+from trainers.spec import ModelConfig, UserError
+
+__all__ = ["ACCELERATORS", "Accelerator", "Finetune", "Preset", "Registry", "REGISTRY", "get_preset", "get_accelerator"]
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """Per-model finetuning defaults (paper Table 22)."""
+
+    batch_size: int
+    dropout: float
+    learning_rate: float
+    steps: int
+    input_length: int = 2048
+    target_length: int = 512
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: ModelConfig
+    nominal: str  # the size the paper calls it by ("80M", "540B")
+    pretrain_tokens: float  # tokens that made the base model (0 = trained from scratch here)
+    finetune: Finetune
+    display: str = ""  # the paper's name for the finetuned model
+
+    @property
+    def params(self) -> int:
+        return param_count(self.model)
+
+
+class Registry:
+    """Named presets; duplicate names raise, unknown names suggest the closest."""
+
+    def __init__(self) -> None:
+        self._presets: dict[str, Preset] = {}
+
+    def register(self, preset: Preset) -> Preset:
+        if preset.name in self._presets:
+            raise ValueError(f"preset {preset.name!r} is already registered")
+        if preset.model.name != preset.name:
+            raise ValueError(f"preset {preset.name!r} has model.name {preset.model.name!r}")
+        self._presets[preset.name] = preset
+        return preset
+
+    def get(self, name: str, field: str = "model") -> Preset:
+        if name not in self._presets:
+            raise UserError(f"{field}: unknown preset {name!r}{suggest(name, self.names())}; allowed: {', '.join(self.names())}")
+        return self._presets[name]
+
+    def names(self) -> list[str]:
+        return list(self._presets)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._presets
+
+    def __iter__(self) -> Iterator[Preset]:
+        return iter(self._presets.values())
+
+    def __len__(self) -> int:
+        return len(self._presets)
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+REGISTRY = Registry()
+
+
+def get_preset(name: str) -> Preset:
+    return REGISTRY.get(name)
+
+
+# T5 v1.1 LM-adapted: 1M steps x 2,048 sequences x 512 tokens of span corruption.
+_T5_PRETRAIN_TOKENS = 1_000_000 * 2048 * 512
+
+
+def _t5(name: str, nominal: str, d: int, ff: int, heads: int, layers: int, steps: int, display: str) -> Preset:
+    model = ModelConfig(
+        name=name, family="t5", vocab_size=32128, d_model=d, d_ff=ff, num_heads=heads, d_kv=64,
+        num_kv_heads=0, num_encoder_layers=layers, num_decoder_layers=layers,
+        tie_embeddings=False, parallel_block=False, dropout_rate=0.05,
+        # T5X keeps float32 master weights and computes in bfloat16; layers are rematerialised
+        # from XL up (what fits 2048/512 packed sequences on 32 GiB chips).
+        param_dtype="float32", dtype="bfloat16", remat=d >= 2048,
+    )
+    return Preset(name, model, nominal, float(_T5_PRETRAIN_TOKENS), Finetune(64, 0.05, 5e-4, steps), display)
+
+
+def _palm(name: str, nominal: str, d: int, heads: int, layers: int, tokens: float, batch: int,
+          dropout: float, lr: float, steps: int, display: str) -> Preset:
+    model = ModelConfig(
+        name=name, family="decoder", vocab_size=256000, d_model=d, d_ff=4 * d, num_heads=heads,
+        d_kv=256, num_kv_heads=1, num_encoder_layers=0, num_decoder_layers=layers,
+        tie_embeddings=True, parallel_block=True, dropout_rate=dropout,
+        param_dtype="float32", dtype="bfloat16", remat=True,
+    )
+    return Preset(name, model, nominal, tokens, Finetune(batch, dropout, lr, steps), display)
+
+
+def _tiny(name: str, nominal: str, d: int, ff: int, heads: int, d_kv: int, layers: int) -> Preset:
+    # Byte tokenizer: 259 ids, rounded up to a multiple of 128 for the embedding table.
+    model = ModelConfig(
+        name=name, family="t5", vocab_size=384, d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv,
+        num_kv_heads=0, num_encoder_layers=layers, num_decoder_layers=layers,
+        tie_embeddings=False, parallel_block=False, dropout_rate=0.0,
+        param_dtype="float32", dtype="float32", remat=False,
+    )
+    return Preset(name, model, nominal, 0.0, Finetune(8, 0.0, 3e-3, 100, 256, 64), name)
+
+
+for _p in (
+    _tiny("tiny-1", "0.6M", 96, 256, 4, 24, 2),
+    _tiny("tiny-2", "1.9M", 128, 512, 4, 32, 3),
+    _tiny("tiny-3", "8M", 256, 768, 8, 32, 4),
+    _t5("t5-small", "80M", 512, 1024, 6, 8, 98_000, "Flan-T5-Small"),
+    _t5("t5-base", "250M", 768, 2048, 12, 12, 84_000, "Flan-T5-Base"),
+    _t5("t5-large", "780M", 1024, 2816, 16, 24, 64_000, "Flan-T5-Large"),
+    _t5("t5-xl", "3B", 2048, 5120, 32, 24, 38_000, "Flan-T5-XL"),
+    _t5("t5-xxl", "11B", 4096, 10240, 64, 24, 14_000, "Flan-T5-XXL"),
+    _palm("palm-8b", "8B", 4096, 16, 32, 780e9, 32, 0.05, 3e-3, 40_000, "Flan-PaLM 8B"),
+    _palm("palm-62b", "62B", 8192, 32, 64, 780e9, 32, 0.05, 3e-3, 40_000, "Flan-PaLM 62B"),
+    _palm("palm-540b", "540B", 18432, 48, 118, 780e9, 32, 0.1, 1e-3, 21_000, "Flan-PaLM 540B"),
+    _palm("cont-palm-62b", "62B", 8192, 32, 64, 1.3e12, 32, 0.05, 3e-3, 60_000, "Flan-cont-PaLM 62B"),
+    # U-PaLM: PaLM 540B plus about 0.1% extra compute (UL2R), counted as 0.1% more tokens.
+    _palm("u-palm-540b", "540B", 18432, 48, 118, 780e9 * 1.001, 32, 0.1, 1e-3, 30_000, "Flan-U-PaLM 540B"),
+):
+    REGISTRY.register(_p)
+

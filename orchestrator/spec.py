@@ -1,0 +1,440 @@
+"""The sweep spec: a typed, frozen description of a grid of finetuning cells.
+
+A sweep file is a Hydra config whose schema is `SweepSpec` (registered in Hydra's
+ConfigStore as `flanscale_sweep`), so YAML and command-line overrides are type-checked
+against these dataclasses and use Hydra's override grammar (`task_counts=[9,89]`,
+`optim.learning_rate=1e-3`, `+init_checkpoint.tiny-1=PATH`, `eval=quick` to pick a config
+group option from sweeps/eval/, ...). Every error a user can make is found
+here, before anything is planned or scheduled, and reported as one line naming the file, the
+field, the bad value and what is allowed.
+
+Defaults live once: in these dataclasses for sweep-level settings, in the catalog for
+per-model finetuning hyperparameters (Table 22), in trainers.spec for everything else. Fields
+left `None` here mean "the preset's / trainers.spec's default".
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
+
+from orchestrator.catalog import REGISTRY, suggest
+from trainers.accounting import ACCELERATORS, DTYPE_BYTES
+from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, from_dict
+
+# Named sets of template formats (a grid axis). Each maps to DataConfig.formats/with_cot:
+# the CoT formats exist only for the 9 CoT datasets, so they come with the CoT data.
+FORMAT_SETS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "mixed": (("zs_opt", "zs_noopt", "fs_opt", "fs_noopt", "cot"), True),
+    "no_cot": (("zs_opt", "zs_noopt", "fs_opt", "fs_noopt"), False),
+    "zs": (("zs_opt", "zs_noopt"), False),
+    "fs": (("fs_opt", "fs_noopt"), False),
+    "zs_cot": (("zs_opt", "zs_noopt", "cot"), True),
+    "fs_cot": (("fs_opt", "fs_noopt", "cot"), True),
+}
+# The paper's nested ladder; any count up to the full collection is allowed. The ladder
+# starts with the 9 CoT datasets, so a format set without CoT data needs more than 9 tasks.
+MAX_TASKS = 1836
+COT_TASKS = 9
+SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")  # names used by trainers.data
+SOURCES = ("synthetic", "flan")
+MIXTURES = ("A", "B", "custom")
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
+BENCHMARKS = ("mmlu", "bbh", "tydiqa", "mgsm")
+EVAL_MODES = ("direct", "cot", "sc")
+PRIORITIES = ("smallest_first", "largest_first", "spec_order")
+
+_DATA = DataConfig()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """DataConfig settings shared by every cell (task_count and formats come from the grid)."""
+
+    source: str = _DATA.source
+    paths: tuple[str, ...] = _DATA.paths
+    mixture: str = _DATA.mixture
+    proportions: dict[str, float] = field(default_factory=dict)  # sub-mixture -> weight ("custom")
+    caps: dict[str, int] = field(default_factory=dict)  # sub-mixture -> per-task example cap
+    input_length: Optional[int] = None  # None = the preset's (2048 for the paper's models)
+    target_length: Optional[int] = None  # None = the preset's (512)
+    tokenizer: str = _DATA.tokenizer
+    examples_per_task: int = _DATA.examples_per_task
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Overrides on top of each preset's Table 22 hyperparameters (None = the preset's)."""
+
+    optimizer: Optional[str] = None
+    learning_rate: Optional[float] = None
+    schedule: Optional[str] = None
+    warmup_steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    micro_batches: Optional[int] = None  # None = the planner raises it until activations fit
+    steps: Optional[int] = None
+    decay_rate: Optional[float] = None
+    factored_min_dim: Optional[int] = None
+    z_loss: Optional[float] = None
+    grad_clip: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Overrides of the presets' numerics (None = the preset's)."""
+
+    dtype: Optional[str] = None
+    param_dtype: Optional[str] = None
+    remat: Optional[bool] = None
+    dropout_rate: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """A fixed device layout for every cell; all None = the planner chooses per cell."""
+
+    data: Optional[int] = None
+    fsdp: Optional[int] = None
+    tensor: Optional[int] = None
+
+    def fixed(self) -> bool:
+        return any(v is not None for v in (self.data, self.fsdp, self.tensor))
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    max_device_hours: Optional[float] = None  # planning refuses sweeps estimated above this
+    max_cost: Optional[float] = None  # same, in the price unit (USD by default)
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    preemption: int = 10  # resubmissions after a preemption (resumes from the checkpoint)
+    failure: int = 2  # retries after a failure (error in the job)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str = "sweep"
+    models: tuple[str, ...] = ("tiny-1",)
+    task_counts: tuple[int, ...] = (9,)
+    formats: tuple[str, ...] = ("mixed",)
+    accelerator: str = "cpu"
+    max_devices: Optional[int] = None
+    min_devices: Optional[int] = None
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mfu: float = 0.4  # assumed model FLOPs utilisation for time estimates
+    price_per_device_hour: Optional[float] = None  # None = the accelerator table's list price
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    max_concurrent: int = 2
+    priority: str = "smallest_first"
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init_checkpoint: dict[str, str] = field(default_factory=dict)  # preset -> base checkpoint
+    pretrain_tokens: dict[str, float] = field(default_factory=dict)  # preset -> tokens override
+    retries: RetrySpec = field(default_factory=RetrySpec)
+    tracking_uri: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from trainers.spec import to_dict
+
+        return to_dict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+SCHEMA_NAME = "flanscale_sweep"
+_ENTRY_NAME = "_flanscale_sweep_entry"
+_LOCK = threading.Lock()
+# Shared config groups (eval/, data/) that any sweep file may name in its defaults list;
+# the sweep file's own directory is searched first.
+SHARED_GROUPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def _schema_node():
+    """The SweepSpec schema as a mutable structured config (Hydra merges into it)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def unfreeze(node) -> None:
+        # Frozen dataclasses become read-only nodes; composition needs to write into them.
+        OmegaConf.set_readonly(node, False)
+        if isinstance(node, DictConfig):
+            for key in node:
+                child = node._get_node(key)
+                if OmegaConf.is_config(child):
+                    unfreeze(child)
+
+    node = OmegaConf.structured(SweepSpec)
+    unfreeze(node)
+    return node
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Compose a sweep file with Hydra-style overrides and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such sweep file")
+    if p.suffix != ".yaml":
+        raise UserError(f"{path}: a sweep file must end in .yaml (Hydra config), not {p.suffix or 'no suffix'!r}")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    with _LOCK:
+        store = ConfigStore.instance()
+        store.store(name=SCHEMA_NAME, node=_schema_node())
+        # Schema first, then the user's file, then the file's own body: the file only overrides.
+        entry: dict[str, Any] = {"defaults": [SCHEMA_NAME, p.stem, "_self_"]}
+        if SHARED_GROUPS.is_dir():
+            entry["hydra"] = {"searchpath": [f"file://{SHARED_GROUPS}"]}
+        store.store(name=_ENTRY_NAME, node=entry)
+        try:
+            with initialize_config_dir(config_dir=str(p.resolve().parent), version_base=None):
+                cfg = compose(config_name=_ENTRY_NAME, overrides=list(overrides))
+            raw = OmegaConf.to_container(cfg, resolve=True)
+        except UserError:
+            raise
+        except Exception as e:  # Hydra/OmegaConf errors carry the field in their text
+            raise UserError(_explain(e, str(path), list(overrides))) from None
+    try:
+        spec = from_dict(SweepSpec, raw)
+    except UserError as e:  # keys added with '+' that the schema does not have
+        raise UserError(f"{path}: {e}") from None
+    validate(spec, str(path))
+    return spec
+
+
+def _fields_at(dotted: str) -> list[str] | None:
+    """Field names of the dataclass at a dotted path of SweepSpec (None if not a dataclass)."""
+    cls: Any = SweepSpec
+    for part in [x for x in dotted.split(".") if x]:
+        hints = get_type_hints(cls)
+        if part not in hints or not is_dataclass(hints[part]):
+            return None
+        cls = hints[part]
+    return [f.name for f in fields(cls)]
+
+
+def _explain(exc: BaseException, path: str, overrides: list[str]) -> str:
+    texts, e = [], exc
+    while e is not None and len(texts) < 5:
+        texts.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(texts)
+    where = path
+    for ov in overrides:
+        key = ov.lstrip("+~").split("=", 1)[0]
+        if f"'{key}'" in text or f"override {ov}" in text or f"full_key: {key}\n" in text + "\n":
+            where = f"{path} (override {ov!r})"
+            break
+    m = re.search(r'in "([^"]+)", line (\d+), column (\d+)', text)
+    if m and type(exc).__name__ in ("ParserError", "ScannerError", "ComposerError"):
+        lines = [ln.strip() for ln in texts[0].splitlines() if ln.strip() and not ln.startswith("  in ")]
+        return f"{m.group(1)}:{m.group(2)}:{m.group(3)}: invalid YAML: {lines[-1]} ({lines[0]})"
+    if "Cannot merge DictConfig with ListConfig" in text:
+        return f"{where}: a sweep file must be a mapping of fields (name: ..., models: [...]), not a list"
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if m:  # a config-group option (e.g. eval=quick) that has no file
+        group, option = m.groups()
+        options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1].split("Config search path", 1)[0], re.M)
+        return (f"{where}: {group}: no config {option!r} in group {group!r}{suggest(option, options)}; "
+                f"available: {', '.join(options) or 'none'}")
+    m = re.search(r"full_key: (\S+)", text)
+    key = m.group(1) if m else None
+    if key is None:
+        m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
+        key = m.group(1) if m else None
+    if re.search(r"Key '[^']+' (is )?not in|Could not override|ConfigKeyError|ConfigAttributeError", text) and key:
+        parent, _, leaf = key.rpartition(".")
+        allowed = _fields_at(parent)
+        if allowed is None and parent:  # a mapping field (init_checkpoint, data.caps, ...)
+            return f"{where}: {key!r} is a new entry of {parent}; add it with '+{key}=VALUE'"
+        allowed = allowed or []
+        return (f"{where}: unknown field {key!r}{suggest(leaf, allowed)}; allowed"
+                f"{' in ' + parent if parent else ''}: {', '.join(allowed)}")
+    m = re.search(r"Value '([^']*)' of type '(\w+)' could not be converted to (\w+)", text)
+    if m and key:
+        return f"{where}: field {key!r}: {m.group(1)!r} is not a valid {m.group(3).lower()}"
+    m = re.search(r"Invalid type assigned: (\w+) is not a subclass of (\w+)", text)
+    if m and key:
+        return f"{where}: field {key!r}: got a {m.group(1)}, expected a {m.group(2)} section"
+    m = re.search(r"Invalid value assigned: (\w+) is not a ListConfig", text)
+    if m and key:
+        return f"{where}: field {key!r}: got a {m.group(1)}, expected a list such as {key}=[a,b]"
+    if "OverrideParseException" in text or "override_grammar" in text:
+        bad = next((ov for ov in overrides if ov.split("=", 1)[0] in text or ov in text), " ".join(overrides))
+        return f"{path}: override {bad!r} is not valid; use key=value (Hydra override syntax, e.g. task_counts=[9,89])"
+    first = next((ln.strip() for t in texts for ln in t.splitlines() if ln.strip()), type(exc).__name__)
+    return f"{where}: {first}" + (f" (field {key!r})" if key else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (beyond types)
+# ---------------------------------------------------------------------------------------------
+
+
+def _choices(where: str, name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise UserError(f"{where}: {name}: unknown {value!r}{suggest(str(value), list(allowed))}; allowed: {', '.join(allowed)}")
+
+
+def _positive(where: str, name: str, value: Any, zero_ok: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise UserError(f"{where}: {name}: {value!r} is not allowed; must be {bound}")
+
+
+def validate(spec: SweepSpec, where: str = "sweep") -> None:
+    """Raise UserError (one line) for the first problem found."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.name):
+        raise UserError(f"{where}: name: {spec.name!r} is not allowed; use letters, digits, '.', '_', '-'")
+    if not spec.models:
+        raise UserError(f"{where}: models: empty; list at least one of: {', '.join(REGISTRY.names())}")
+    for name in spec.models:
+        REGISTRY.get(name, field=f"{where}: models")
+    for kind, values in (("models", spec.models), ("task_counts", spec.task_counts), ("formats", spec.formats)):
+        dup = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if dup:
+            raise UserError(f"{where}: {kind}: {dup[0]!r} is listed twice; each grid value must be unique")
+    if not spec.task_counts:
+        raise UserError(f"{where}: task_counts: empty; e.g. [9, 89, 282, 1836] (0 = the base model)")
+    for n in spec.task_counts:
+        if not 0 <= n <= MAX_TASKS:
+            raise UserError(f"{where}: task_counts: {n!r} is not allowed; must be between 0 and {MAX_TASKS}")
+    if not spec.formats:
+        raise UserError(f"{where}: formats: empty; allowed: {', '.join(FORMAT_SETS)}")
+    for f in spec.formats:
+        _choices(where, "formats", f, list(FORMAT_SETS))
+    _choices(where, "accelerator", spec.accelerator, list(ACCELERATORS))
+    acc = ACCELERATORS[spec.accelerator]
+    for name in ("max_devices", "min_devices"):
+        n = getattr(spec, name)
+        if n is not None and n not in acc.slice_sizes:
+            raise UserError(f"{where}: {name}: {n!r} is not a {acc.name} slice size; allowed: {', '.join(map(str, acc.slice_sizes))}")
+    if spec.max_devices is not None and spec.min_devices is not None and spec.min_devices > spec.max_devices:
+        raise UserError(f"{where}: min_devices: {spec.min_devices} is larger than max_devices {spec.max_devices}")
+    if not 0 < spec.mfu <= 1:
+        raise UserError(f"{where}: mfu: {spec.mfu!r} is not allowed; must be in (0, 1]")
+    _positive(where, "price_per_device_hour", spec.price_per_device_hour, zero_ok=True)
+    _positive(where, "budget.max_device_hours", spec.budget.max_device_hours)
+    _positive(where, "budget.max_cost", spec.budget.max_cost)
+    _positive(where, "max_concurrent", spec.max_concurrent)
+    _choices(where, "priority", spec.priority, PRIORITIES)
+    _positive(where, "retries.preemption", spec.retries.preemption, zero_ok=True)
+    _positive(where, "retries.failure", spec.retries.failure, zero_ok=True)
+    _validate_data(spec, where)
+    _validate_optim(spec, where)
+    _validate_model_and_eval(spec, where)
+    for kind, mapping in (("init_checkpoint", spec.init_checkpoint), ("pretrain_tokens", spec.pretrain_tokens)):
+        for name, value in mapping.items():
+            if name not in spec.models:
+                raise UserError(f"{where}: {kind}: {name!r} is not one of this sweep's models{suggest(name, list(spec.models))}; allowed: {', '.join(spec.models)}")
+            if kind == "pretrain_tokens":
+                _positive(where, f"pretrain_tokens.{name}", value, zero_ok=True)
+    _validate_mesh(spec, where)
+
+
+def _validate_data(spec: SweepSpec, where: str) -> None:
+    d = spec.data
+    _choices(where, "data.source", d.source, SOURCES)
+    # Paths are not checked for existence here: they are read by the workers, which may see
+    # other filesystems (a cluster volume) than the machine that plans.
+    if d.source == "flan" and not d.paths:
+        raise UserError(f"{where}: data.paths: empty; source 'flan' needs JSONL files or directories")
+    _choices(where, "data.mixture", d.mixture, MIXTURES)
+    if d.mixture == "custom" and not d.proportions:
+        raise UserError(f"{where}: data.proportions: empty; mixture 'custom' needs weights for: {', '.join(SUBMIXTURES)}")
+    if d.mixture != "custom" and d.proportions:
+        raise UserError(f"{where}: data.proportions: only used with data.mixture=custom, not {d.mixture!r}")
+    for kind, mapping in (("proportions", d.proportions), ("caps", d.caps)):
+        for name, value in mapping.items():
+            _choices(where, f"data.{kind}", name, SUBMIXTURES)
+            _positive(where, f"data.{kind}.{name}", value, zero_ok=kind == "proportions")
+    _positive(where, "data.input_length", d.input_length)
+    _positive(where, "data.target_length", d.target_length)
+    _positive(where, "data.examples_per_task", d.examples_per_task)
+    if d.tokenizer not in ("byte", "spm") and not d.tokenizer.endswith(".model"):
+        raise UserError(f"{where}: data.tokenizer: {d.tokenizer!r} is not allowed; use 'byte', 'spm' or a path to a .model file")
+    if d.tokenizer.endswith(".model") and not Path(d.tokenizer).is_file():
+        raise UserError(f"{where}: data.tokenizer: {d.tokenizer!r} does not exist")
+
+
+def _validate_optim(spec: SweepSpec, where: str) -> None:
+    o = spec.optim
+    if o.optimizer is not None:
+        _choices(where, "optim.optimizer", o.optimizer, OPTIMIZERS)
+    if o.schedule is not None:
+        _choices(where, "optim.schedule", o.schedule, SCHEDULES)
+    _positive(where, "optim.learning_rate", o.learning_rate)
+    _positive(where, "optim.batch_size", o.batch_size)
+    _positive(where, "optim.micro_batches", o.micro_batches)
+    _positive(where, "optim.steps", o.steps, zero_ok=True)
+    _positive(where, "optim.warmup_steps", o.warmup_steps, zero_ok=True)
+    _positive(where, "optim.factored_min_dim", o.factored_min_dim)
+    _positive(where, "optim.z_loss", o.z_loss, zero_ok=True)
+    _positive(where, "optim.grad_clip", o.grad_clip, zero_ok=True)
+    if o.decay_rate is not None and not 0 < o.decay_rate <= 1:
+        raise UserError(f"{where}: optim.decay_rate: {o.decay_rate!r} is not allowed; must be in (0, 1]")
+    for name in spec.models:
+        batch = o.batch_size or REGISTRY.get(name).finetune.batch_size
+        micro = o.micro_batches or 1
+        if batch % micro:
+            raise UserError(f"{where}: optim.micro_batches: {micro} does not divide the batch size {batch} of {name}")
+
+
+def _validate_model_and_eval(spec: SweepSpec, where: str) -> None:
+    m = spec.model
+    for name in ("dtype", "param_dtype"):
+        value = getattr(m, name)
+        if value is not None:
+            _choices(where, f"model.{name}", value, list(DTYPE_BYTES))
+    if m.dropout_rate is not None and not 0 <= m.dropout_rate < 1:
+        raise UserError(f"{where}: model.dropout_rate: {m.dropout_rate!r} is not allowed; must be in [0, 1)")
+    e = spec.eval
+    for b in e.benchmarks:
+        _choices(where, "eval.benchmarks", b, BENCHMARKS)
+    for mode in e.modes:
+        _choices(where, "eval.modes", mode, EVAL_MODES)
+    if e.data_dir and not Path(e.data_dir).is_dir():
+        raise UserError(f"{where}: eval.data_dir: {e.data_dir!r} is not a directory")
+    for name in ("every_steps", "max_examples"):
+        _positive(where, f"eval.{name}", getattr(e, name), zero_ok=True)
+    for name in ("max_new_tokens", "sc_samples"):
+        _positive(where, f"eval.{name}", getattr(e, name))
+    _positive(where, "checkpoint.every_steps", spec.checkpoint.every_steps, zero_ok=True)
+    _positive(where, "checkpoint.keep", spec.checkpoint.keep)
+
+
+def _validate_mesh(spec: SweepSpec, where: str) -> None:
+    mesh = spec.mesh
+    if not mesh.fixed():
+        return
+    data, fsdp, tensor = (mesh.data or 1), (mesh.fsdp or 1), (mesh.tensor or 1)
+    for name, v in (("mesh.data", data), ("mesh.fsdp", fsdp), ("mesh.tensor", tensor)):
+        _positive(where, name, v)
+    acc = ACCELERATORS[spec.accelerator]
+    devices = data * fsdp * tensor
+    if devices not in acc.slice_sizes:
+        raise UserError(f"{where}: mesh: data x fsdp x tensor = {devices} is not a {acc.name} slice size; allowed: {', '.join(map(str, acc.slice_sizes))}")
+    for name in spec.models:
+        preset = REGISTRY.get(name)
+        batch = spec.optim.batch_size or preset.finetune.batch_size
+        rows = batch // (spec.optim.micro_batches or 1)
+        if rows % (data * fsdp):
+            raise UserError(f"{where}: optim.batch_size: {batch} (micro-batch of {rows} rows) of {name} is not divisible by the data axis data x fsdp = {data * fsdp}")
+        cfg = preset.model
+        for dim, size in (("num_heads", cfg.num_heads), ("d_ff", cfg.d_ff)):
+            if size % tensor:
+                raise UserError(f"{where}: mesh.tensor: {tensor} does not divide {name}'s {dim} = {size}")

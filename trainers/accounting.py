@@ -1,0 +1,350 @@
+"""Parameters, FLOPs and memory of a model, computed from its ModelConfig alone.
+
+Pure Python (stdlib only): the planner uses it to size a whole sweep without touching JAX,
+and the trainer uses it for the paper's FLOPs accounting and for MFU. The parameter layout
+here is the one trainers/models builds (tests/unit/test_param_count.py compares both for
+every preset).
+
+Conventions
+- `train_flops` follows the paper (Appendix E): 6 FLOPs per parameter a token passes through;
+  an input token passes through the encoder, a target token through the decoder.
+- `param_count_split` puts the (shared) input embedding table with the encoder and the untied
+  output layer with the decoder, so N_enc + N_dec = N and N_enc ~ N_dec ~ N/2 as the paper
+  assumes. Decoder-only models put everything in the decoder.
+- `step_flops` is the analytic count of what one optimizer step executes (matmuls including
+  attention scores over the full packed length, forward + backward = 3x forward), which is
+  what MFU is measured against. It excludes embedding lookups and rematerialisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from trainers.spec import MeshConfig, ModelConfig, UserError
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GIB = 1024**3
+
+
+# ---------------------------------------------------------------------------------------------
+# Accelerators
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One kind of device. Figures are public vendor peaks (dense, no sparsity) and
+    on-demand list prices in USD per device-hour (rounded; a sweep spec can override)."""
+
+    name: str
+    memory_gib: float  # memory per device (HBM; for "cpu" the share of host RAM one device may use)
+    peak_bf16_flops: float  # per device
+    peak_fp32_flops: float  # per device
+    chips_per_host: int  # devices driven by one host (one JAX process) in multi-host slices
+    slice_sizes: tuple[int, ...]  # device counts that can be allocated as one slice/job
+    price_per_device_hour: float
+    kind: str  # "cpu" | "gpu" | "tpu"
+    max_single_host_chips: int = 0  # largest single-host slice (0 = chips_per_host)
+
+    def hosts(self, devices: int) -> int:
+        single = self.max_single_host_chips or self.chips_per_host
+        if devices <= single:
+            return 1
+        return math.ceil(devices / self.chips_per_host)
+
+
+def _pow2(lo: int, hi: int) -> tuple[int, ...]:
+    out, n = [], lo
+    while n <= hi:
+        out.append(n)
+        n *= 2
+    return tuple(out)
+
+
+# TPUs have no published fp32 matmul peak; XLA runs fp32 matmuls at "highest" precision as
+# several bf16 passes, so fp32 is taken as a third of bf16 (the bf16_3x algorithm).
+# "cpu": one virtual JAX device per core with a nominal 100 GFLOP/s (one AVX-512 FMA core at
+# ~3 GHz does 100-200 fp32 GFLOP/s; bf16 is not faster on most CPUs), 4 GiB of RAM each.
+ACCELERATORS: dict[str, Accelerator] = {
+    a.name: a
+    for a in (
+        Accelerator("cpu", 4.0, 1.0e11, 1.0e11, 8, (1, 2, 4, 8), 0.05, "cpu"),
+        Accelerator("a100-40g", 40.0, 312e12, 19.5e12, 8, (1, 2, 4) + _pow2(8, 4096), 3.67, "gpu"),
+        Accelerator("a100-80g", 80.0, 312e12, 19.5e12, 8, (1, 2, 4) + _pow2(8, 4096), 5.07, "gpu"),
+        Accelerator("h100-80g", 80.0, 989e12, 67e12, 8, (1, 2, 4) + _pow2(8, 4096), 11.06, "gpu"),
+        Accelerator("h200-141g", 141.0, 989e12, 67e12, 8, (1, 2, 4) + _pow2(8, 4096), 10.60, "gpu"),
+        Accelerator("tpu-v4", 32.0, 275e12, 275e12 / 3, 4, _pow2(4, 4096), 3.22, "tpu"),
+        Accelerator("tpu-v5e", 16.0, 197e12, 197e12 / 3, 4, (1,) + _pow2(4, 256), 1.20, "tpu", 8),
+        Accelerator("tpu-v5p", 95.0, 459e12, 459e12 / 3, 4, _pow2(4, 4096), 4.20, "tpu"),
+        Accelerator("tpu-v6e", 32.0, 918e12, 918e12 / 3, 4, (1,) + _pow2(4, 256), 2.70, "tpu", 8),
+    )
+}
+
+
+def get_accelerator(name: str) -> Accelerator:
+    if name not in ACCELERATORS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(ACCELERATORS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"accelerator: unknown {name!r}{hint}; allowed: {', '.join(ACCELERATORS)}")
+    return ACCELERATORS[name]
+
+
+def peak_flops(accelerator: str, dtype: str) -> float:
+    """Peak FLOP/s of one device for matmuls in `dtype` (bf16/fp16 share the bf16 peak)."""
+    acc = get_accelerator(accelerator)
+    return acc.peak_fp32_flops if dtype == "float32" else acc.peak_bf16_flops
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def _kv_heads(cfg: ModelConfig) -> int:
+    return cfg.num_kv_heads or cfg.num_heads
+
+
+def param_layout(cfg: ModelConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(part, name, shape) of every parameter, part in {"embedding", "encoder", "decoder", "head"}.
+
+    Shapes are those trainers/models creates (attention kernels keep their head axis:
+    [d_model, heads, d_kv] and [heads, d_kv, d_model]), which decides how Adafactor factors them.
+    """
+    return list(_param_shapes(cfg))
+
+
+@functools.lru_cache(maxsize=256)  # ModelConfig is frozen; the planner asks many times per model
+def _param_shapes(cfg: ModelConfig) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    d, h, kv, dk = cfg.d_model, cfg.num_heads, _kv_heads(cfg), cfg.d_kv
+    out: list[tuple[str, str, tuple[int, ...]]] = [("embedding", "token_embedder", (cfg.vocab_size, d))]
+
+    def attention(part: str, prefix: str) -> None:
+        out.append((part, f"{prefix}.query", (d, h, dk)))
+        out.append((part, f"{prefix}.key", (d, kv, dk)))
+        out.append((part, f"{prefix}.value", (d, kv, dk)))
+        out.append((part, f"{prefix}.out", (h, dk, d)))
+
+    def mlp(part: str, prefix: str) -> None:
+        out.append((part, f"{prefix}.wi_0", (d, cfg.d_ff)))
+        out.append((part, f"{prefix}.wi_1", (d, cfg.d_ff)))
+        out.append((part, f"{prefix}.wo", (cfg.d_ff, d)))
+
+    if cfg.family == "t5":
+        buckets = cfg.relative_attention_num_buckets
+        for i in range(cfg.num_encoder_layers):
+            p = f"encoder.layers_{i}"
+            if i == 0:  # one relative-position table per stack, shared by its layers
+                out.append(("encoder", "encoder.relpos_bias", (buckets, cfg.num_heads)))
+            out.append(("encoder", f"{p}.pre_attention_norm", (d,)))
+            attention("encoder", f"{p}.attention")
+            out.append(("encoder", f"{p}.pre_mlp_norm", (d,)))
+            mlp("encoder", f"{p}.mlp")
+        out.append(("encoder", "encoder.final_norm", (d,)))
+        for i in range(cfg.num_decoder_layers):
+            p = f"decoder.layers_{i}"
+            if i == 0:
+                out.append(("decoder", "decoder.relpos_bias", (buckets, cfg.num_heads)))
+            out.append(("decoder", f"{p}.pre_self_attention_norm", (d,)))
+            attention("decoder", f"{p}.self_attention")
+            out.append(("decoder", f"{p}.pre_cross_attention_norm", (d,)))
+            attention("decoder", f"{p}.encoder_decoder_attention")
+            out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
+            mlp("decoder", f"{p}.mlp")
+        out.append(("decoder", "decoder.final_norm", (d,)))
+    elif cfg.family == "decoder":
+        for i in range(cfg.num_decoder_layers):
+            p = f"decoder.layers_{i}"
+            out.append(("decoder", f"{p}.pre_norm", (d,)))  # parallel block: one norm feeds both
+            attention("decoder", f"{p}.attention")
+            if not cfg.parallel_block:
+                out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
+            mlp("decoder", f"{p}.mlp")
+        out.append(("decoder", "decoder.final_norm", (d,)))
+    else:
+        raise UserError(f"model family: unknown {cfg.family!r}; allowed: t5, decoder")
+    if not cfg.tie_embeddings:
+        out.append(("head", "logits_dense", (d, cfg.vocab_size)))
+    return tuple(out)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def param_count(cfg: ModelConfig) -> int:
+    return sum(_size(s) for _, _, s in _param_shapes(cfg))
+
+
+def param_count_split(cfg: ModelConfig) -> dict[str, int]:
+    """encoder/decoder parameters in the paper's FLOPs convention (see module doc), the
+    embedding tables among them, and the total (= encoder + decoder)."""
+    parts = {"embedding": 0, "encoder": 0, "decoder": 0, "head": 0}
+    for part, _, shape in _param_shapes(cfg):
+        parts[part] += _size(shape)
+    if cfg.family == "t5":
+        enc = parts["encoder"] + parts["embedding"]
+        dec = parts["decoder"] + parts["head"]
+    else:
+        enc, dec = 0, parts["decoder"] + parts["embedding"] + parts["head"]
+    return {
+        "encoder": enc,
+        "decoder": dec,
+        "embedding": parts["embedding"] + parts["head"],
+        "total": enc + dec,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def train_flops(cfg: ModelConfig, input_tokens: float, target_tokens: float) -> float:
+    """Training compute in the paper's convention (6 FLOPs per parameter per token)."""
+    split = param_count_split(cfg)
+    if cfg.family == "t5":
+        return 6.0 * (split["encoder"] * input_tokens + split["decoder"] * target_tokens)
+    return 6.0 * split["total"] * (input_tokens + target_tokens)
+
+
+def pretrain_flops(cfg: ModelConfig, tokens: float) -> float:
+    """Compute that made a base model from `tokens` pretraining tokens. For encoder-decoders
+    the paper's shorthand applies (each token passes through about half the parameters:
+    3 x N x tokens); decoder-only models pay 6 x N x tokens."""
+    n = param_count(cfg)
+    return (3.0 if cfg.family == "t5" else 6.0) * n * tokens
+
+
+def _matmul_params_per_token(cfg: ModelConfig) -> dict[str, float]:
+    """Parameters each kind of token multiplies by (excludes lookups: embeddings on input,
+    relative-position tables; norms are elementwise and left out)."""
+    d, inner, kv_inner = cfg.d_model, cfg.num_heads * cfg.d_kv, _kv_heads(cfg) * cfg.d_kv
+    attn = 2 * d * inner + 2 * d * kv_inner
+    mlp = 3 * d * cfg.d_ff
+    head = d * cfg.vocab_size  # output layer (tied or not, it is a matmul)
+    if cfg.family == "t5":
+        cross_q_o = 2 * d * inner
+        cross_kv = 2 * d * kv_inner  # applied to encoder outputs, once per decoder layer
+        return {
+            "input": cfg.num_encoder_layers * (attn + mlp) + cfg.num_decoder_layers * cross_kv,
+            "target": cfg.num_decoder_layers * (attn + cross_q_o + mlp) + head,
+        }
+    per = cfg.num_decoder_layers * (attn + mlp) + head
+    return {"input": per, "target": per}
+
+
+def step_flops(cfg: ModelConfig, batch_size: int, input_length: int, target_length: int) -> float:
+    """Analytic FLOPs of one optimizer step on `batch_size` packed sequences (fwd + bwd)."""
+    per = _matmul_params_per_token(cfg)
+    hd = cfg.num_heads * cfg.d_kv
+    # QK^T and AV: 2 matmuls x 2 FLOPs per multiply-add, over every (query, key) pair the
+    # kernel computes (masking does not skip work).
+    def attn(lq: int, lk: int) -> float:
+        return 4.0 * lq * lk * hd
+
+    if cfg.family == "t5":
+        fwd_row = 2.0 * (per["input"] * input_length + per["target"] * target_length)
+        fwd_row += cfg.num_encoder_layers * attn(input_length, input_length)
+        fwd_row += cfg.num_decoder_layers * (attn(target_length, target_length) + attn(target_length, input_length))
+    else:
+        length = input_length + target_length
+        fwd_row = 2.0 * per["input"] * length + cfg.num_decoder_layers * attn(length, length)
+    return 3.0 * fwd_row * batch_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
+
+def _dtype_bytes(name: str) -> int:
+    if name not in DTYPE_BYTES:
+        raise UserError(f"model dtype: unknown {name!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[name]
+
+
+@functools.lru_cache(maxsize=256)
+def adafactor_state_elements(cfg: ModelConfig, factored_min_dim: int = 128) -> int:
+    """Second-moment elements of factored Adafactor without momentum, by optax's rule: a
+    tensor whose second-largest dim is >= factored_min_dim keeps one statistic per slice
+    along each of its two largest dims, any other tensor a full copy (plus the 1-element
+    placeholders optax keeps for the unused kind)."""
+    total = 0
+    for _, _, shape in _param_shapes(cfg):
+        n = _size(shape)
+        dims = sorted(shape)
+        if len(shape) >= 2 and dims[-2] >= factored_min_dim:
+            total += n // dims[-1] + n // dims[-2] + 1
+        else:
+            total += n + 2
+    return total
+
+
+def memory_per_device(
+    cfg: ModelConfig,
+    mesh: MeshConfig,
+    micro_batch: int,
+    input_length: int,
+    target_length: int,
+    remat: bool,
+    training: bool = True,
+    factored_min_dim: int = 128,
+) -> dict[str, float]:
+    """Estimated bytes per device for one micro-batch of `micro_batch` global rows.
+
+    Parameters, gradients and optimizer state are sharded over fsdp x tensor and replicated
+    over data (norm scales are tiny and counted as sharded too). Activations: rows are split
+    over data x fsdp; heads, d_ff and vocab over tensor. Without remat every layer keeps its
+    matmul inputs, attention probabilities and MLP intermediates for the backward pass; with
+    remat it keeps only its input and recomputes one layer at a time.
+    """
+    shards = max(1, mesh.fsdp * mesh.tensor)
+    pbytes, abytes = _dtype_bytes(cfg.param_dtype), _dtype_bytes(cfg.dtype)
+    n = param_count(cfg)
+    params = n * pbytes / shards
+    grads = params if training else 0.0
+    optimizer = 4.0 * adafactor_state_elements(cfg, factored_min_dim) / shards if training else 0.0
+
+    rows = micro_batch / max(1, mesh.data * mesh.fsdp)
+    t = max(1, mesh.tensor)
+    d, hd, ff, h = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.num_heads
+
+    def layer(tokens: int, keys: int, cross_keys: int = 0) -> float:
+        """Elements one layer saves per row: `tokens` queries attending `keys` keys (and the
+        encoder's `cross_keys` outputs in a T5 decoder layer)."""
+        # Norms run in float32 and keep their input and output; XLA also keeps the softmax's
+        # logits, exponentials and probabilities (3 copies of the scores).
+        per_token = 3 * d + 4 * hd / t  # residual, norm input/output, q, k, v, attention context
+        scores = 3 * h * tokens * keys / t
+        extra = 0.0
+        if cross_keys:
+            per_token += 2 * d + 2 * hd / t  # cross-attention norm, query, context
+            scores += 3 * h * tokens * cross_keys / t
+            extra = cross_keys * 2 * hd / t  # cross-attention keys and values
+        per_token += 2 * d + 4 * ff / t  # MLP norm, wi_0, wi_1 outputs, activation, gated product
+        return tokens * per_token + scores + extra
+
+    if cfg.family == "t5":
+        layers = [(input_length, input_length, 0)] * cfg.num_encoder_layers
+        layers += [(target_length, target_length, input_length)] * cfg.num_decoder_layers
+        logits_tokens = target_length
+    else:
+        length = input_length + target_length
+        layers = [(length, length, 0)] * cfg.num_decoder_layers
+        logits_tokens = length
+    if not training:
+        # Inference keeps one layer's activations at a time.
+        act_elems = max((layer(*x) for x in layers), default=0.0)
+    elif remat:
+        act_elems = sum(tok * d for tok, _, _ in layers) + max((layer(*x) for x in layers), default=0.0)
+    else:
+        act_elems = sum(layer(*x) for x in layers)
+    activations = act_elems * abytes * rows
+    # Logits and their gradient in float32, vocab split over tensor.
+    activations += 2 * 4.0 * logits_tokens * cfg.vocab_size / t * rows
+    total = params + grads + optimizer + activations
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations, "total": total}
