@@ -1,0 +1,283 @@
+"""Read one sweep's MLflow runs into a flat table: one row per cell.
+
+The layout is the sweep store's (DESIGN.md section 3): experiment = sweep name, a parent run
+tagged `flanscale.sweep`, a child run per cell tagged `flanscale.cell_key` / `flanscale.state`
+with the cell's params and metrics. This module only reads; it never creates a store, an
+experiment or a run, so pointing it at the wrong place cannot damage anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainers.spec import UserError
+
+SWEEP_TAG = "flanscale.sweep"
+CELL_KEY_TAG = "flanscale.cell_key"
+STATE_TAG = "flanscale.state"
+PARENT_TAG = "mlflow.parentRunId"
+
+# When the store holds two runs for one cell key (a store repaired by hand, a race in an old
+# controller), the one furthest along is the one that describes the cell.
+_STATE_RANK = {"finished": 6, "running": 5, "preempted": 4, "failed": 3, "pending": 2, "cancelled": 1, "infeasible": 0}
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """One cell as the store last saw it. `metrics` holds the last logged value of each metric."""
+
+    key: str
+    run_id: str
+    model: str
+    params: int
+    task_count: int
+    formats: tuple[str, ...]
+    with_cot: bool
+    mixture: str
+    state: str
+    attempts: int = 0
+    preemptions: int = 0
+    error: str = ""
+    accelerator: str = ""
+    devices: int = 0
+    steps: int = 0
+    start_time: float | None = None  # when the job first reported (seconds since the epoch), not when queued
+    end_time: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # the planner's cell.json, when logged
+
+    def metric(self, name: str) -> float | None:
+        v = self.metrics.get(name)
+        return v if v is not None and math.isfinite(v) else None
+
+    @property
+    def finetune_flops(self) -> float | None:
+        return self.metric("flops/finetune")
+
+    @property
+    def pretrain_flops(self) -> float | None:
+        return self.metric("flops/pretrain")
+
+    def wall_hours(self, now: float | None = None) -> float:
+        """Hours this cell has held its devices (until now if still running)."""
+        if self.start_time is None:
+            return 0.0
+        end = self.end_time if self.end_time is not None else (now if self.state == "running" else None)
+        if end is None:
+            return 0.0
+        return max(0.0, end - self.start_time) / 3600.0
+
+
+@dataclass(frozen=True)
+class SweepRuns:
+    sweep: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    cells: tuple[CellRun, ...]
+    read_at: float
+    parent_params: dict[str, str] = field(default_factory=dict)  # what the controller logged about the sweep
+    parent_tags: dict[str, str] = field(default_factory=dict)  # flanscale.* tags of the sweep's run (state, ...)
+
+    @property
+    def state(self) -> str:
+        return self.parent_tags.get(STATE_TAG, "unknown")
+
+    @property
+    def metric_names(self) -> list[str]:
+        return sorted({m for c in self.cells for m in c.metrics})
+
+
+def default_tracking_uri() -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded SQLite store in FLANSCALE_HOME."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    home = Path(os.environ.get("FLANSCALE_HOME", ".flanscale")).resolve()
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def _check_store_exists(uri: str) -> None:
+    # MLflow would silently create an empty SQLite database; a report must not.
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise UserError(f"--tracking-uri: no MLflow store at {path}; run a sweep first or pass --tracking-uri")
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri[len("file:"):] if uri.startswith("file:") else uri)
+        if not path.exists():
+            raise UserError(f"--tracking-uri: no MLflow store at {path}; run a sweep first or pass --tracking-uri")
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    _check_store_exists(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = True) -> SweepRuns:
+    """All cells of `sweep`; raises UserError (with the closest sweep names) if there is none."""
+    uri = tracking_uri or default_tracking_uri()
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        close = difflib.get_close_matches(sweep, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else (
+            f"known sweeps: {', '.join(names)}" if names else "the store holds no sweeps yet")
+        raise UserError(f"sweep {sweep!r}: no such experiment in {uri}; {hint}")
+
+    if exp.lifecycle_stage == "deleted":
+        raise UserError(f"sweep {sweep!r}: its experiment in {uri} is deleted; restore it in MLflow to report on it")
+    runs = _all_runs(client, exp.experiment_id)
+    parent = _parent_run(runs, sweep)
+    children = [r for r in runs if CELL_KEY_TAG in r.data.tags and r.data.tags.get(SWEEP_TAG, sweep) == sweep]
+    by_key: dict[str, Any] = {}
+    for r in children:
+        k = r.data.tags[CELL_KEY_TAG]
+        if k not in by_key or _preference(r) > _preference(by_key[k]):
+            by_key[k] = r
+    # The controller logs the whole plan once on the sweep's run; older stores only per cell.
+    plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
+    cells = [_to_cell(client, r, plans.get(r.data.tags[CELL_KEY_TAG]) if plans else None, with_plans)
+             for r in by_key.values()]
+    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.key))
+    return SweepRuns(
+        sweep=sweep,
+        tracking_uri=uri,
+        experiment_id=exp.experiment_id,
+        parent_run_id=parent.info.run_id if parent is not None else None,
+        cells=tuple(cells),
+        read_at=time.time(),
+        parent_params=dict(parent.data.params) if parent is not None else {},
+        parent_tags={k: v for k, v in parent.data.tags.items() if k.startswith("flanscale.")} if parent is not None else {},
+    )
+
+
+def load_history(tracking_uri: str, cells: Sequence[CellRun], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """`metric` at every logged step, per cell key (for training-curve figures)."""
+    client = client_for(tracking_uri)
+    return {c.key: [(m.step, m.value) for m in client.get_metric_history(c.run_id, metric) if math.isfinite(m.value)]
+            for c in cells}
+
+
+def _all_runs(client, experiment_id: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _parent_run(runs: list, sweep: str):
+    parents = [r for r in runs if CELL_KEY_TAG not in r.data.tags and PARENT_TAG not in r.data.tags
+               and r.data.tags.get(SWEEP_TAG) == sweep]
+    # The oldest parent is the sweep's own; later ones could only come from a manual re-creation.
+    return min(parents, key=lambda r: r.info.start_time or 0) if parents else None
+
+
+def _preference(run) -> tuple[int, int]:
+    return (_STATE_RANK.get(run.data.tags.get(STATE_TAG, ""), -1), run.info.start_time or 0)
+
+
+def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:
+    p, t = run.data.params, run.data.tags
+    metrics = {k: float(v) for k, v in run.data.metrics.items()}
+    if plan is None:
+        plan = _read_json(client, run.info.run_id, "cell.json") if with_plan else {}
+    plan = plan if isinstance(plan, dict) else {}
+    state = t.get(STATE_TAG) or _state_from_status(run.info.status)
+    end = run.info.end_time / 1000.0 if run.info.end_time else None
+    return CellRun(
+        key=t[CELL_KEY_TAG],
+        run_id=run.info.run_id,
+        model=p.get("model") or plan.get("model", "?"),
+        params=_as_int(p.get("params", plan.get("params"))),
+        task_count=_as_int(p.get("task_count", plan.get("task_count"))),
+        formats=_as_tuple(p.get("formats", plan.get("formats", ()))),
+        with_cot=_as_bool(p.get("with_cot", "true")),
+        mixture=p.get("mixture", ""),
+        state=state,
+        attempts=_as_int(t.get("flanscale.attempts")),
+        preemptions=_as_int(t.get("flanscale.preemptions")),
+        error=t.get("flanscale.error", ""),
+        accelerator=p.get("accelerator") or plan.get("accelerator", ""),
+        devices=_as_int(p.get("devices", plan.get("devices"))),
+        steps=_as_int(p.get("steps")),
+        start_time=_job_start(client, run.info.run_id) if state not in ("pending", "infeasible") else None,
+        end_time=end if state != "running" else None,
+        metrics=metrics,
+        plan=plan,
+    )
+
+
+def _job_start(client, run_id: str) -> float | None:
+    """The first metric the job logged. The run itself is created when the sweep is planned,
+    so its start time includes the wait in the queue, which costs nothing."""
+    for name in ("flops/finetune", "train/loss"):
+        stamps = [m.timestamp for m in client.get_metric_history(run_id, name)]
+        if stamps:
+            return min(stamps) / 1000.0
+    return None
+
+
+def _state_from_status(status: str) -> str:
+    return {"RUNNING": "running", "FINISHED": "finished", "FAILED": "failed", "KILLED": "cancelled"}.get(status, "pending")
+
+
+def _read_plan_list(client, parent_run_id: str) -> dict[str, dict[str, Any]]:
+    cells = _read_json(client, parent_run_id, "plan.json")
+    if not isinstance(cells, list):
+        return {}
+    return {c["key"]: c for c in cells if isinstance(c, dict) and "key" in c}
+
+
+def _read_json(client, run_id: str, name: str) -> Any:
+    try:
+        if not any(a.path == name for a in client.list_artifacts(run_id)):
+            return {}
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(run_id, name, d)
+            return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        # A cell without a readable plan still reports its metrics.
+        return {}
+
+
+def _as_int(v: Any) -> int:
+    if v is None or v == "":
+        return 0
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _as_bool(v: Any) -> bool:
+    return str(v).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _as_tuple(v: Any) -> tuple[str, ...]:
+    """Formats are logged as a JSON list, a Python repr or a comma-separated string."""
+    if isinstance(v, (list, tuple)):
+        return tuple(str(x) for x in v)
+    s = str(v).strip()
+    if not s:
+        return ()
+    if s.startswith("["):
+        try:
+            return tuple(str(x) for x in json.loads(s.replace("'", '"')))
+        except ValueError:
+            s = s.strip("[]")
+    return tuple(x.strip().strip("'\"") for x in s.split(",") if x.strip())

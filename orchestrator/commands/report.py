@@ -1,0 +1,80 @@
+"""`flanscale report SWEEP`: scaling curves, fits, forecasts and tables from a sweep's MLflow runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from trainers.spec import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="analyse a sweep's runs into an HTML report, figures and tables",
+        description="Read a sweep's cells from MLflow and write scaling curves (PNG + SVG), fitted laws with "
+        "bootstrap intervals, forecasts, back-tests, FLOPs and results tables (CSV + Markdown) and a "
+        "self-contained report.html; the folder is also logged on the sweep's MLflow run.",
+    )
+    p.add_argument("sweep", help="sweep name (the MLflow experiment)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: $FLANSCALE_HOME/reports/<sweep>)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$FLANSCALE_HOME/mlflow.db)")
+    p.add_argument("--metric", action="append", default=[], metavar="M",
+                   help="metric to plot and fit, e.g. train/loss or eval/mmlu/direct (repeatable; "
+                   "default: train/loss and the held-out metrics logged)")
+    p.add_argument("--forecast-params", action="append", default=[], type=_positive_float, metavar="N",
+                   help="forecast at this parameter count, e.g. 540e9 (repeatable; default: 10x the largest run)")
+    p.add_argument("--forecast-tasks", action="append", default=[], type=_positive_float, metavar="N",
+                   help="forecast at this number of tasks, e.g. 1836 (repeatable; default: next rung of 9/89/282/1836)")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples per fit (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's MLflow run")
+    p.set_defaults(func=run)
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 540e9, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s!r}")
+    return v
+
+
+def run(args: argparse.Namespace) -> int:
+    from dashboards.report import ReportOptions, check_metrics, mlflow_ui_command, write_report
+    from dashboards.runs import default_tracking_uri, load_sweep
+
+    # Progress bars for a handful of small files only clutter what the command prints.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
+    home = Path(os.environ.get("FLANSCALE_HOME", ".flanscale"))
+    out = args.out or home / "reports" / args.sweep
+    uri = args.tracking_uri or default_tracking_uri()
+    runs = load_sweep(args.sweep, uri)
+    check_metrics(runs, args.metric)
+    options = ReportOptions(
+        metrics=tuple(args.metric),
+        forecast_params=tuple(args.forecast_params),
+        forecast_tasks=tuple(args.forecast_tasks),
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        log_artifacts=not args.no_log,
+    )
+    report = write_report(runs, out, options)
+    print(f"report:  {report.html.resolve()}")
+    print(f"figures: {len(report.figures)} in {(report.out_dir / 'figures').resolve()} (PNG + SVG)")
+    print(f"tables:  {(report.out_dir / 'tables').resolve()} (CSV + Markdown)")
+    for note in report.notes:
+        print(f"note:    {note}")
+    if report.logged_to_run:
+        print(f"logged as artifacts 'report/' on sweep run {report.logged_to_run}")
+    elif not args.no_log:
+        print("not logged to MLflow: the sweep has no parent run")
+    print(f"open the store: {mlflow_ui_command(uri)}")
+    return 0
