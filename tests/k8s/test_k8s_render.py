@@ -1,0 +1,226 @@
+"""`flanscale k8s render`: the RayJob is sized from the real plan and validates against the
+KubeRay v1.7.0 CRD; the ConfigMap carries the composed sweep, which plans the same cells."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+
+import pytest
+import yaml
+
+from conftest import builtin_errors, crd_errors, pod_specs
+from orchestrator import k8s as pools
+from orchestrator import k8s_render
+from orchestrator.k8s import tpu_topology
+from orchestrator.k8s_render import RenderOptions, render
+from orchestrator.planner import plan
+from orchestrator.spec import load_spec
+from trainers.spec import UserError
+from test_k8s_manifests import locked_down_problems
+
+
+def _render(path, overlay, overrides=(), **options):
+    spec = load_spec(str(path), list(overrides))
+    cells = plan(spec)
+    return spec, cells, render(spec, cells, RenderOptions(overlay=overlay, **options))
+
+
+def _cli(argv):
+    from orchestrator.commands import k8s
+
+    parser = argparse.ArgumentParser(prog="flanscale")
+    k8s.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _check(docs, crd_validators):
+    configmap, rayjob = docs
+    assert configmap["kind"] == "ConfigMap" and rayjob["kind"] == "RayJob"
+    assert builtin_errors(configmap) == []
+    assert crd_errors(crd_validators, rayjob) == []
+    assert locked_down_problems(docs) == []
+    return configmap, rayjob
+
+
+def test_cpu_sweep_renders_a_valid_rayjob(sweep_file, crd_validators):
+    path = sweep_file("Demo_Sweep", models=["tiny-1", "tiny-2"], task_counts=[9, 18], max_concurrent=3)
+    spec, cells, docs = _render(path, "cpu", namespace="research")
+    configmap, rayjob = _check(docs, crd_validators)
+    assert rayjob["metadata"]["name"] == "demo-sweep" and rayjob["metadata"]["namespace"] == "research"
+    assert rayjob["metadata"]["annotations"]["flanscale.io/sweep-name"] == "Demo_Sweep"
+    job = rayjob["spec"]
+    assert job["entrypoint"].startswith("flanscale sweep run /config/sweep.yaml --tracking-uri http://mlflow.research.svc:5000")
+    assert job["shutdownAfterJobFinishes"] is True
+    cluster = job["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["version"] == "v2"
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "flanscale-ray-auth"}
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert {"name": "sweep-spec", "configMap": {"name": configmap["metadata"]["name"]}} in head["volumes"]
+    assert head["affinity"] == k8s_render.non_preemptible_affinity() and not head.get("tolerations")
+    [group] = cluster["workerGroupSpecs"]
+    largest = max(cells, key=lambda c: c.devices)
+    assert group["replicas"] == largest.hosts and group["maxReplicas"] == largest.hosts * min(3, len(cells))
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert int(limits["cpu"]) >= largest.devices and set(limits) == {"cpu", "memory"}
+    assert group["template"]["spec"]["containers"][0]["image"].endswith("-cpu")
+
+
+def test_configmap_holds_the_composed_sweep(sweep_file, tmp_path):
+    path = sweep_file("roundtrip", models=["tiny-1"], task_counts=[9])
+    spec, cells, docs = _render(path, "cpu", overrides=["task_counts=[9,18]", "optim.steps=3"])
+    shipped = tmp_path / "cluster" / "sweep.yaml"
+    shipped.parent.mkdir()
+    shipped.write_text(docs[0]["data"]["sweep.yaml"])
+    # What the cluster loads (no overrides given there) is what was planned here.
+    again = load_spec(str(shipped), [])
+    assert again == dataclasses.replace(spec, tracking_uri="http://mlflow.flanscale.svc:5000")
+    assert [c.key for c in plan(again)] == [c.key for c in cells]
+    assert len(cells) == 2
+
+
+def test_multi_host_tpu_slice_is_one_group_of_hosts(sweep_file, crd_validators):
+    path = sweep_file("palm-v5p", models=["palm-62b"], task_counts=[1836], accelerator="tpu-v5p", min_devices=64)
+    _, cells, docs = _render(path, "tpu")
+    _, rayjob = _check(docs, crd_validators)
+    [cell] = [c for c in cells if c.feasible]
+    assert cell.hosts > 1
+    [group] = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    assert group["numOfHosts"] == cell.hosts and group["replicas"] == 1
+    per_host = cell.devices // cell.hosts
+    assert pod["containers"][0]["resources"]["limits"]["google.com/tpu"] == str(per_host)
+    topology = pod["nodeSelector"]["cloud.google.com/gke-tpu-topology"]
+    assert math.prod(int(x) for x in topology.split("x")) == cell.devices
+    assert pod["nodeSelector"]["cloud.google.com/gke-tpu-accelerator"] == "tpu-v5p-slice"
+    assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_gpu_cells_get_their_devices_per_host(sweep_file, crd_validators, built):
+    path = sweep_file("t5-h100", models=["t5-large", "t5-xxl"], task_counts=[1836], accelerator="h100-80g")
+    _, cells, docs = _render(path, "gpu", image="registry.example/flanscale:dev")
+    _, rayjob = _check(docs, crd_validators)
+    [group] = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    big = max(cells, key=lambda c: c.devices)
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == str(big.devices // big.hosts)
+    assert group["numOfHosts"] == 1 and group["replicas"] == big.hosts
+    assert all(c["image"] == "registry.example/flanscale:dev" for _, p in pod_specs(rayjob) for c in p["containers"])
+    # The RayJob's GPU pods land on the same node pools as the gpu overlay's RayCluster.
+    [cluster] = [d for d in built["gpu"] if d["kind"] == "RayCluster"]
+    overlay = {g["groupName"]: g["template"]["spec"].get("nodeSelector") for g in cluster["spec"]["workerGroupSpecs"]}
+    assert pod["nodeSelector"] == overlay["h100-80g"]
+
+
+def test_tpu_overlay_node_pools_agree_with_the_renderer(built):
+    [cluster] = [d for d in built["tpu"] if d["kind"] == "RayCluster"]
+    for g in cluster["spec"]["workerGroupSpecs"]:
+        sel = g["template"]["spec"].get("nodeSelector")
+        if not sel:
+            continue
+        acc = "-".join(g["groupName"].split("-")[:2])  # tpu-v4-16 -> tpu-v4
+        pool = pools.NODE_POOLS[acc]
+        chips = g["numOfHosts"] * pool.devices_per_host
+        assert sel["cloud.google.com/gke-tpu-accelerator"] == pool.selector_value
+        assert sel["cloud.google.com/gke-tpu-topology"] == tpu_topology(acc, chips, pool.topology_dims)
+
+
+@pytest.mark.parametrize("acc,chips,expected", [
+    ("tpu-v4", 4, "2x2x1"), ("tpu-v4", 8, "2x2x2"), ("tpu-v4", 16, "2x2x4"), ("tpu-v4", 32, "2x4x4"),
+    ("tpu-v5p", 64, "4x4x4"), ("tpu-v5p", 128, "4x4x8"), ("tpu-v6e", 1, "1x1"), ("tpu-v6e", 4, "2x2"),
+    ("tpu-v6e", 8, "2x4"), ("tpu-v6e", 16, "4x4"), ("tpu-v6e", 256, "16x16"),
+])
+def test_tpu_topologies_follow_gke_shapes(acc, chips, expected):
+    assert tpu_topology(acc, chips, pools.NODE_POOLS[acc].topology_dims) == expected
+
+
+def test_tpu_topology_refuses_impossible_slices():
+    with pytest.raises(UserError, match="not a GKE slice size"):
+        tpu_topology("tpu-v4", 12, 3)
+
+
+def test_overlay_must_match_the_accelerator(sweep_file):
+    path = sweep_file("mismatch", models=["t5-large"], accelerator="tpu-v4")
+    with pytest.raises(UserError, match="--overlay gpu: the plan runs on tpu-v4, a tpu accelerator; use --overlay tpu"):
+        _render(path, "gpu")
+
+
+def test_bad_names_are_refused_with_the_fix(sweep_file):
+    path = sweep_file("ok")
+    with pytest.raises(UserError, match="--name: 'My_Job' is not a valid name; try 'my-job'"):
+        _render(path, "cpu", name="My_Job")
+    with pytest.raises(UserError, match="--namespace"):
+        _render(path, "cpu", namespace="Bad NS")
+
+
+def test_long_sweep_names_fit_kuberay_limits(sweep_file):
+    path = sweep_file("a" * 30 + "_" + "b" * 30)
+    _, _, docs = _render(path, "cpu")
+    name = docs[1]["metadata"]["name"]
+    assert len(name) <= pools.MAX_NAME and name == pools.k8s_name(name)
+
+
+def test_render_command_prints_yaml_documents(sweep_file, capsys, crd_validators):
+    path = sweep_file("cli-render")
+    assert _cli(["k8s", "render", str(path), "optim.steps=2", "-n", "team-a"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
+    assert crd_errors(crd_validators, docs[1]) == []
+    assert "steps: 2" in docs[0]["data"]["sweep.yaml"]
+    assert docs[1]["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"].endswith("-cpu")
+
+
+def test_render_command_reports_bad_input_as_user_error(sweep_file, tmp_path):
+    with pytest.raises(UserError, match="no such sweep file"):
+        _cli(["k8s", "render", str(tmp_path / "missing.yaml")])
+    with pytest.raises(UserError, match="backoff-limit"):
+        _cli(["k8s", "render", str(sweep_file("x")), "--backoff-limit", "-1"])
+    with pytest.raises(UserError, match="budget.max_device_hours"):
+        _cli(["k8s", "render", str(sweep_file("pricey", models=["t5-xxl"], accelerator="h100-80g")),
+              "budget.max_device_hours=0.001"])
+
+
+def test_paper_sweep_with_hydra_defaults_ships_composed(tmp_path, crd_validators):
+    from conftest import REPO
+
+    paper = REPO / "sweeps" / "paper" / "flan_t5.yaml"
+    if not paper.is_file():
+        pytest.skip(f"{paper} is not in this checkout")
+    spec, cells, docs = _render(paper, "gpu", overrides=["accelerator=h100-80g"])
+    _check(docs, crd_validators)
+    # The file pulls data/eval groups through Hydra defaults; the cluster gets them resolved.
+    shipped = tmp_path / "sweep.yaml"
+    shipped.write_text(docs[0]["data"]["sweep.yaml"])
+    assert "defaults" not in yaml.safe_load(shipped.read_text())
+    again = load_spec(str(shipped), [])
+    assert again == dataclasses.replace(spec, tracking_uri=again.tracking_uri)
+    assert [c.key for c in plan(again)] == [c.key for c in cells]
+
+
+def test_shared_home_and_dataset_volumes_reach_every_ray_pod(sweep_file, capsys, crd_validators):
+    path = sweep_file("with-volumes")
+    assert _cli(["k8s", "render", str(path), "--home-pvc", "flanscale-home", "--data-pvc", "flan-exports:/datasets/flan"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    _check(docs, crd_validators)
+    ray_pods = [(w, p) for w, p in pod_specs(docs[1]) if not w.endswith("/submitter")]
+    assert len(ray_pods) == 2
+    for where, pod in ray_pods:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["flanscale-home"] == {"name": "flanscale-home", "persistentVolumeClaim": {"claimName": "flanscale-home"}}
+        assert volumes["datasets"]["persistentVolumeClaim"] == {"claimName": "flan-exports", "readOnly": True}
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["flanscale-home"]["mountPath"] == "/data"
+        assert mounts["datasets"] == {"name": "datasets", "mountPath": "/datasets/flan", "readOnly": True}
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--data-pvc", "flan:/tmp/flan", "apart from /tmp"),
+    ("--data-pvc", "flan:relative", "must be absolute"),
+    ("--data-pvc", "flan:/", "must be absolute and apart"),
+    ("--home-pvc", "Home_PVC", "not a valid PersistentVolumeClaim name"),
+])
+def test_bad_volume_flags_are_refused(sweep_file, flag, value, message):
+    with pytest.raises(UserError, match=message):
+        _cli(["k8s", "render", str(sweep_file("vol")), flag, value])
