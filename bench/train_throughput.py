@@ -1,0 +1,171 @@
+"""Training throughput of a T5-shaped model on CPU: packed JAX vs padded PyTorch.
+
+flanscale packs several examples per row (inputs 512 / targets 128) with per-example
+attention masks; the usual PyTorch recipe (Hugging Face T5) pads each batch of examples to
+its longest one. Both train on the same examples, drawn from the data pipeline's Flan-like
+length distribution (the packed rows are split back into their examples for the peer), so
+"useful tokens/s" (non-padding tokens per second) compares the two fairly.
+
+    python bench/train_throughput.py [--steps N] [--peer] [--batch 8]
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LI, LT = 512, 128
+
+
+def model_config(vocab: int = 32128):
+    from trainers.spec import ModelConfig
+
+    return ModelConfig(
+        name="bench-t5", family="t5", vocab_size=vocab, d_model=256, d_ff=1024, num_heads=4, d_kv=64,
+        num_encoder_layers=4, num_decoder_layers=4,
+    )
+
+
+def packed_batches(batch: int, steps: int, home: Path) -> list[dict]:
+    """steps + 1 packed batches (one to compile) from the built-in instruction suite."""
+    from trainers.data.pipeline import make_batches
+    from trainers.spec import DataConfig
+
+    data = DataConfig(task_count=89, input_length=LI, target_length=LT, tokenizer="byte", examples_per_task=50)
+    it = iter(make_batches(data, "t5", batch, 0, home))
+    return [next(it) for _ in range(steps + 1)]
+
+
+def unpack(batches: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """Packed rows -> the (input ids, target ids) of every example in them, in order."""
+    import numpy as np
+
+    examples = []
+    for b in batches:
+        for r in range(b["encoder_input_tokens"].shape[0]):
+            enc_seg, dec_seg = b["encoder_segment_ids"][r], b["decoder_segment_ids"][r]
+            for s in np.unique(enc_seg[enc_seg > 0]):
+                inputs = b["encoder_input_tokens"][r][enc_seg == s].tolist()
+                targets = b["decoder_target_tokens"][r][dec_seg == s].tolist()
+                examples.append((inputs, targets))
+    return examples
+
+
+def bench_jax(batches: list[dict], batch: int) -> dict:
+    import jax
+
+    from trainers.data.pipeline import packing_efficiency
+    from trainers.job import make_setup
+    from trainers.models import init_params
+    from trainers.spec import MeshConfig, OptimConfig
+    from trainers.train import init_state, train_loop
+
+    cfg = model_config()
+    optim = OptimConfig(batch_size=batch, learning_rate=5e-4)
+    setup = make_setup(cfg, optim, MeshConfig(), LI, LT, packing_efficiency)
+    state = init_state(setup, init_params(cfg, jax.random.PRNGKey(0), input_length=LI, target_length=LT), 0)
+    logs: list[dict] = []
+    t0 = time.perf_counter()
+    train_loop(setup, state, iter(batches), total_steps=len(batches), log_metrics=lambda m, s: logs.append(m))
+    wall = time.perf_counter() - t0
+    steps = [m for m in logs if "train/step_s" in m][1:]  # the first step's buffers are still warming
+    step_s = statistics.median(m["train/step_s"] for m in steps)
+    useful = statistics.median(m["train/useful_tokens_per_s"] * m["train/step_s"] for m in steps)
+    return {
+        "step_s": step_s,
+        "tokens_per_s": batch * (LI + LT) / step_s,
+        "useful_tokens_per_s": useful / step_s,
+        "packing_efficiency": statistics.mean(m["train/packing_efficiency"] for m in steps),
+        "mfu": statistics.median(m["train/mfu"] for m in steps),
+        "xla_step_flops": next(m["train/xla_step_flops"] for m in logs if "train/xla_step_flops" in m),
+        "analytic_step_flops": setup.analytic_step_flops,
+        "wall_s_incl_compile": wall,
+    }
+
+
+def bench_torch(examples: list[tuple[list[int], list[int]]], batch: int, steps: int) -> dict:
+    """HF T5 (PyTorch), same architecture, Adafactor, batches padded to their longest example."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers.optimization import Adafactor
+
+    cfg = model_config()
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_ff=cfg.d_ff, d_kv=cfg.d_kv, num_heads=cfg.num_heads,
+            num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        )
+    )
+    model.train()
+    opt = Adafactor(model.parameters(), lr=5e-4, relative_step=False, scale_parameter=True, warmup_init=False)
+    times, useful, padded = [], [], []
+    for i in range(steps + 1):
+        chunk = examples[i * batch:(i + 1) * batch]
+        if len(chunk) < batch:
+            break
+        li = max(len(x) for x, _ in chunk)
+        lt = max(len(y) for _, y in chunk)
+        inp = torch.zeros((batch, li), dtype=torch.long)
+        lab = torch.full((batch, lt), -100, dtype=torch.long)
+        for r, (x, y) in enumerate(chunk):
+            inp[r, : len(x)] = torch.tensor(x)
+            lab[r, : len(y)] = torch.tensor(y)
+        t0 = time.perf_counter()
+        loss = model(input_ids=inp, attention_mask=(inp != 0).long(), labels=lab).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        if i > 0:  # the first step allocates
+            times.append(dt)
+            useful.append(sum(len(x) + len(y) for x, y in chunk))
+            padded.append(batch * (li + lt))
+    step_s = statistics.median(times)
+    return {
+        "step_s": step_s,
+        "tokens_per_s": statistics.mean(padded) / step_s,
+        "useful_tokens_per_s": statistics.mean(useful) / step_s,
+        "examples_per_step": batch,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+    ap.add_argument("--batch", type=int, default=8, help="packed rows per JAX step")
+    ap.add_argument("--peer", action="store_true", help="also run HF transformers' T5 (PyTorch), padded batches")
+    args = ap.parse_args(argv)
+    home = Path(os.environ.get("FLANSCALE_HOME") or tempfile.mkdtemp(prefix="flanscale-bench-"))
+    batches = packed_batches(args.batch, args.steps, home)
+    examples = unpack(batches)
+    out = {
+        "config": {"d_model": 256, "d_ff": 1024, "heads": 4, "layers": "4+4", "vocab": 32128,
+                   "input_length": LI, "target_length": LT, "batch": args.batch, "steps": args.steps},
+        "examples": len(examples),
+        "mean_example_tokens": statistics.mean(len(x) + len(y) for x, y in examples),
+        "flanscale_jax_packed": bench_jax(batches, args.batch),
+    }
+    if args.peer:
+        # Same examples, in order, batch-size examples per step (the HF recipe's unit).
+        peer = bench_torch(examples, args.batch, args.steps)
+        out["hf_torch_padded"] = peer
+        out["useful_tokens_per_s_ratio"] = out["flanscale_jax_packed"]["useful_tokens_per_s"] / peer["useful_tokens_per_s"]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

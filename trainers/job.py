@@ -1,0 +1,472 @@
+"""run_cell: one cell's job on a worker. Wires data -> model -> mesh -> train loop -> eval.
+
+Only plain data crosses this boundary: a CellSpec dict in, a result dict out. Everything
+the job measures goes to the tracker (MLflow when the controller hands over a run id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainers.spec import CellSpec, UserError
+from trainers.tracking import MLflowTracker, NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+ENV_COORDINATOR = "FLANSCALE_COORDINATOR"
+ENV_NUM_PROCESSES = "FLANSCALE_NUM_PROCESSES"
+ENV_PROCESS_ID = "FLANSCALE_PROCESS_ID"
+
+
+class FanOutTracker:
+    """Sends every call to several trackers (MLflow plus, say, a console printer)."""
+
+    def __init__(self, trackers: Sequence[Tracker]) -> None:
+        self.trackers = list(trackers)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.log_params(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for t in self.trackers:
+            t.log_metrics(metrics, step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for t in self.trackers:
+            t.set_tags(tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        for t in self.trackers:
+            t.log_artifact(path, artifact_path)
+
+
+def init_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+    """Joins a multi-host JAX job when a coordinator is given (args or FLANSCALE_* env).
+
+    Must run before any other JAX call touches the backend. Returns whether it joined.
+    """
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR)
+    if not coordinator:
+        return False
+    num = num_processes if num_processes is not None else os.environ.get(ENV_NUM_PROCESSES)
+    pid = process_id if process_id is not None else os.environ.get(ENV_PROCESS_ID)
+    if num is None or pid is None:
+        raise UserError(f"{ENV_COORDINATOR}={coordinator} needs {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} too")
+    import jax
+
+    if jax.distributed.is_initialized():
+        return True
+    # CPU processes exchange collectives over gloo; accelerators use their own transport.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num), process_id=int(pid))
+    return True
+
+
+class _StopFlag:
+    """SIGTERM (preemption notice) and the caller's should_stop, merged into one check."""
+
+    def __init__(self, should_stop: Callable[[], bool] | threading.Event | None) -> None:
+        self.should_stop = should_stop
+        self.signalled = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        # Signal handlers can only be set from the main thread; elsewhere (a Ray actor
+        # thread, a test thread) the caller's should_stop is the only stop channel.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_term)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_term(self, signum, frame) -> None:
+        log.warning("SIGTERM received: checkpointing and stopping")
+        self.signalled = True
+
+    def local(self) -> bool:
+        stop = self.should_stop
+        if self.signalled or stop is None:
+            return self.signalled
+        # A threading.Event (or anything with is_set) works as well as a callable.
+        return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
+
+    def __call__(self) -> bool:
+        import jax
+
+        if jax.process_count() == 1:
+            return self.local()
+        # Every process must stop at the same step or the collectives of the next step hang.
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.local()], dtype=np.int32))
+        return bool(np.asarray(flags).any())
+
+
+def _tracker(run_id: str | None, tracking_uri: str | None, home: Path, extra: Sequence[Tracker]) -> Tracker:
+    import jax
+
+    if jax.process_index() != 0:
+        return NullTracker()
+    trackers: list[Tracker] = []
+    if run_id:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        trackers.append(MLflowTracker(uri, run_id))
+    trackers.extend(extra)
+    return FanOutTracker(trackers)
+
+
+def _pretrain_flops(spec: CellSpec) -> float:
+    """The base model's pretraining compute: the spec's figure, else the one measured by
+    `flanscale pretrain` and stored beside the checkpoint."""
+    if spec.pretrain_flops > 0:
+        return float(spec.pretrain_flops)
+    if spec.init_checkpoint:
+        meta = Path(spec.init_checkpoint) / "pretrain.json"
+        if meta.exists():
+            return float(json.loads(meta.read_text()).get("flops", 0.0))
+    return 0.0
+
+
+def _params_to_log(spec: CellSpec, n_params: int) -> dict[str, Any]:
+    d = spec.data
+    return {
+        "model": spec.model.name,
+        "params": n_params,
+        "task_count": d.task_count,
+        "mixture": d.mixture,
+        "formats": ",".join(d.formats),
+        "with_cot": d.with_cot,
+        "batch_size": spec.optim.batch_size,
+        "learning_rate": spec.optim.learning_rate,
+        "steps": spec.optim.steps,
+        "dropout": spec.model.dropout_rate,
+        "optimizer": spec.optim.optimizer,
+        "accelerator": spec.mesh.accelerator,
+        "devices": spec.mesh.devices,
+        "input_length": d.input_length,
+        "target_length": d.target_length,
+        "seed": spec.seed,
+    }
+
+
+def run_cell(
+    spec: dict[str, Any],
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    home: str | os.PathLike = ".flanscale",
+    extra_trackers: Sequence[Tracker] = (),
+    should_stop: Callable[[], bool] | threading.Event | None = None,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Trains (resuming if a checkpoint exists) and evaluates one cell; see CONTRACTS.
+
+    `steps` overrides spec.optim.steps (a debugging run that stops early); the cell key,
+    and so the checkpoint directory, stays that of the spec.
+    """
+    init_distributed()
+    cell = CellSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    if str(home) == ".flanscale":
+        home = os.environ.get("FLANSCALE_HOME", home)
+    home_path = Path(home).absolute()
+    tracker = _tracker(run_id, tracking_uri, home_path, extra_trackers)
+    stop = _StopFlag(should_stop)
+    stop.install()
+    try:
+        return _run(cell, home_path, tracker, stop, steps)
+    finally:
+        stop.uninstall()
+
+
+def flops_fraction(finetune: float, pretrain: float) -> float | None:
+    return finetune / pretrain if pretrain > 0 and math.isfinite(pretrain) else None
+
+
+def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: int | None) -> dict[str, Any]:
+    import jax
+
+    from trainers import accounting, models
+    from trainers.checkpoint import Checkpointer, checkpoint_dir
+    from trainers.data import pipeline
+    from trainers.train import abstract_initial_state, init_state, train_loop
+
+    key = cell.key()
+    total_steps = int(steps if steps is not None else cell.optim.steps)
+    model_cfg = _model_config(cell, models)
+    family = model_cfg.family
+    li, lt = cell.data.input_length, cell.data.target_length
+    n_proc, pid = jax.process_count(), jax.process_index()
+    gb = cell.optim.batch_size
+    if gb % n_proc or (gb // cell.optim.micro_batches) % max(cell.mesh.data * cell.mesh.fsdp, 1):
+        raise UserError(
+            f"optim.batch_size: {gb} must split evenly over {n_proc} processes and "
+            f"{cell.optim.micro_batches} micro-batches of data x fsdp = {cell.mesh.data * cell.mesh.fsdp} devices"
+        )
+
+    # Each process packs the same global batch and keeps its own contiguous rows, which
+    # are the rows its devices hold under the batch sharding.
+    batches = pipeline.make_batches(
+        cell.data, family, gb, cell.seed, home, process_index=pid, process_count=n_proc,
+        vocab_size=model_cfg.vocab_size,
+    )
+    vocab = batches.tokenizer.vocab_size
+    if vocab > model_cfg.vocab_size:
+        raise UserError(
+            f"model.vocab_size: {model_cfg.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"(data.tokenizer={cell.data.tokenizer!r})"
+        )
+
+    setup = make_setup(model_cfg, cell.optim, cell.mesh, li, lt, pipeline.packing_efficiency)
+    ckpt = Checkpointer(checkpoint_dir(home, key), keep=cell.checkpoint.keep)
+    counters = {"input_tokens": 0.0, "target_tokens": 0.0}
+    restored = None
+    if ckpt.latest_step() is not None:
+        restored = ckpt.restore(abstract_initial_state(setup, models.param_shapes(model_cfg)))
+    if restored is None:
+        state = init_state(setup, _initial_params(cell, model_cfg, setup, models), cell.seed)
+    else:
+        step0, state, meta = restored
+        batches.restore(meta["data"])
+        counters.update(meta.get("counters", {}))
+        log.info("cell %s: resumed from step %d", key, step0)
+
+    n_params = accounting.param_count(model_cfg)
+    # Planned compute counts every position of the packed rows (the paper's convention);
+    # for decoder-only rows of input_length + target_length, train_flops adds both.
+    planned_in, planned_tgt = float(total_steps * gb * li), float(total_steps * gb * lt)
+    finetune_flops = accounting.train_flops(model_cfg, planned_in, planned_tgt)
+    pretrain_flops = _pretrain_flops(cell)
+    fraction = flops_fraction(finetune_flops, pretrain_flops)
+    tracker.set_tags({"flanscale.cell_key": key})
+    tracker.log_params(_params_to_log(cell, n_params))
+    once = {"flops/finetune": finetune_flops, "flops/pretrain": pretrain_flops}
+    if fraction is not None:
+        once["flops/fraction"] = fraction
+    tracker.log_metrics(once, 0)
+
+    def save(step: int, st: Any, final: bool) -> None:
+        ckpt.save(step, st, {"key": key, "data": batches.state(), "counters": dict(counters)})
+
+    evaluate = _evaluator(cell, model_cfg, batches.tokenizer)
+    on_step = None
+    if evaluate is not None and cell.eval.every_steps > 0:
+
+        def on_step(step: int, st: Any) -> None:
+            if step % cell.eval.every_steps == 0 and step != total_steps:
+                tracker.log_metrics(evaluate(st["params"]), step)
+
+    try:
+        result = train_loop(
+            setup,
+            state,
+            iter(batches),
+            total_steps=total_steps,
+            log_metrics=tracker.log_metrics,
+            save=save,
+            every_steps=cell.checkpoint.every_steps,
+            should_stop=stop,
+            on_step=on_step,
+            counters=counters,
+        )
+    finally:
+        ckpt.close()
+
+    measured = accounting.train_flops(model_cfg, counters["input_tokens"], counters["target_tokens"])
+    eval_metrics: dict[str, float] = {}
+    if result.status == "finished":
+        tracker.log_metrics({"flops/finetune_measured": measured}, result.steps)
+        if evaluate is not None:
+            eval_metrics = evaluate(result.state["params"])
+            tracker.log_metrics(eval_metrics, result.steps)
+    return {
+        "key": key,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "finetune_flops": finetune_flops,
+        "pretrain_flops": pretrain_flops,
+        "flops_fraction": fraction,
+        "tokens": counters["input_tokens"] + counters["target_tokens"],
+        "eval": eval_metrics,
+        "status": result.status,
+    }
+
+
+def make_setup(model_cfg: Any, optim: Any, mesh_cfg: Any, li: int, lt: int, packing_efficiency=None) -> Any:
+    """Model, optimizer, mesh and shardings for a train loop (see trainers.train.TrainSetup)."""
+    from trainers import accounting, models
+    from trainers import partitioning
+    from trainers.optim import build_optimizer
+    from trainers.train import TrainSetup
+
+    mesh = partitioning.make_mesh(mesh_cfg)
+    return TrainSetup(
+        apply_fn=models.build(model_cfg).apply,
+        optim=optim,
+        optimizer=build_optimizer(optim),
+        mesh=mesh,
+        param_shardings=partitioning.param_shardings(model_cfg, mesh),
+        batch_sharding=partitioning.batch_sharding(mesh),
+        dropout=model_cfg.dropout_rate > 0,
+        global_batch=optim.batch_size,
+        input_length=li,
+        target_length=lt,
+        analytic_step_flops=accounting.step_flops(model_cfg, optim.batch_size, li, lt),
+        peak_flops_total=accounting.peak_flops(mesh_cfg.accelerator, model_cfg.dtype) * mesh.size,
+        packing_efficiency=packing_efficiency,
+        trace_context=lambda: partitioning.activation_sharding(mesh),
+        # Frozen configs identify the step function; the run length matters only to a
+        # cosine schedule, so cells differing only in steps share one compiled step.
+        cache_key=(model_cfg, _step_optim(optim), mesh_cfg, li, lt, tuple(d.id for d in mesh.devices.flat)),
+    )
+
+
+def _step_optim(optim: Any) -> Any:
+    import dataclasses
+
+    return optim if optim.schedule == "cosine" else dataclasses.replace(optim, steps=0)
+
+
+def _model_config(cell: CellSpec, models: Any) -> Any:
+    """The spec's model, or the architecture of cell.init_checkpoint with the spec's numerics."""
+    import dataclasses
+
+    if not cell.init_checkpoint:
+        return cell.model
+    path = Path(cell.init_checkpoint)
+    if not path.exists():
+        raise UserError(f"init_checkpoint: {str(path)!r} does not exist")
+    saved = models.load_config(path)
+    # The architecture comes from the checkpoint; dtype, dropout and remat from the spec.
+    m = cell.model
+    return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat)
+
+
+def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> Any:
+    """Parameters created (or restored) directly in their sharded layout."""
+    import jax
+
+    if cell.init_checkpoint:
+        _, params = models.load_pretrained(Path(cell.init_checkpoint), setup.param_shardings)
+        return params
+    li, lt = cell.data.input_length, cell.data.target_length
+    return _param_init(model_cfg, setup, li, lt)(jax.random.PRNGKey(cell.seed))
+
+
+def _param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
+    """Jitted random init writing each parameter straight into its shard (no host copy)."""
+    import jax
+
+    from trainers import models
+    from trainers.train import cached_jit
+
+    return cached_jit(
+        ("param_init", model_cfg, li, lt, setup.mesh),
+        lambda: jax.jit(lambda rng: models.init_params(model_cfg, rng, li, lt), out_shardings=setup.param_shardings),
+    )
+
+
+def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any], dict[str, float]] | None:
+    if not cell.eval.benchmarks:
+        return None
+    import jax
+
+    from trainers.eval import evaluate
+
+    def run(params: Any) -> dict[str, float]:
+        if jax.process_count() > 1:
+            # Decoding runs on each host's own devices: gather the full parameters there.
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        # Prompts longer than the trained input length are cut from the left, as in training.
+        return dict(evaluate(cell.eval, model_cfg, params, tokenizer, max_prompt_tokens=cell.data.input_length))
+
+    return run
+
+
+def pretrain(
+    model_cfg: Any,
+    out: str | os.PathLike,
+    *,
+    steps: int,
+    batch_size: int = 16,
+    input_length: int = 128,
+    target_length: int = 32,
+    learning_rate: float = 1e-2,
+    seed: int = 0,
+    corpus: str | None = None,
+    tokenizer: str = "byte",
+    home: str | os.PathLike = ".flanscale",
+    tracker: Tracker | None = None,
+) -> dict[str, Any]:
+    """Pretrains a small base model with T5 span corruption and saves it to `out`.
+
+    Writes out/model.json + out/params (trainers.models.save_pretrained) and out/pretrain.json
+    with the measured compute, so cells finetuning from it report a measured FLOPs fraction.
+    """
+    init_distributed()
+    import jax
+
+    from trainers import accounting, models
+    from trainers.data import pipeline
+    from trainers.data.pretrain import span_corruption_batches
+    from trainers.data.tokenizer import load_tokenizer
+    from trainers.spec import DataConfig, MeshConfig, OptimConfig
+    from trainers.train import init_state, train_loop
+
+    if model_cfg.family != "t5":
+        raise UserError(f"model.family: span corruption pretrains encoder-decoders only, not {model_cfg.family!r}")
+    tracker = tracker or NullTracker()
+    home = Path(home).absolute()
+    data = DataConfig(tokenizer=tokenizer, input_length=input_length, target_length=target_length)
+    tok = load_tokenizer(data, home, vocab_size=model_cfg.vocab_size)
+    batches = span_corruption_batches(
+        tok, model_cfg.family, batch_size, input_length, target_length, seed, model_cfg.vocab_size, corpus,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    optim = OptimConfig(batch_size=batch_size, learning_rate=learning_rate, steps=steps)
+    mesh_cfg = MeshConfig(devices=jax.device_count(), hosts=jax.process_count(), data=jax.device_count())
+    setup = make_setup(model_cfg, optim, mesh_cfg, input_length, target_length, pipeline.packing_efficiency)
+    params = _param_init(model_cfg, setup, input_length, target_length)(jax.random.PRNGKey(seed))
+    state = init_state(setup, params, seed)
+    tracker.log_params({"model": model_cfg.name, "params": accounting.param_count(model_cfg), "steps": steps,
+                        "batch_size": batch_size, "learning_rate": learning_rate, "objective": "span_corruption"})
+    result = train_loop(setup, state, batches, total_steps=steps, log_metrics=tracker.log_metrics)
+    c = result.counters
+    n_params = accounting.param_count(model_cfg)
+    summary = {
+        "model": model_cfg.name,
+        "params": n_params,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "input_tokens": c["input_tokens"],
+        "target_tokens": c["target_tokens"],
+        "tokens": c["input_tokens"] + c["target_tokens"],
+        # Same convention as a cell's finetuning FLOPs (6 x parameters each token passes
+        # through), so flops/fraction compares like with like...
+        "flops": accounting.train_flops(model_cfg, c["input_tokens"], c["target_tokens"]),
+        # ...and the all-parameters shorthand (tokens x 6 x params) for reference.
+        "flops_6nd": 6.0 * n_params * (c["input_tokens"] + c["target_tokens"]),
+        "objective": "span_corruption",
+        "tokenizer": tokenizer,
+        "corpus": corpus or "suite",
+    }
+    out = Path(out).absolute()
+    models.save_pretrained(out, model_cfg, result.state["params"])
+    if jax.process_index() == 0:
+        (out / "pretrain.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    tracker.log_metrics({"flops/pretrain": summary["flops"]}, result.steps)
+    return {**summary, "out": str(out)}
