@@ -1,0 +1,250 @@
+"""`flanscale sweep run|status|cancel|submit|logs`: run a planned sweep on Ray, watch it, stop it.
+
+Heavy imports (Ray, MLflow, Hydra) happen inside the handlers so `flanscale --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE
+from trainers.spec import UserError
+
+JOB_METADATA_KEY = "flanscale_sweep"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("sweep", help="run, watch, cancel and submit sweeps")
+    sub = p.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="run a sweep's unfinished cells on Ray (resumes after any interruption)")
+    _spec_args(run)
+    _run_args(run)
+    run.add_argument("--no-progress", action="store_true", help="no live table (for logs and CI)")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="state, step, loss and time left of every cell")
+    status.add_argument("sweep", metavar="SPEC_OR_NAME", help="a sweep file (.yaml) or a sweep name")
+    status.add_argument("overrides", nargs="*", help="Hydra overrides when SPEC is a file")
+    status.add_argument("--format", choices=("table", "json"), default="table")
+    status.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
+    status.set_defaults(func=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="stop a running sweep's cells cleanly (they checkpoint first)")
+    cancel.add_argument("name", metavar="NAME")
+    cancel.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
+    cancel.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to this long for the controller to stop every cell")
+    cancel.set_defaults(func=cmd_cancel)
+
+    submit = sub.add_parser("submit", help="run the controller itself as a Ray Job on a cluster")
+    _spec_args(submit)
+    _run_args(submit)
+    submit.add_argument("--home", help="FLANSCALE_HOME on the cluster (default: the cluster's own)")
+    submit.set_defaults(func=cmd_submit)
+
+    logs = sub.add_parser("logs", help="print (and follow) the logs of a submitted sweep")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("--ray-address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    logs.add_argument("--no-follow", action="store_true", help="print what is there and exit")
+    logs.set_defaults(func=cmd_logs)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="sweep file (.yaml)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. task_counts=[9,89] optim.steps=20")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray-address", help="Ray cluster (run: GCS address or 'auto'; submit: http://HEAD:8265)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
+    p.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="cells running at once (overrides the spec)")
+
+
+def load_and_plan(path: str, overrides: list[str], max_concurrent: int | None = None) -> tuple[Any, list[Any]]:
+    """Spec + plan; plan() refuses a sweep over its budget before anything is touched."""
+    import dataclasses
+
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(path, overrides)
+    if max_concurrent is not None:
+        if max_concurrent < 1:
+            raise UserError(f"--max-concurrent: {max_concurrent} is not allowed; give a number >= 1")
+        spec = dataclasses.replace(spec, max_concurrent=max_concurrent)
+    return spec, plan(spec)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.controller import run_sweep
+
+    spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
+    summary = run_sweep(spec, cells, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
+                        retry_failed=args.retry_failed, progress=not args.no_progress)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts().items()))
+    print(f"sweep {spec.name}: {counts} ({len(summary.started)} started in {summary.wall_s:.1f}s)")
+    for key, error in sorted(summary.errors.items()):
+        print(f"  failed {key}: {error}")
+    print(f"MLflow: {summary.tracking_uri} (experiment {spec.name!r}, parent run {summary.parent_run_id})")
+    if summary.tracking_uri.startswith("sqlite:"):
+        print(f"  browse: mlflow ui --backend-store-uri {summary.tracking_uri}")
+    if summary.cancelled:
+        return 3
+    return 1 if summary.errors else 0
+
+
+def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[Any]:
+    """One row per cell: MLflow's record, plus planned cells that have no run yet (pending)."""
+    from orchestrator.progress import CellRow
+
+    rows = []
+    seen = set()
+    for r in store.list_cells(name):
+        total = r.total_steps
+        step = total if r.state == "finished" else r.metric_steps.get("train/loss", 0)
+        rows.append(CellRow(r.key, r.name, r.state, step, total, r.metrics.get("train/loss"), r.attempts,
+                            r.run_id, r.metrics.get("train/step_s"), r.error))
+        seen.add(r.key)
+    for c in cells or []:
+        if c.key not in seen:
+            rows.append(CellRow(c.key, f"{c.model}-{c.task_count}t-{c.key}", "pending" if c.feasible else "infeasible",
+                                0, int(c.spec.optim.steps), None, 0, "", None, "" if c.feasible else c.reason))
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.progress import estimate_remaining_s, render_table, summary_line
+    from orchestrator.store import SweepStore
+
+    cells = None
+    name = args.sweep
+    tracking_uri = args.tracking_uri
+    if args.sweep.endswith(".yaml"):
+        spec, cells = load_and_plan(args.sweep, args.overrides)
+        name = spec.name
+        tracking_uri = tracking_uri or spec.tracking_uri
+    store = SweepStore(tracking_uri)
+    if store.sweep_run(name, create=False) is None and not cells:
+        raise UserError(f"sweep {name!r}: no such sweep in {store.tracking_uri}; give the sweep file or a name "
+                        "that `flanscale sweep run` has used")
+    rows = status_rows(store, name, cells)
+    tags = store.sweep_tags(name)
+    slots = int(tags.get(TAG_MAX_CONCURRENT, getattr(spec, "max_concurrent", 1) if cells else 1) or 1)
+    done = sum(r.state in ("finished", "failed", "infeasible") for r in rows)
+    if args.format == "json":
+        eta = estimate_remaining_s(rows, slots)
+        print(json.dumps({"sweep": name, "state": tags.get(TAG_STATE, "pending"), "done": done,
+                          "total": len(rows), "eta_s": eta, "tracking_uri": store.tracking_uri,
+                          "cells": [r.__dict__ for r in rows]}, indent=2))
+        return 0
+    from rich.console import Console
+
+    state = tags.get(TAG_STATE, "not started")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze columns to 80
+    console.print(render_table(f"sweep {name} ({state})", rows, summary_line(rows, slots)))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.store import SweepStore
+
+    store = SweepStore(args.tracking_uri)
+    parent = store.request_cancel(args.name)
+    if parent is None:
+        raise UserError(f"sweep {args.name!r}: no such sweep in {store.tracking_uri}")
+    print(f"cancel requested for sweep {args.name}; its controller stops running cells at their next step")
+    deadline = time.monotonic() + args.wait
+    while args.wait and time.monotonic() < deadline:
+        if store.sweep_tags(args.name).get(TAG_STATE) != "running":
+            break
+        time.sleep(1.0)
+    if args.wait:
+        running = [r.key for r in store.list_cells(args.name) if r.state == "running"]
+        print(f"still running: {', '.join(running)}" if running else "no cell is running")
+        return 1 if running else 0
+    return 0
+
+
+def submit_entrypoint(spec_name: str, overrides: list[str], args: argparse.Namespace) -> str:
+    parts = ["flanscale", "sweep", "run", spec_name, *overrides, "--no-progress"]
+    if args.tracking_uri:
+        parts += ["--tracking-uri", args.tracking_uri]
+    if args.retry_failed:
+        parts.append("--retry-failed")
+    if args.max_concurrent:
+        parts += ["--max-concurrent", str(args.max_concurrent)]
+    return shlex.join(parts)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if not args.ray_address:
+        raise UserError("--ray-address: required for submit; give the Ray dashboard address, e.g. http://HEAD:8265")
+    spec, _ = load_and_plan(args.spec, args.overrides, args.max_concurrent)  # refuse bad input here, not remotely
+    path = Path(args.spec).resolve()
+    # The spec's directory is its Hydra config root, so it travels whole (group files included).
+    runtime_env: dict[str, Any] = {"working_dir": str(path.parent)}
+    if args.home:
+        runtime_env["env_vars"] = {"FLANSCALE_HOME": args.home}
+    client = job_client(args.ray_address)
+    job_id = client.submit_job(
+        entrypoint=submit_entrypoint(path.name, args.overrides, args),
+        runtime_env=runtime_env,
+        submission_id=f"flanscale-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        metadata={JOB_METADATA_KEY: spec.name},
+    )
+    print(f"submitted sweep {spec.name} as Ray job {job_id}")
+    print(f"  follow: flanscale sweep logs {spec.name} --ray-address {args.ray_address}")
+    return 0
+
+
+def job_client(address: str) -> Any:
+    """A JobSubmissionClient that sends this machine's Ray token when there is one: like
+    `ray start`, token auth is on when a token exists and RAY_AUTH_MODE does not say otherwise."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # a Ray without token auth
+        pass
+    else:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def latest_job(client: Any, name: str) -> Any:
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get(JOB_METADATA_KEY) == name]
+    if not jobs:
+        raise UserError(f"sweep {name!r}: no Ray job submitted for it on this cluster")
+    return max(jobs, key=lambda j: j.start_time or 0)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ray.job_submission import JobStatus
+
+    client = job_client(args.ray_address)
+    job = latest_job(client, args.name)
+    if args.no_follow:
+        sys.stdout.write(client.get_job_logs(job.submission_id))
+    else:
+        async def follow() -> None:
+            async for chunk in client.tail_job_logs(job.submission_id):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+
+        asyncio.run(follow())
+    status = client.get_job_status(job.submission_id)
+    print(f"job {job.submission_id}: {status.value}", file=sys.stderr)
+    return 0 if status in (JobStatus.SUCCEEDED, JobStatus.RUNNING, JobStatus.PENDING) else 1

@@ -1,0 +1,124 @@
+"""What a sweep looks like right now: rows per cell, done/total, time left; rich rendering.
+
+The estimate is pure arithmetic on what MLflow holds (steps done, steps planned, the last
+measured seconds per step), so `flanscale sweep status` and the controller's live view agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+TERMINAL = ("finished", "failed", "infeasible")
+
+
+@dataclass(frozen=True)
+class CellRow:
+    key: str
+    name: str
+    state: str
+    step: int
+    total_steps: int
+    loss: float | None
+    attempts: int
+    run_id: str
+    step_s: float | None = None  # last measured seconds per optimizer step
+    error: str = ""
+
+
+def estimate_remaining_s(rows: Sequence[CellRow], slots: int, fallback_step_s: float | None = None) -> float | None:
+    """Seconds until every non-terminal cell is done, with `slots` cells running at once.
+
+    Work left is counted in optimizer steps; a cell without its own measured step time uses
+    the mean of the measured ones (or `fallback_step_s`, e.g. the planner's estimate).
+    Returns None when nothing has been measured and no fallback is given.
+    """
+    measured = [r.step_s for r in rows if r.step_s]
+    mean_step_s = sum(measured) / len(measured) if measured else fallback_step_s
+    work_s = 0.0
+    for r in rows:
+        if r.state in TERMINAL or r.state == "cancelled":
+            continue
+        step_s = r.step_s or mean_step_s
+        if step_s is None:
+            return None
+        work_s += max(r.total_steps - r.step, 0) * step_s
+    return work_s / max(1, slots)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def summary_line(rows: Sequence[CellRow], slots: int, fallback_step_s: float | None = None) -> str:
+    done = sum(r.state in TERMINAL for r in rows)
+    running = sum(r.state == "running" for r in rows)
+    eta = estimate_remaining_s(rows, slots, fallback_step_s)
+    return f"{done}/{len(rows)} cells done, {running} running, about {format_duration(eta)} left"
+
+
+def render_table(title: str, rows: Sequence[CellRow], caption: str = "") -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, expand=False)
+    table.add_column("cell", no_wrap=True, min_width=len(rows[0].name) if rows else 4)
+    table.add_column("state", no_wrap=True, min_width=9)
+    table.add_column("step", no_wrap=True, justify="right", min_width=5)
+    table.add_column("loss", no_wrap=True, justify="right", min_width=6)
+    table.add_column("attempts", no_wrap=True, justify="right")
+    table.add_column("run id", no_wrap=True, min_width=32)
+    style = {"finished": "green", "running": "cyan", "failed": "red", "preempted": "yellow",
+             "cancelled": "magenta", "infeasible": "dim"}
+    for r in rows:
+        table.add_row(
+            r.name, f"[{style.get(r.state, 'white')}]{r.state}[/]", f"{r.step}/{r.total_steps}",
+            "" if r.loss is None else f"{r.loss:.4f}", str(r.attempts), r.run_id,
+        )
+    errors = [r for r in rows if r.error and r.state in ("failed", "infeasible")]
+    if errors:
+        table.add_section()
+        for r in errors:
+            table.add_row(r.name, f"[red]{r.state}[/]", "", "", "", r.error[:200])
+    return table
+
+
+class LiveProgress:
+    """A rich Live table redrawn at most every `refresh_s`; silent when disabled."""
+
+    def __init__(self, title: str, enabled: bool = True, refresh_s: float = 1.0) -> None:
+        self.title = title
+        self.enabled = enabled
+        self.refresh_s = refresh_s
+        self._live: Any = None
+        self._last = 0.0
+
+    def __enter__(self) -> "LiveProgress":
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(stderr=True), auto_refresh=False, transient=False)
+            self._live.__enter__()
+        return self
+
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() - self._last >= self.refresh_s
+
+    def update(self, rows: Sequence[CellRow], slots: int, fallback_step_s: float | None = None) -> None:
+        if self._live is None:
+            return
+        self._last = time.monotonic()
+        shown = [r for r in rows if r.state != "finished"] or list(rows)
+        self._live.update(render_table(self.title, shown, summary_line(rows, slots, fallback_step_s)), refresh=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None

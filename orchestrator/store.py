@@ -1,0 +1,361 @@
+"""MLflow as the durable store of a sweep: what ran, what is running, what is left.
+
+Layout (DESIGN.md section 3): experiment = sweep name; one parent run per sweep (tag
+`flanscale.sweep`, run name = sweep name); one child run per cell, found again by its tag
+`flanscale.cell_key`, so re-running a sweep resumes the same runs instead of making new ones.
+Everything goes through `MlflowClient` (never the global active run), because the controller
+writes into many runs at once and Ray workers write into the same ones.
+
+SQLite (the embedded default) allows one writer at a time. The controller and every Ray worker
+write into the same file, so the database is switched to WAL journaling (readers never block the
+writer) and every write here retries on "database is locked" instead of failing a cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+TAG_SWEEP = "flanscale.sweep"
+TAG_KIND = "flanscale.kind"  # "sweep" (parent) | "cell" (child)
+TAG_CELL_KEY = "flanscale.cell_key"
+TAG_STATE = "flanscale.state"
+TAG_ATTEMPTS = "flanscale.attempts"
+TAG_PREEMPTIONS = "flanscale.preemptions"
+TAG_ERROR = "flanscale.error"
+TAG_WORKER = "flanscale.worker"  # "<node ip>:<pid>" of the process running the cell now
+TAG_CANCEL = "flanscale.cancel_requested"  # on the parent run; polled by the controller
+TAG_CONTROLLER = "flanscale.controller"  # on the parent run: "<host>:<pid>:<unix time>" heartbeat
+TAG_MAX_CONCURRENT = "flanscale.max_concurrent"  # on the parent run, for time-left estimates
+TAG_PARENT = "mlflow.parentRunId"
+
+STATES = ("pending", "running", "finished", "failed", "preempted", "cancelled", "infeasible")
+
+T = TypeVar("T")
+
+
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """FLANSCALE_HOME: explicit argument, then the environment, then ./.flanscale."""
+    path = Path(home or os.environ.get("FLANSCALE_HOME") or ".flanscale").expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
+    return f"sqlite:///{resolve_home(home) / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None = None, home: str | os.PathLike[str] | None = None) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then SQLite under FLANSCALE_HOME."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
+
+
+def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
+    """Call `fn`, retrying with jittered backoff while SQLite reports a lock (up to ~1 min)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException and SQLAlchemy both wrap the sqlite error
+            if not _is_lock_error(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One cell's child run as the store sees it (plain values, safe to print or serialise)."""
+
+    run_id: str
+    key: str
+    name: str
+    state: str
+    attempts: int
+    preemptions: int
+    error: str
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+    tags: dict[str, str] = field(default_factory=dict)
+    metric_steps: dict[str, int] = field(default_factory=dict)  # step of each latest value
+    start_time_ms: int = 0
+    end_time_ms: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        try:
+            return int(self.params.get("steps", 0))
+        except ValueError:
+            return 0
+
+
+def cell_params(cell: Any) -> dict[str, Any]:
+    """The params of a cell's run (DESIGN.md section 3), from a planner Cell."""
+    spec = cell.spec
+    return {
+        "cell_key": cell.key,
+        "model": getattr(cell, "model", spec.model.name),
+        "params": getattr(cell, "params", ""),
+        "task_count": getattr(cell, "task_count", spec.data.task_count),
+        "mixture": spec.data.mixture,
+        # The template formats, written as run_cell writes them; the grid's name for the set apart.
+        "formats": ",".join(spec.data.formats),
+        "format_set": getattr(cell, "formats", ""),
+        "with_cot": spec.data.with_cot,
+        "batch_size": spec.optim.batch_size,
+        "learning_rate": spec.optim.learning_rate,
+        "steps": spec.optim.steps,
+        "dropout": spec.model.dropout_rate,
+        "accelerator": getattr(cell, "accelerator", spec.mesh.accelerator),
+        "devices": getattr(cell, "devices", spec.mesh.devices),
+    }
+
+
+class SweepStore:
+    """Finds or creates the runs of a sweep and reads their state back."""
+
+    def __init__(self, tracking_uri: str | None = None, home: str | os.PathLike[str] | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.home = resolve_home(home)
+        self.tracking_uri = resolve_tracking_uri(tracking_uri, self.home)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self.tracking_uri.startswith("sqlite:///"):
+            # The first client call creates the schema; WAL is a property of the file and sticks.
+            with_retry(self.client.search_experiments, max_results=1)
+            self._enable_wal(self.tracking_uri[len("sqlite:///"):])
+
+    @staticmethod
+    def _enable_wal(db_path: str) -> None:
+        def switch() -> None:
+            con = sqlite3.connect(db_path, timeout=30)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+
+        with_retry(switch)
+
+    def _artifact_location(self) -> str | None:
+        # A tracking server chooses its own artifact store; an embedded store keeps them at home.
+        if self.tracking_uri.startswith(("sqlite:", "file:", "/")):
+            root = self.home / "mlartifacts"
+            root.mkdir(parents=True, exist_ok=True)
+            return root.as_uri()
+        return None
+
+    # ---- experiment and parent run ----
+
+    def experiment_id(self, sweep: str, create: bool = True) -> str | None:
+        exp = with_retry(self.client.get_experiment_by_name, sweep)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                with_retry(self.client.restore_experiment, exp.experiment_id)
+            return exp.experiment_id
+        if not create:
+            return None
+        try:
+            return with_retry(
+                self.client.create_experiment, sweep, artifact_location=self._artifact_location(),
+                tags={TAG_SWEEP: sweep},
+            )
+        except Exception as exc:  # another process created it first
+            if "already exists" not in str(exc).lower() and "unique" not in str(exc).lower():
+                raise
+            return with_retry(self.client.get_experiment_by_name, sweep).experiment_id
+
+    def _search(self, exp_id: str, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = with_retry(
+                self.client.search_runs, [exp_id], filter_string, max_results=1000,
+                order_by=["attributes.start_time ASC"], page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def sweep_run(self, sweep: str, create: bool = True) -> str | None:
+        exp_id = self.experiment_id(sweep, create=create)
+        if exp_id is None:
+            return None
+        found = self._search(exp_id, f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'")
+        if found:
+            return found[0].info.run_id
+        if not create:
+            return None
+        run = with_retry(
+            self.client.create_run, exp_id, run_name=sweep,
+            tags={TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_STATE: "pending"},
+        )
+        return run.info.run_id
+
+    # ---- cell runs ----
+
+    def find_cell_run(self, sweep: str, key: str) -> Any | None:
+        exp_id = self.experiment_id(sweep, create=False)
+        if exp_id is None:
+            return None
+        found = self._search(exp_id, f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_CELL_KEY}` = '{key}'")
+        # Oldest first: if two ever existed, every reader agrees on the same one.
+        return found[0] if found else None
+
+    def cell_run(self, sweep: str, cell: Any, known: CellRecord | None = None) -> tuple[str, bool]:
+        """Find the child run of `cell` by its key, or create it (tags, params, cell.json).
+
+        Returns (run_id, created). The tags are written in the same transaction as the run,
+        so a controller killed half-way never leaves a run that cannot be found again.
+        `known` is the record from a `list_cells` just made, which saves a search.
+        """
+        if known is not None:
+            return known.run_id, False
+        existing = self.find_cell_run(sweep, cell.key)
+        if existing is not None:
+            self.log_params(existing.info.run_id, cell_params(cell))
+            return existing.info.run_id, False
+        parent = self.sweep_run(sweep)
+        exp_id = self.experiment_id(sweep)
+        tags = {
+            TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
+            TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0",
+        }
+        name = f"{getattr(cell, 'model', 'cell')}-{getattr(cell, 'task_count', '')}t-{cell.key}"
+        run = with_retry(self.client.create_run, exp_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        with_retry(self.client.log_batch, run_id, params=[Param(k, str(v)[:6000]) for k, v in cell_params(cell).items()])
+        to_json = getattr(cell, "to_json", None)
+        if to_json is not None:
+            self.log_json(run_id, "cell.json", to_json())
+        return run_id, True
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = with_retry(self.client.get_run, run_id).data.params
+        # Params are immutable in MLflow; a resumed cell (perhaps re-planned on other
+        # hardware) keeps the values of its first attempt.
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        if new:
+            with_retry(self.client.log_batch, run_id, params=new)
+
+    def log_json(self, run_id: str, name: str, obj: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            with_retry(self.client.log_artifact, run_id, str(path))
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        with_retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def set_state(self, run_id: str, state: str, **tags: Any) -> None:
+        """Record a cell's (or sweep's) state; also mirror it in MLflow's own run status."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}; allowed: {', '.join(STATES)}")
+        self.set_tags(run_id, {TAG_STATE: state, **tags})
+        status = {"running": "RUNNING", "pending": "SCHEDULED", "finished": "FINISHED", "failed": "FAILED",
+                  "infeasible": "FAILED"}.get(state, "KILLED")
+        if status in ("RUNNING", "SCHEDULED"):
+            with_retry(self.client.update_run, run_id, status=status)
+        else:
+            with_retry(self.client.set_terminated, run_id, status=status)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        run = with_retry(self.client.get_run, run_id)
+        if key in run.data.tags:
+            with_retry(self.client.delete_tag, run_id, key)
+
+    # ---- reading back ----
+
+    def list_cells(self, sweep: str) -> list[CellRecord]:
+        exp_id = self.experiment_id(sweep, create=False)
+        if exp_id is None:
+            return []
+        runs = self._search(exp_id, f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'cell'")
+        return [self._record(r) for r in runs]
+
+    @staticmethod
+    def _record(run: Any) -> CellRecord:
+        tags = dict(run.data.tags)
+        return CellRecord(
+            run_id=run.info.run_id,
+            key=tags.get(TAG_CELL_KEY, ""),
+            name=run.info.run_name or "",
+            state=tags.get(TAG_STATE, "pending"),
+            attempts=int(tags.get(TAG_ATTEMPTS, "0") or 0),
+            preemptions=int(tags.get(TAG_PREEMPTIONS, "0") or 0),
+            error=tags.get(TAG_ERROR, ""),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            tags=tags,
+            metric_steps=latest_steps(run),
+            start_time_ms=run.info.start_time or 0,
+            end_time_ms=run.info.end_time or 0,
+        )
+
+    def latest(self, run_id: str) -> tuple[dict[str, float], dict[str, int]]:
+        """Latest value and its step of every metric of a run (one query, for live progress)."""
+        run = with_retry(self.client.get_run, run_id)
+        return dict(run.data.metrics), latest_steps(run)
+
+    def cell_history(self, run_id: str, metric: str = "train/loss") -> list[tuple[int, float]]:
+        """(step, value) sorted by step; a step logged twice (re-run after a resume) keeps the
+        value logged last, which is the one of the attempt that went on."""
+        history = with_retry(self.client.get_metric_history, run_id, metric)
+        by_step: dict[int, tuple[int, float]] = {}
+        for m in history:
+            prev = by_step.get(m.step)
+            if prev is None or m.timestamp >= prev[0]:
+                by_step[m.step] = (m.timestamp, m.value)
+        return [(step, by_step[step][1]) for step in sorted(by_step)]
+
+    def last_point(self, run_id: str, metric: str = "train/loss") -> tuple[int, float] | None:
+        history = self.cell_history(run_id, metric)
+        return history[-1] if history else None
+
+    # ---- cancel requests (written by `flanscale sweep cancel`, polled by the controller) ----
+
+    def request_cancel(self, sweep: str) -> str | None:
+        parent = self.sweep_run(sweep, create=False)
+        if parent is not None:
+            self.set_tags(parent, {TAG_CANCEL: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return parent
+
+    def cancel_requested(self, parent_run_id: str) -> bool:
+        return TAG_CANCEL in self.run_tags(parent_run_id)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(with_retry(self.client.get_run, run_id).data.tags)
+
+    def sweep_tags(self, sweep: str) -> dict[str, str]:
+        parent = self.sweep_run(sweep, create=False)
+        return dict(with_retry(self.client.get_run, parent).data.tags) if parent else {}
+
+
+def latest_steps(run: Any) -> dict[str, int]:
+    # The stores return each metric's latest value together with its step; RunData keeps
+    # those entity objects, its public dict keeps only the values.
+    return {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
+
+
+def records_by_key(records: Iterable[CellRecord]) -> dict[str, CellRecord]:
+    return {r.key: r for r in records}
