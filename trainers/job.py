@@ -216,6 +216,9 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
             f"{cell.optim.micro_batches} micro-batches of data x fsdp = {cell.mesh.data * cell.mesh.fsdp} devices"
         )
 
+    if cell.data.task_count == 0 or total_steps == 0:
+        return _evaluate_base(cell, home, tracker, model_cfg)
+
     # Each process packs the same global batch and keeps its own contiguous rows, which
     # are the rows its devices hold under the batch sharding.
     batches = pipeline.make_batches(
@@ -301,6 +304,40 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
         "tokens": counters["input_tokens"] + counters["target_tokens"],
         "eval": eval_metrics,
         "status": result.status,
+    }
+
+
+def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any) -> dict[str, Any]:
+    """The base model's cell (task count 0): no finetuning, only its held-out scores.
+
+    It is the reference each finetuned cell of the same size is compared with, so it logs
+    the same params and FLOPs metrics (finetune compute 0) as a trained cell.
+    """
+    from trainers import accounting, models
+    from trainers.data.tokenizer import load_tokenizer
+
+    key = cell.key()
+    tokenizer = load_tokenizer(cell.data, home, vocab_size=model_cfg.vocab_size)
+    setup = make_setup(model_cfg, cell.optim, cell.mesh, cell.data.input_length, cell.data.target_length)
+    params = _initial_params(cell, model_cfg, setup, models)
+    pretrain_flops = _pretrain_flops(cell)
+    tracker.set_tags({"flanscale.cell_key": key})
+    tracker.log_params(_params_to_log(cell, accounting.param_count(model_cfg)))
+    tracker.log_metrics({"flops/finetune": 0.0, "flops/pretrain": pretrain_flops}, 0)
+    evaluate = _evaluator(cell, model_cfg, tokenizer)
+    eval_metrics = evaluate(params) if evaluate is not None else {}
+    if eval_metrics:
+        tracker.log_metrics(eval_metrics, 0)
+    return {
+        "key": key,
+        "steps": 0,
+        "final_loss": None,
+        "finetune_flops": 0.0,
+        "pretrain_flops": pretrain_flops,
+        "flops_fraction": flops_fraction(0.0, pretrain_flops),
+        "tokens": 0.0,
+        "eval": eval_metrics,
+        "status": "finished",
     }
 
 

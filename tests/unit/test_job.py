@@ -122,3 +122,19 @@ def test_pretrain_then_finetune_reports_measured_flops_fraction(tmp_path):
 def test_pretrain_command_rejects_unknown_preset(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "b"), "--model", "tiny-9", "--steps", "1"]) == 2
     assert "tiny-9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_base_model_cell_is_evaluated_without_finetuning(tmp_path):
+    memory = MemoryTracker()
+    base = {**SPEC, "data": {**SPEC["data"], "task_count": 0}, "optim": {**SPEC["optim"], "steps": 0},
+            "eval": {"benchmarks": ["mmlu"], "modes": ["direct"], "max_examples": 1, "max_new_tokens": 4}}
+    result = run_cell(base, home=str(tmp_path), extra_trackers=(memory,))
+
+    assert result["status"] == "finished" and result["steps"] == 0 and result["tokens"] == 0
+    assert result["finetune_flops"] == 0 and result["flops_fraction"] == 0
+    assert 0 <= result["eval"]["eval/mmlu/direct"] <= 100
+    assert "train/loss" not in memory.metrics
+    assert memory.metrics["flops/finetune"] == [(0, 0.0)] and memory.params["task_count"] == 0
+    # Nothing was trained, so nothing was checkpointed.
+    assert not (tmp_path / "checkpoints").exists()
