@@ -65,12 +65,44 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 
 # TPUs have no published fp32 matmul peak; XLA runs fp32 matmuls at "highest" precision as
 # several bf16 passes, so fp32 is taken as a third of bf16 (the bf16_3x algorithm).
-# "cpu": one virtual JAX device per core with a nominal 100 GFLOP/s (one AVX-512 FMA core at
-# ~3 GHz does 100-200 fp32 GFLOP/s; bf16 is not faster on most CPUs), 4 GiB of RAM each.
+# "cpu": XLA's CPU client is one device that spans every core of the host, so its peak is the
+# host's (see host_cpu_peak_flops; bf16 is not faster on most CPUs); 4 GiB of RAM per device.
+def host_cpu_peak_flops(cpuinfo: str | None = None, cores: int | None = None) -> float:
+    """fp32 FLOP/s of this host's cores: cores x clock x FLOPs per cycle per core.
+
+    FLOPs per cycle from the widest vector FMA the CPU reports (two FMA units: AVX-512 64,
+    AVX2+FMA 32, otherwise SSE 8). No library reports a CPU's peak, so it is derived here
+    from /proc/cpuinfo; where that is unreadable, 100 GFLOP/s per core is assumed.
+    """
+    import os
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return cores * 1.0e11
+    mhz = flags = None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz" and mhz is None:
+            mhz = float(value)
+        elif key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+    if not mhz or flags is None:
+        return cores * 1.0e11
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    return cores * mhz * 1e6 * per_cycle
+
+
+_HOST_CPU_PEAK = host_cpu_peak_flops()
+
 ACCELERATORS: dict[str, Accelerator] = {
     a.name: a
     for a in (
-        Accelerator("cpu", 4.0, 1.0e11, 1.0e11, 8, (1, 2, 4, 8), 0.05, "cpu"),
+        Accelerator("cpu", 4.0, _HOST_CPU_PEAK, _HOST_CPU_PEAK, 8, (1, 2, 4, 8), 0.05, "cpu"),
         Accelerator("a100-40g", 40.0, 312e12, 19.5e12, 8, (1, 2, 4) + _pow2(8, 4096), 3.67, "gpu"),
         Accelerator("a100-80g", 80.0, 312e12, 19.5e12, 8, (1, 2, 4) + _pow2(8, 4096), 5.07, "gpu"),
         Accelerator("h100-80g", 80.0, 989e12, 67e12, 8, (1, 2, 4) + _pow2(8, 4096), 11.06, "gpu"),

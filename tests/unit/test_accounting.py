@@ -101,7 +101,7 @@ def test_adafactor_factors_large_tensors_only():
 def test_peak_flops_and_unknown_accelerator():
     assert A.peak_flops("tpu-v4", "bfloat16") == 275e12
     assert A.peak_flops("a100-40g", "float32") == 19.5e12
-    assert A.peak_flops("cpu", "float32") == 1e11
+    assert A.peak_flops("cpu", "float32") == A.host_cpu_peak_flops()
     with pytest.raises(UserError, match=r"did you mean 'h100-80g'"):
         A.peak_flops("h100", "bfloat16")
 
@@ -139,3 +139,11 @@ def test_estimates_agree_with_the_compiled_train_step():
     xla_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes
     estimate = A.memory_per_device(cfg, MeshConfig(), rows, li, lt, remat=False)["total"]
     assert estimate == pytest.approx(xla_bytes, rel=0.3)
+
+
+def test_host_cpu_peak_comes_from_clock_cores_and_vector_width():
+    avx512 = "processor\t: 0\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu sse2 avx2 fma avx512f\n"
+    avx2 = avx512.replace(" avx512f", "")
+    assert A.host_cpu_peak_flops(avx512, cores=2) == pytest.approx(2 * 2.6e9 * 64)
+    assert A.host_cpu_peak_flops(avx2, cores=4) == pytest.approx(4 * 2.6e9 * 32)
+    assert A.host_cpu_peak_flops("garbage", cores=3) == 3e11
