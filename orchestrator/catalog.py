@@ -8,12 +8,11 @@ pretraining (0 tokens) unless a base checkpoint says otherwise.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from trainers.accounting import ACCELERATORS, Accelerator, get_accelerator, param_count
-from trainers.spec import ModelConfig, UserError
+from trainers.spec import ModelConfig, UserError, did_you_mean
 
 __all__ = ["ACCELERATORS", "Accelerator", "Finetune", "Preset", "Registry", "REGISTRY", "get_preset", "get_accelerator"]
 
@@ -60,7 +59,7 @@ class Registry:
 
     def get(self, name: str, field: str = "model") -> Preset:
         if name not in self._presets:
-            raise UserError(f"{field}: unknown preset {name!r}{suggest(name, self.names())}; allowed: {', '.join(self.names())}")
+            raise UserError(f"{field}: unknown preset {name!r}{did_you_mean(name, self.names())}; allowed: {', '.join(self.names())}")
         return self._presets[name]
 
     def names(self) -> list[str]:
@@ -74,11 +73,6 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._presets)
-
-
-def suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 REGISTRY = Registry()

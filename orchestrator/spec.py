@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
-from orchestrator.catalog import REGISTRY, suggest
+from orchestrator.catalog import REGISTRY
 from trainers.accounting import ACCELERATORS, DTYPE_BYTES
-from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, from_dict
+from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, did_you_mean, from_dict
 
 # Named sets of template formats (a grid axis). Each maps to DataConfig.formats/with_cot:
 # the CoT formats exist only for the 9 CoT datasets, so they come with the CoT data.
@@ -247,7 +247,7 @@ def _explain(exc: BaseException, path: str, overrides: list[str]) -> str:
     if m:  # a config-group option (e.g. eval=quick) that has no file
         group, option = m.groups()
         options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1].split("Config search path", 1)[0], re.M)
-        return (f"{where}: {group}: no config {option!r} in group {group!r}{suggest(option, options)}; "
+        return (f"{where}: {group}: no config {option!r} in group {group!r}{did_you_mean(option, options)}; "
                 f"available: {', '.join(options) or 'none'}")
     m = re.search(r"full_key: (\S+)", text)
     key = m.group(1) if m else None
@@ -260,7 +260,7 @@ def _explain(exc: BaseException, path: str, overrides: list[str]) -> str:
         if allowed is None and parent:  # a mapping field (init_checkpoint, data.caps, ...)
             return f"{where}: {key!r} is a new entry of {parent}; add it with '+{key}=VALUE'"
         allowed = allowed or []
-        return (f"{where}: unknown field {key!r}{suggest(leaf, allowed)}; allowed"
+        return (f"{where}: unknown field {key!r}{did_you_mean(leaf, allowed)}; allowed"
                 f"{' in ' + parent if parent else ''}: {', '.join(allowed)}")
     m = re.search(r"Value '([^']*)' of type '(\w+)' could not be converted to (\w+)", text)
     if m and key:
@@ -285,7 +285,7 @@ def _explain(exc: BaseException, path: str, overrides: list[str]) -> str:
 
 def _choices(where: str, name: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
     if value not in allowed:
-        raise UserError(f"{where}: {name}: unknown {value!r}{suggest(str(value), list(allowed))}; allowed: {', '.join(allowed)}")
+        raise UserError(f"{where}: {name}: unknown {value!r}{did_you_mean(str(value), list(allowed))}; allowed: {', '.join(allowed)}")
 
 
 def _positive(where: str, name: str, value: Any, zero_ok: bool = False) -> None:
@@ -340,7 +340,7 @@ def validate(spec: SweepSpec, where: str = "sweep") -> None:
     for kind, mapping in (("init_checkpoint", spec.init_checkpoint), ("pretrain_tokens", spec.pretrain_tokens)):
         for name, value in mapping.items():
             if name not in spec.models:
-                raise UserError(f"{where}: {kind}: {name!r} is not one of this sweep's models{suggest(name, list(spec.models))}; allowed: {', '.join(spec.models)}")
+                raise UserError(f"{where}: {kind}: {name!r} is not one of this sweep's models{did_you_mean(name, list(spec.models))}; allowed: {', '.join(spec.models)}")
             if kind == "pretrain_tokens":
                 _positive(where, f"pretrain_tokens.{name}", value, zero_ok=True)
     _validate_mesh(spec, where)

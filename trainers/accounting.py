@@ -22,7 +22,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from trainers.spec import MeshConfig, ModelConfig, UserError
+from trainers.spec import MeshConfig, ModelConfig, UserError, did_you_mean
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GIB = 1024**3
@@ -117,11 +117,7 @@ ACCELERATORS: dict[str, Accelerator] = {
 
 def get_accelerator(name: str) -> Accelerator:
     if name not in ACCELERATORS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(ACCELERATORS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"accelerator: unknown {name!r}{hint}; allowed: {', '.join(ACCELERATORS)}")
+        raise UserError(f"accelerator: unknown {name!r}{did_you_mean(name, ACCELERATORS)}; allowed: {', '.join(ACCELERATORS)}")
     return ACCELERATORS[name]
 
 

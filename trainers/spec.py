@@ -9,10 +9,11 @@ Defaults live here once; sweep YAML only overrides them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, Iterable, get_type_hints
 
 # Bump when the data pipeline changes what a given DataConfig produces, so old cells
 # are not mistaken for new ones (it is part of the cell key).
@@ -144,6 +145,12 @@ class CellSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CellSpec":
         return from_dict(cls, d)
+
+
+def did_you_mean(name: object, choices: Iterable[str], cutoff: float = 0.5) -> str:
+    """' (did you mean 'x'?)' naming the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # Fields that change where or how a cell runs, or what is measured afterwards, but not the

@@ -95,7 +95,7 @@ def test_bbh_errors(tmp_path):
     (tmp_path / "bbh").mkdir()
     (tmp_path / "cot-prompts").mkdir()
     (tmp_path / "bbh" / "boolean_expresions.json").write_text('{"examples": []}')
-    with pytest.raises(UserError, match="unknown BBH task 'boolean_expresions' \\(closest: 'boolean_expressions'\\)"):
+    with pytest.raises(UserError, match="unknown BBH task 'boolean_expresions' \\(did you mean 'boolean_expressions'\\?\\)"):
         loaders.load("bbh", tmp_path)
     (tmp_path / "bbh" / "boolean_expresions.json").unlink()
     (tmp_path / "bbh" / "navigate.json").write_text('{"examples": [{"input": "x", "target": "Yes"}]}')
@@ -167,7 +167,7 @@ def test_mgsm_exemplar_file_and_errors(tmp_path):
 
 
 def test_unknown_benchmark_and_bad_dir(tmp_path):
-    with pytest.raises(UserError, match="closest: 'mmlu'"):
+    with pytest.raises(UserError, match="did you mean 'mmlu'"):
         loaders.load("mmla", tmp_path)
     with pytest.raises(UserError, match="not a directory"):
         loaders.load("mmlu", tmp_path / "nope")

@@ -11,7 +11,6 @@ readline.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import json
@@ -29,7 +28,7 @@ import numpy as np
 
 from trainers.data.registry import SUBMIXTURES, Task, TaskRegistry
 from trainers.data.templates import FORMATS, STANDARD_FORMATS
-from trainers.spec import UserError
+from trainers.spec import UserError, did_you_mean
 
 INDEX_VERSION = 1
 FIELDS = ("inputs", "targets", "task_source", "task_name", "template_type")
@@ -56,9 +55,7 @@ def format_of(template_type: str, submixture: str, where: str) -> str:
         return "cot_fs" if "fs" in t else "cot_zs"
     if t in STANDARD_FORMATS:
         return t
-    close = difflib.get_close_matches(t, STANDARD_FORMATS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise UserError(f"{where}: template_type {template_type!r} unknown{hint}; allowed: {', '.join(STANDARD_FORMATS)}")
+    raise UserError(f"{where}: template_type {template_type!r} unknown{did_you_mean(t, STANDARD_FORMATS)}; allowed: {', '.join(STANDARD_FORMATS)}")
 
 
 def find_files(paths: tuple[str, ...]) -> list[Path]:

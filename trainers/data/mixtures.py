@@ -20,7 +20,6 @@ exactly the same examples.
 
 from __future__ import annotations
 
-import difflib
 import random
 import zlib
 from itertools import accumulate
@@ -29,7 +28,7 @@ from typing import Callable
 
 from trainers.data.registry import PAPER_CAPS, SUBMIXTURES, Task, TaskRegistry
 from trainers.data.templates import normalize_formats
-from trainers.spec import DataConfig, UserError
+from trainers.spec import DataConfig, UserError, did_you_mean
 
 PRESETS = {
     "A": {"muffin": 52.0, "t0sf": 15.0, "niv2": 30.0, "cot": 3.0},  # scaling ablations
@@ -39,9 +38,7 @@ PRESETS = {
 
 def _check_submixture(name: str, field: str) -> None:
     if name not in SUBMIXTURES:
-        close = difflib.get_close_matches(name, SUBMIXTURES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{field}: unknown sub-mixture {name!r}{hint}; allowed: {', '.join(SUBMIXTURES)}")
+        raise UserError(f"{field}: unknown sub-mixture {name!r}{did_you_mean(name, SUBMIXTURES)}; allowed: {', '.join(SUBMIXTURES)}")
 
 
 def proportions(cfg: DataConfig) -> dict[str, float]:

@@ -8,13 +8,12 @@ already rendered.
 
 from __future__ import annotations
 
-import difflib
 import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
 from trainers.data.templates import MAX_EXEMPLARS, Example, Template, render
-from trainers.spec import UserError
+from trainers.spec import UserError, did_you_mean
 
 # Ladder order of the paper: 9 tasks = CoT, 89 = + Muffin, 282 = + T0-SF, 1,836 = + NIV2.
 SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")
@@ -112,9 +111,9 @@ class TaskRegistry:
         try:
             return self._tasks[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._tasks), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"unknown task {name!r}{hint} ({len(self._tasks)} tasks registered)") from None
+            raise UserError(
+                f"unknown task {name!r}{did_you_mean(name, self._tasks)} ({len(self._tasks)} tasks registered)"
+            ) from None
 
     def __contains__(self, name: str) -> bool:
         return name in self._tasks

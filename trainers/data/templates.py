@@ -9,12 +9,11 @@ own examples, are joined with a randomly chosen delimiter, and are dropped one a
 
 from __future__ import annotations
 
-import difflib
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from trainers.spec import UserError
+from trainers.spec import UserError, did_you_mean
 
 STANDARD_FORMATS = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
 COT_FORMATS = ("cot_zs", "cot_fs")
@@ -46,9 +45,7 @@ def normalize_formats(formats: Sequence[str], field: str = "data.formats") -> tu
             chosen.add(f)
         else:
             allowed = list(FORMATS) + list(FORMAT_ALIASES)
-            close = difflib.get_close_matches(f, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{field}: unknown format {f!r}{hint}; allowed: {', '.join(allowed)}")
+            raise UserError(f"{field}: unknown format {f!r}{did_you_mean(f, allowed)}; allowed: {', '.join(allowed)}")
     if not chosen:
         raise UserError(f"{field}: no formats given; allowed: {', '.join(FORMATS)}")
     return tuple(f for f in FORMATS if f in chosen)

@@ -17,13 +17,12 @@ Roots (see `benchmark_root`): a data directory may hold all four benchmarks as
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.spec import UserError
+from trainers.spec import UserError, did_you_mean
 
 BENCHMARKS = ("mmlu", "bbh", "tydiqa", "mgsm")
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -108,16 +107,11 @@ class Benchmark:
         return {e.id: e for ex in self.tasks.values() for e in ex}
 
 
-def closest(name: str, allowed) -> str:
-    match = difflib.get_close_matches(name, list(allowed), n=1)
-    return f" (closest: {match[0]!r})" if match else ""
-
-
 def benchmark_root(benchmark: str, data_dir: str | Path = "") -> Path:
     """The directory holding `benchmark`'s files: `data_dir/<benchmark>` if it exists, else
     `data_dir` itself; the shipped stand-ins when `data_dir` is empty."""
     if benchmark not in BENCHMARKS:
-        raise UserError(f"benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}{closest(benchmark, BENCHMARKS)}")
+        raise UserError(f"benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}{did_you_mean(benchmark, BENCHMARKS)}")
     base = Path(data_dir) if data_dir else STANDINS
     if not base.is_dir():
         raise UserError(f"eval data_dir: {str(base)!r} is not a directory")
@@ -233,7 +227,7 @@ def load_bbh(root: Path) -> Benchmark:
     for path in sorted(data.glob("*.json")):
         task = path.stem
         if task not in BBH_BASELINES:
-            raise UserError(f"{path}: unknown BBH task {task!r}{closest(task, BBH_BASELINES)}")
+            raise UserError(f"{path}: unknown BBH task {task!r}{did_you_mean(task, BBH_BASELINES)}")
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
