@@ -224,6 +224,10 @@ def fit_series(series: Series, seed: int = 0, n_boot: int = DEFAULT_BOOTSTRAP,
     x, y = x[keep], y[keep]
     if len(x) < MIN_POINTS_LINEAR:
         return Skipped(series.label, f"{len(x)} point{'s' if len(x) != 1 else ''} with x > 0; a fit needs {MIN_POINTS_LINEAR}")
+    if np.ptp(y) == 0:
+        # A flat series (say, every cell at chance on a benchmark) has no trend to fit, and
+        # a forecast from it would only repeat the constant with a spurious interval.
+        return Skipped(series.label, f"the same value ({y[0]:.4g}) at every point; nothing to fit")
     lin = fit_law("log-linear", x, y)
     candidates = [lin]
     notes = []

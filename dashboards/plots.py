@@ -65,6 +65,8 @@ def scaling_figure(a: ScalingAnalysis, out_dir: Path, name: str) -> Figure:
         ax.set_xscale("log")
     ax.set_xlabel(AXIS_LABEL[a.against] + (" (log scale)" if not has_zero else " (symlog scale)"))
     ax.set_ylabel(a.metric)
+    # Plain tick labels: an offset axis ("1e-11 + 25.8") hides the value of a flat series.
+    ax.ticklabel_format(axis="y", useOffset=False)
     title = f"{a.metric} vs {AXIS_LABEL[a.against]}"
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="both", alpha=0.25)

@@ -91,6 +91,15 @@ def test_sparse_series_are_skipped_with_a_reason_not_a_crash():
     assert analysis.analyse([], "train/loss").notes == ("no finished cell has logged train/loss",)
 
 
+def test_flat_series_is_skipped_not_fitted():
+    flat = analysis.Series("9 tasks", (), tuple(PARAMS[:4]), (-25.0,) * 4, ("a", "b", "c", "d"))
+    r = analysis.fit_series(flat)
+    assert isinstance(r, analysis.Skipped) and "same value" in r.reason
+    cells = [cell(f"m{i}", p, 9, {"eval/normalized_average": -25.0}) for i, p in enumerate(PARAMS[:4])]
+    a = analysis.analyse(cells, "eval/normalized_average", "params", forecast_at=[1e9])
+    assert a.fits == () and a.forecasts == () and a.backtests == () and len(a.series) == 1
+
+
 def test_task_count_fit_leaves_out_the_base_model():
     x = (0.0, 9.0, 89.0, 282.0)
     y = (10.0, 20 + 0.0, 20 + 3 * math.log(89 / 9), 20 + 3 * math.log(282 / 9))
