@@ -17,6 +17,8 @@ import pytest
 from ray.exceptions import ActorDiedError, NodeDiedError, RayTaskError, WorkerCrashedError
 
 from orchestrator import controller as C
+from orchestrator import placement as P
+from orchestrator import scheduling as S
 from orchestrator.planner import plan, ray_resources
 from orchestrator.spec import load_spec
 from orchestrator.store import TAG_ERROR, TAG_STATE, SweepStore
@@ -44,64 +46,64 @@ def setup_module(module):
     ("finished", False, False, "infeasible"),
 ])
 def test_initial_state(stored, feasible, retry, expected):
-    assert C.initial_state(stored, feasible, retry) == expected
+    assert S.initial_state(stored, feasible, retry) == expected
 
 
 def _views(*states, priorities=None):
-    return [C.CellView(f"k{i}", float(priorities[i] if priorities else i), s) for i, s in enumerate(states)]
+    return [S.CellView(f"k{i}", float(priorities[i] if priorities else i), s) for i, s in enumerate(states)]
 
 
 def test_next_actions_fills_free_slots_smallest_first():
     views = _views("pending", "running", "pending", "pending", "finished", priorities=[5, 0, 1, 3, 2])
-    assert C.next_actions(views, max_concurrent=3, cancel_requested=False) == [C.Start("k2"), C.Start("k3")]
-    assert C.next_actions(views, max_concurrent=1, cancel_requested=False) == []
+    assert S.next_actions(views, max_concurrent=3, cancel_requested=False) == [S.Start("k2"), S.Start("k3")]
+    assert S.next_actions(views, max_concurrent=1, cancel_requested=False) == []
 
 
 def test_next_actions_cancel_stops_running_once_and_starts_nothing():
     views = _views("running", "pending", "running")
     views[2] = dataclasses.replace(views[2], stopping=True)
-    assert C.next_actions(views, max_concurrent=4, cancel_requested=True) == [C.Stop("k0")]
+    assert S.next_actions(views, max_concurrent=4, cancel_requested=True) == [S.Stop("k0")]
 
 
 def test_classify_failure_vs_preemption():
     err = RayTaskError("run", "Traceback ...", ValueError("loss is nan at step 3"))
-    assert C.classify(error=err) == ("failed", "ValueError: loss is nan at step 3")
-    assert C.classify(error=WorkerCrashedError())[0] == "preempted"
-    assert C.classify(error=NodeDiedError("node gone"))[0] == "preempted"
-    assert C.classify(error=ActorDiedError())[0] == "preempted"
-    assert C.classify(result={"status": "preempted"}) == ("preempted", "stopped before the last step")
-    assert C.classify(result={"status": "preempted"}, stop_requested=True)[0] == "cancelled"
-    assert C.classify(result={"status": "finished"}) == ("finished", "")
+    assert S.classify(error=err) == ("failed", "ValueError: loss is nan at step 3")
+    assert S.classify(error=WorkerCrashedError())[0] == "preempted"
+    assert S.classify(error=NodeDiedError("node gone"))[0] == "preempted"
+    assert S.classify(error=ActorDiedError())[0] == "preempted"
+    assert S.classify(result={"status": "preempted"}) == ("preempted", "stopped before the last step")
+    assert S.classify(result={"status": "preempted"}, stop_requested=True)[0] == "cancelled"
+    assert S.classify(result={"status": "finished"}) == ("finished", "")
 
 
 def test_after_outcome_spends_separate_budgets():
-    r = C.Retries(failure=1, preemption=2)
-    v = C.CellView("k", 0, "running")
-    v = C.after_outcome(v, "preempted", r)
+    r = S.Retries(failure=1, preemption=2)
+    v = S.CellView("k", 0, "running")
+    v = S.after_outcome(v, "preempted", r)
     assert (v.state, v.preemptions) == ("pending", 1)
-    v = C.after_outcome(v, "preempted", r)
+    v = S.after_outcome(v, "preempted", r)
     assert v.state == "pending"
-    assert C.after_outcome(v, "preempted", r).state == "preempted"  # third preemption: out of budget
-    v = C.after_outcome(v, "failed", r)
+    assert S.after_outcome(v, "preempted", r).state == "preempted"  # third preemption: out of budget
+    v = S.after_outcome(v, "failed", r)
     assert (v.state, v.failures) == ("pending", 1)
-    assert C.after_outcome(v, "failed", r).state == "failed"
-    assert C.after_outcome(v, "cancelled", r).state == "cancelled"
+    assert S.after_outcome(v, "failed", r).state == "failed"
+    assert S.after_outcome(v, "cancelled", r).state == "cancelled"
 
 
 def test_placement_strategy_spreads_only_where_it_can():
-    assert C.placement_strategy(hosts=4, alive_nodes=4) == "STRICT_SPREAD"
-    assert C.placement_strategy(hosts=2, alive_nodes=1) == "PACK"
+    assert P.placement_strategy(hosts=4, alive_nodes=4) == "STRICT_SPREAD"
+    assert P.placement_strategy(hosts=2, alive_nodes=1) == "PACK"
 
 
 def test_a_second_live_controller_is_refused():
     alive = {10: True, 11: False}.get
     now = 1000.0
-    assert C.other_controller(None, now=now, host="a", pid=1, pid_alive=alive) is None
-    assert C.other_controller("b:10:995", now=now, host="a", pid=1, pid_alive=alive) == "b:10"
-    assert C.other_controller("b:10:900", now=now, host="a", pid=1, pid_alive=alive) is None  # stale
-    assert C.other_controller("a:11:999", now=now, host="a", pid=1, pid_alive=alive) is None  # killed here
-    assert C.other_controller("a:10:999", now=now, host="a", pid=1, pid_alive=alive) == "a:10"
-    assert C.other_controller("a:1:999", now=now, host="a", pid=1, pid_alive=alive) is None  # itself
+    assert S.other_controller(None, now=now, host="a", pid=1, pid_alive=alive) is None
+    assert S.other_controller("b:10:995", now=now, host="a", pid=1, pid_alive=alive) == "b:10"
+    assert S.other_controller("b:10:900", now=now, host="a", pid=1, pid_alive=alive) is None  # stale
+    assert S.other_controller("a:11:999", now=now, host="a", pid=1, pid_alive=alive) is None  # killed here
+    assert S.other_controller("a:10:999", now=now, host="a", pid=1, pid_alive=alive) == "a:10"
+    assert S.other_controller("a:1:999", now=now, host="a", pid=1, pid_alive=alive) is None  # itself
 
 
 def test_time_left_counts_steps_left_over_the_slots():
@@ -120,22 +122,22 @@ def test_time_left_counts_steps_left_over_the_slots():
 def test_tpu_topologies_are_slices_ray_accepts():
     from ray._private.accelerators.tpu import TPUAcceleratorManager
 
-    assert C.tpu_topology("tpu-v4", 16) == ("v4", "2x2x4")
-    assert C.tpu_topology("tpu-v6e", 32) == ("v6e", "4x8")
-    assert C.tpu_topology("tpu-v4", 12) is None and C.tpu_topology("a100-80g", 8) is None
+    assert P.tpu_topology("tpu-v4", 16) == ("v4", "2x2x4")
+    assert P.tpu_topology("tpu-v6e", 32) == ("v6e", "4x8")
+    assert P.tpu_topology("tpu-v4", 12) is None and P.tpu_topology("a100-80g", 8) is None
     for acc in ("tpu-v4", "tpu-v5p", "tpu-v5e", "tpu-v6e"):
         for chips in (4, 8, 16, 32, 64, 256):
-            version, topo = C.tpu_topology(acc, chips)
+            version, topo = P.tpu_topology(acc, chips)
             assert TPUAcceleratorManager.is_valid_tpu_accelerator_topology(
                 tpu_accelerator_version=version, tpu_topology=topo), (acc, chips, topo)
             assert math.prod(int(d) for d in topo.split("x")) == chips
 
 
 def test_sweep_state():
-    assert C.sweep_state(["finished", "infeasible"], False) == "finished"
-    assert C.sweep_state(["finished", "failed"], False) == "failed"
-    assert C.sweep_state(["finished", "preempted"], False) == "preempted"
-    assert C.sweep_state(["finished"], True) == "cancelled"
+    assert S.sweep_state(["finished", "infeasible"], False) == "finished"
+    assert S.sweep_state(["finished", "failed"], False) == "failed"
+    assert S.sweep_state(["finished", "preempted"], False) == "preempted"
+    assert S.sweep_state(["finished"], True) == "cancelled"
 
 
 # ---------------------------------------------------------------- on a real local Ray

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import controller as C
+from orchestrator import placement as P
 from orchestrator.planner import plan
 from orchestrator.spec import load_spec
 from orchestrator.store import TAG_ERROR, TAG_PARENT, TAG_STATE, TAG_SWEEP, TAG_WORKER, SweepStore
@@ -39,13 +40,13 @@ def slow_steps(spec, run_id, tracking_uri, home, should_stop):
         time.sleep(0.3)
         return should_stop()
 
-    return C.default_cell_fn(spec, run_id, tracking_uri, home, stop)
+    return P.default_cell_fn(spec, run_id, tracking_uri, home, stop)
 
 
 def fail_89_until_fixed(spec, run_id, tracking_uri, home, should_stop):
     if spec["data"]["task_count"] == 89 and not (Path(home) / "fixed").exists():
         raise RuntimeError("shard 89 unreadable")
-    return C.default_cell_fn(spec, run_id, tracking_uri, home, should_stop)
+    return P.default_cell_fn(spec, run_id, tracking_uri, home, should_stop)
 
 
 def raw_steps(store, run_id, metric="train/loss"):

@@ -13,7 +13,8 @@ def _imported_after(statement: str) -> set[str]:
 
 def test_control_plane_never_loads_jax():
     mods = _imported_after(
-        "import orchestrator.cli, orchestrator.planner, orchestrator.controller, orchestrator.store;"
+        "import orchestrator.cli, orchestrator.planner, orchestrator.controller, orchestrator.store,"
+        " orchestrator.scheduling, orchestrator.placement;"
         " orchestrator.cli.build_parser()"
     )
     assert "jax" not in mods and "flax" not in mods
