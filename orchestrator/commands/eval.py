@@ -72,14 +72,10 @@ def read_predictions(path: Path) -> tuple[dict[str, list[str]], bool]:
         raise UserError(f"--predictions: {str(path)!r} is not a file")
     out: dict[str, list[str]] = {}
     has_samples = False
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+    from trainers.jsonl import read_objects
+
+    for line_no, row in read_objects(path):
+        if not isinstance(row.get("id"), str):
             raise UserError(f"{path}:{line_no}: expected an object with a string 'id'")
         if isinstance(row.get("prediction"), str):
             outputs = [row["prediction"]]

@@ -11,7 +11,6 @@ readline.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 
 from trainers.data.registry import SUBMIXTURES, Task, TaskRegistry
 from trainers.data.templates import FORMATS, STANDARD_FORMATS
+from trainers.jsonl import read_objects
 from trainers.spec import UserError, did_you_mean
 
 INDEX_VERSION = 1
@@ -74,29 +74,13 @@ def find_files(paths: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def _open_text(path: Path) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(".gz") else open(path, encoding="utf-8")
-
-
 def read_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; a malformed line raises UserError."""
-    try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise UserError(f"{path}:{lineno}: expected a JSON object with fields {', '.join(FIELDS)}")
-                missing = [k for k in FIELDS if not isinstance(rec.get(k), str)]
-                if missing:
-                    raise UserError(f"{path}:{lineno}: field {missing[0]!r} missing or not a string; need {', '.join(FIELDS)}")
-                yield lineno, rec
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
+    for lineno, rec in read_objects(path):
+        missing = [k for k in FIELDS if not isinstance(rec.get(k), str)]
+        if missing:
+            raise UserError(f"{path}:{lineno}: field {missing[0]!r} missing or not a string; need {', '.join(FIELDS)}")
+        yield lineno, rec
 
 
 def _cache_key(files: list[Path]) -> str:
