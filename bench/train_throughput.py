@@ -7,6 +7,8 @@ length distribution (the packed rows are split back into their examples for the 
 "useful tokens/s" (non-padding tokens per second) compares the two fairly.
 
     python bench/train_throughput.py [--steps N] [--peer] [--batch 8]
+    python bench/train_throughput.py --preset t5-large --dtype bfloat16 \
+        --input-length 2048 --target-length 512 --accelerator h200-141g   # MFU on a GPU
 
 Prints one JSON object.
 """
@@ -25,21 +27,30 @@ from pathlib import Path
 LI, LT = 512, 128
 
 
-def model_config(vocab: int = 32128):
+def model_config(preset: str | None = None, dtype: str = "float32", vocab: int = 32128):
+    """The fixed benchmark shape, or a catalog preset's architecture, in `dtype`."""
+    import dataclasses
+
     from trainers.spec import ModelConfig
 
-    return ModelConfig(
-        name="bench-t5", family="t5", vocab_size=vocab, d_model=256, d_ff=1024, num_heads=4, d_kv=64,
-        num_encoder_layers=4, num_decoder_layers=4,
-    )
+    if preset:
+        from orchestrator.catalog import get_preset
+
+        cfg = get_preset(preset).model
+    else:
+        cfg = ModelConfig(
+            name="bench-t5", family="t5", vocab_size=vocab, d_model=256, d_ff=1024, num_heads=4, d_kv=64,
+            num_encoder_layers=4, num_decoder_layers=4,
+        )
+    return dataclasses.replace(cfg, dtype=dtype, dropout_rate=0.0)
 
 
-def packed_batches(batch: int, steps: int, home: Path) -> list[dict]:
+def packed_batches(batch: int, steps: int, home: Path, li: int = LI, lt: int = LT) -> list[dict]:
     """steps + 1 packed batches (one to compile) from the built-in instruction suite."""
     from trainers.data.pipeline import make_batches
     from trainers.spec import DataConfig
 
-    data = DataConfig(task_count=89, input_length=LI, target_length=LT, tokenizer="byte", examples_per_task=50)
+    data = DataConfig(task_count=89, input_length=li, target_length=lt, tokenizer="byte", examples_per_task=50)
     it = iter(make_batches(data, "t5", batch, 0, home))
     return [next(it) for _ in range(steps + 1)]
 
@@ -59,7 +70,7 @@ def unpack(batches: list[dict]) -> list[tuple[list[int], list[int]]]:
     return examples
 
 
-def bench_jax(batches: list[dict], batch: int) -> dict:
+def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, accelerator: str = "cpu") -> dict:
     import jax
 
     from trainers.data.pipeline import packing_efficiency
@@ -68,10 +79,9 @@ def bench_jax(batches: list[dict], batch: int) -> dict:
     from trainers.spec import MeshConfig, OptimConfig
     from trainers.train import init_state, train_loop
 
-    cfg = model_config()
     optim = OptimConfig(batch_size=batch, learning_rate=5e-4)
-    setup = make_setup(cfg, optim, MeshConfig(), LI, LT, packing_efficiency)
-    state = init_state(setup, init_params(cfg, jax.random.PRNGKey(0), input_length=LI, target_length=LT), 0)
+    setup = make_setup(cfg, optim, MeshConfig(accelerator=accelerator), li, lt, packing_efficiency)
+    state = init_state(setup, init_params(cfg, jax.random.PRNGKey(0), input_length=li, target_length=lt), 0)
     logs: list[dict] = []
     t0 = time.perf_counter()
     train_loop(setup, state, iter(batches), total_steps=len(batches), log_metrics=lambda m, s: logs.append(m))
@@ -81,7 +91,7 @@ def bench_jax(batches: list[dict], batch: int) -> dict:
     useful = statistics.median(m["train/useful_tokens_per_s"] * m["train/step_s"] for m in steps)
     return {
         "step_s": step_s,
-        "tokens_per_s": batch * (LI + LT) / step_s,
+        "tokens_per_s": batch * (li + lt) / step_s,
         "useful_tokens_per_s": useful / step_s,
         "packing_efficiency": statistics.mean(m["train/packing_efficiency"] for m in steps),
         "mfu": statistics.median(m["train/mfu"] for m in steps),
@@ -91,13 +101,12 @@ def bench_jax(batches: list[dict], batch: int) -> dict:
     }
 
 
-def bench_torch(examples: list[tuple[list[int], list[int]]], batch: int, steps: int) -> dict:
+def bench_torch(examples: list[tuple[list[int], list[int]]], batch: int, steps: int, cfg) -> dict:
     """HF T5 (PyTorch), same architecture, Adafactor, batches padded to their longest example."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
     from transformers.optimization import Adafactor
 
-    cfg = model_config()
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(
         T5Config(
@@ -146,20 +155,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
     ap.add_argument("--batch", type=int, default=8, help="packed rows per JAX step")
     ap.add_argument("--peer", action="store_true", help="also run HF transformers' T5 (PyTorch), padded batches")
+    ap.add_argument("--preset", default=None, help="a catalog model instead of the fixed shape (e.g. t5-large)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    ap.add_argument("--input-length", type=int, default=LI)
+    ap.add_argument("--target-length", type=int, default=LT)
+    ap.add_argument("--accelerator", default="cpu", help="whose peak FLOP/s MFU is measured against")
     args = ap.parse_args(argv)
+    li, lt = args.input_length, args.target_length
+    cfg = model_config(args.preset, args.dtype)
     home = Path(os.environ.get("FLANSCALE_HOME") or tempfile.mkdtemp(prefix="flanscale-bench-"))
-    batches = packed_batches(args.batch, args.steps, home)
+    batches = packed_batches(args.batch, args.steps, home, li, lt)
     examples = unpack(batches)
     out = {
-        "config": {"d_model": 256, "d_ff": 1024, "heads": 4, "layers": "4+4", "vocab": 32128,
-                   "input_length": LI, "target_length": LT, "batch": args.batch, "steps": args.steps},
+        "config": {"model": cfg.name, "d_model": cfg.d_model, "d_ff": cfg.d_ff, "heads": cfg.num_heads,
+                   "layers": f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers}", "vocab": cfg.vocab_size,
+                   "dtype": cfg.dtype, "input_length": li, "target_length": lt, "batch": args.batch,
+                   "steps": args.steps, "accelerator": args.accelerator},
         "examples": len(examples),
         "mean_example_tokens": statistics.mean(len(x) + len(y) for x, y in examples),
-        "flanscale_jax_packed": bench_jax(batches, args.batch),
+        "flanscale_jax_packed": bench_jax(batches, args.batch, cfg, li, lt, args.accelerator),
     }
     if args.peer:
         # Same examples, in order, batch-size examples per step (the HF recipe's unit).
-        peer = bench_torch(examples, args.batch, args.steps)
+        peer = bench_torch(examples, args.batch, args.steps, cfg)
         out["hf_torch_padded"] = peer
         out["useful_tokens_per_s_ratio"] = out["flanscale_jax_packed"]["useful_tokens_per_s"] / peer["useful_tokens_per_s"]
     print(json.dumps(out, indent=2))
