@@ -399,10 +399,10 @@ def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> 
         _, params = models.load_pretrained(Path(cell.init_checkpoint), setup.param_shardings)
         return params
     li, lt = cell.data.input_length, cell.data.target_length
-    return _param_init(model_cfg, setup, li, lt)(jax.random.PRNGKey(cell.seed))
+    return param_init(model_cfg, setup, li, lt)(jax.random.PRNGKey(cell.seed))
 
 
-def _param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
+def param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
     """Jitted random init writing each parameter straight into its shard (no host copy)."""
     import jax
 
@@ -432,78 +432,3 @@ def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any]
         return dict(evaluate(cell.eval, model_cfg, params, tokenizer, max_prompt_tokens=cell.data.input_length))
 
     return run
-
-
-def pretrain(
-    model_cfg: Any,
-    out: str | os.PathLike,
-    *,
-    steps: int,
-    batch_size: int = 16,
-    input_length: int = 128,
-    target_length: int = 32,
-    learning_rate: float = 1e-2,
-    seed: int = 0,
-    corpus: str | None = None,
-    tokenizer: str = "byte",
-    home: str | os.PathLike = ".flanscale",
-    tracker: Tracker | None = None,
-) -> dict[str, Any]:
-    """Pretrains a small base model with T5 span corruption and saves it to `out`.
-
-    Writes out/model.json + out/params (trainers.models.save_pretrained) and out/pretrain.json
-    with the measured compute, so cells finetuning from it report a measured FLOPs fraction.
-    """
-    init_distributed()
-    import jax
-
-    from trainers import accounting, models
-    from trainers.data import pipeline
-    from trainers.data.pretrain import span_corruption_batches
-    from trainers.data.tokenizer import load_tokenizer
-    from trainers.spec import DataConfig, MeshConfig, OptimConfig
-    from trainers.train import init_state, train_loop
-
-    if model_cfg.family != "t5":
-        raise UserError(f"model.family: span corruption pretrains encoder-decoders only, not {model_cfg.family!r}")
-    tracker = tracker or NullTracker()
-    home = Path(home).absolute()
-    data = DataConfig(tokenizer=tokenizer, input_length=input_length, target_length=target_length)
-    tok = load_tokenizer(data, home, vocab_size=model_cfg.vocab_size)
-    batches = span_corruption_batches(
-        tok, model_cfg.family, batch_size, input_length, target_length, seed, model_cfg.vocab_size, corpus,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )
-    optim = OptimConfig(batch_size=batch_size, learning_rate=learning_rate, steps=steps)
-    mesh_cfg = MeshConfig(devices=jax.device_count(), hosts=jax.process_count(), data=jax.device_count())
-    setup = make_setup(model_cfg, optim, mesh_cfg, input_length, target_length, pipeline.packing_efficiency)
-    params = _param_init(model_cfg, setup, input_length, target_length)(jax.random.PRNGKey(seed))
-    state = init_state(setup, params, seed)
-    tracker.log_params({"model": model_cfg.name, "params": accounting.param_count(model_cfg), "steps": steps,
-                        "batch_size": batch_size, "learning_rate": learning_rate, "objective": "span_corruption"})
-    result = train_loop(setup, state, batches, total_steps=steps, log_metrics=tracker.log_metrics)
-    c = result.counters
-    n_params = accounting.param_count(model_cfg)
-    summary = {
-        "model": model_cfg.name,
-        "params": n_params,
-        "steps": result.steps,
-        "final_loss": result.final_loss,
-        "input_tokens": c["input_tokens"],
-        "target_tokens": c["target_tokens"],
-        "tokens": c["input_tokens"] + c["target_tokens"],
-        # Same convention as a cell's finetuning FLOPs (6 x parameters each token passes
-        # through), so flops/fraction compares like with like...
-        "flops": accounting.train_flops(model_cfg, c["input_tokens"], c["target_tokens"]),
-        # ...and the all-parameters shorthand (tokens x 6 x params) for reference.
-        "flops_6nd": 6.0 * n_params * (c["input_tokens"] + c["target_tokens"]),
-        "objective": "span_corruption",
-        "tokenizer": tokenizer,
-        "corpus": corpus or "suite",
-    }
-    out = Path(out).absolute()
-    models.save_pretrained(out, model_cfg, result.state["params"])
-    if jax.process_index() == 0:
-        (out / "pretrain.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    tracker.log_metrics({"flops/pretrain": summary["flops"]}, result.steps)
-    return {**summary, "out": str(out)}

@@ -48,7 +48,7 @@ def handle(args: argparse.Namespace) -> int:
     preset = get_preset(args.model)  # unknown names raise UserError with the closest match
 
     from orchestrator.commands.train import ConsoleTracker
-    from trainers.job import pretrain
+    from trainers.base_model import pretrain
 
     home = args.home or os.environ.get("FLANSCALE_HOME", ".flanscale")
     summary = pretrain(

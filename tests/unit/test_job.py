@@ -101,7 +101,7 @@ def test_train_command_prints_loss_lines_and_result(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pretrain_then_finetune_reports_measured_flops_fraction(tmp_path):
-    from trainers.job import pretrain
+    from trainers.base_model import pretrain
     from trainers.models import load_config
 
     model = CellSpec.from_dict(SPEC).model
