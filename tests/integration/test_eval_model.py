@@ -66,6 +66,9 @@ def test_greedy_rows_do_not_depend_on_their_batch(tokenizer):
     together = generate(texts)
     alone = [generate([t])[0] for t in texts]
     assert together == alone
+    # Self-consistency samples share their prompt's prefill; with top-k 1 each is the greedy one.
+    shared = generate(texts, num_samples=4, temperature=0.7, top_k=1)
+    assert shared == [[g] * 4 for (g,) in together]
 
 
 def test_cli_evaluates_a_checkpoint_and_its_predictions_rescore(tmp_path, capsys, monkeypatch):
@@ -114,7 +117,7 @@ def test_cached_greedy_decoding_matches_full_forward_passes(cfg):
     inputs = np.zeros((rows, width_in), np.int32)
     for i, p in enumerate(prompts_):
         inputs[i, : len(p)] = p
-    got = np.asarray(_generate(cfg, params, jnp.asarray(inputs), jnp.zeros((rows,), jnp.int32), jax.random.PRNGKey(0),
+    got = np.asarray(_generate(cfg, params, jnp.asarray(inputs), jax.random.PRNGKey(0),
                                max_new_tokens=new, temperature=0.0, top_k=0))
     module = models.build(cfg)
     # One fixed-shape jitted forward pass; explicit segment ids mark the real tokens (a

@@ -86,3 +86,21 @@ def test_greedy_decoding_runs_inside_scan():
         token = np.asarray(jnp.argmax(logits, axis=-1)).astype(np.int32)
         expected.append(token)
     np.testing.assert_array_equal(scanned, np.stack(expected, axis=1))
+
+
+@pytest.mark.parametrize("cfg", [T5, PALM], ids=["t5", "palm-mqa-parallel-tied"])
+def test_repeated_state_decodes_like_repeated_prompts(cfg):
+    """Self-consistency shares one prefill per prompt: repeating the state row by row must
+    decode exactly as prefilling every copy of the prompt would."""
+    params = models.init_params(cfg, jax.random.key(0, impl="rbg"))
+    prompts, targets = _data()
+    times = 3
+    shared = models.repeat_state(models.prefill(cfg, params, prompts, STEPS), times)
+    separate = models.prefill(cfg, params, np.repeat(prompts, times, axis=0), STEPS)
+    assert jax.tree.map(lambda x: x.shape, shared) == jax.tree.map(lambda x: x.shape, separate)
+    token = np.zeros(len(LENGTHS) * times, np.int32)
+    for t in range(STEPS):
+        a, shared = models.decode_step(cfg, params, shared, token)
+        b, separate = models.decode_step(cfg, params, separate, token)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=f"step {t}")
+        token = np.repeat(targets[:, t], times)

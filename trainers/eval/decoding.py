@@ -68,13 +68,19 @@ def decode_loop(step_fn: StepFn, state: Any, first_tokens: jnp.ndarray, rng: jax
     return jax.lax.while_loop(cond, body, carry)[3]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k"))
-def _generate(cfg, params, inputs, first_tokens, rng, *, max_new_tokens, temperature, top_k):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "samples"))
+def _generate(cfg, params, inputs, rng, *, max_new_tokens, temperature, top_k, samples=1):
+    """[P, L] prompts -> [P * samples, max_new_tokens] tokens, row p * samples + s being sample
+    s of prompt p. The prompts are prefilled once and their states repeated per sample, so
+    self-consistency pays for each prompt's prefill once, not `samples` times."""
     from trainers import models
 
     state = models.prefill(cfg, params, inputs, max_new_tokens)
+    if samples > 1:
+        state = models.repeat_state(state, samples)
+    first = jnp.full((inputs.shape[0] * samples,), PAD_ID, jnp.int32)
     step = lambda s, t: models.decode_step(cfg, params, s, t)  # noqa: E731
-    return decode_loop(step, state, first_tokens, rng, max_new_tokens=max_new_tokens,
+    return decode_loop(step, state, first, rng, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_k=top_k)
 
 
@@ -107,31 +113,33 @@ class TextGenerator:
             ids = ids[-self.max_prompt_tokens:]
         return ids
 
-    def _batch(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _batch(self, rows: list[list[int]]) -> np.ndarray:
         width = self.max_prompt_tokens or _bucket(max(len(r) for r in rows))
         inputs = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             inputs[i, : len(r)] = r
-        return inputs, np.full((len(rows),), PAD_ID, np.int32)
+        return inputs
 
     def __call__(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
                  top_k: int = 0, seed: int = 0) -> list[list[str]]:
         """One list of `num_samples` continuations per prompt (greedy when temperature is 0)."""
         encoded = [self.encode(p) for p in prompts]
-        # Rows = (prompt, sample) pairs, ordered by length so batches pad little.
-        rows = sorted(((i, s) for i in range(len(prompts)) for s in range(num_samples)),
-                      key=lambda r: (len(encoded[r[0]]), r))
+        # Prompts ordered by length so batches pad little; a batch holds `per_batch` prompts
+        # and decodes all their samples together (at least one prompt's worth of samples).
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        per_batch = max(1, self.batch_size // num_samples)
         results: list[list[str]] = [[""] * num_samples for _ in prompts]
         base = jax.random.PRNGKey(seed)
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start: start + self.batch_size]
+        for start in range(0, len(order), per_batch):
+            chunk = order[start: start + per_batch]
             # Fill the last batch with copies so every batch has the compiled shape.
-            padded = chunk + [chunk[0]] * (self.batch_size - len(chunk))
-            inputs, firsts = self._batch([encoded[i] for i, _ in padded])
-            tokens = _generate(self.cfg, self.params, jnp.asarray(inputs), jnp.asarray(firsts),
-                               jax.random.fold_in(base, start), max_new_tokens=self.max_new_tokens,
-                               temperature=float(temperature), top_k=int(top_k))
+            padded = chunk + [chunk[0]] * (per_batch - len(chunk))
+            inputs = self._batch([encoded[i] for i in padded])
+            tokens = _generate(self.cfg, self.params, jnp.asarray(inputs), jax.random.fold_in(base, start),
+                               max_new_tokens=self.max_new_tokens, temperature=float(temperature),
+                               top_k=int(top_k), samples=num_samples)
             tokens = np.asarray(tokens)
-            for row, (i, s) in enumerate(chunk):
-                results[i][s] = self.tokenizer.decode([int(t) for t in tokens[row]])
+            for p, i in enumerate(chunk):
+                for s in range(num_samples):
+                    results[i][s] = self.tokenizer.decode([int(t) for t in tokens[p * num_samples + s]])
         return results

@@ -138,6 +138,13 @@ def decode_step(cfg: ModelConfig, params, state, tokens):
     return _decode_step(cfg, params, state, jnp.asarray(tokens, jnp.int32))
 
 
+def repeat_state(state, times: int):
+    """Each row of a decode state repeated `times` times, in place (rows r*times ..
+    r*times + times - 1 copy row r), so several samples of one prompt share its prefill.
+    Every leaf of either family's state has the batch as its leading axis."""
+    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), state)
+
+
 def save_pretrained(dst, cfg: ModelConfig, params) -> Path:
     """Write a base-model checkpoint: DST/params (orbax) and DST/model.json (the ModelConfig)."""
     import orbax.checkpoint as ocp
