@@ -11,13 +11,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainers.home import tracking_uri as home_tracking_uri
 from trainers.spec import UserError
 
 SWEEP_TAG = "flanscale.sweep"
@@ -96,15 +96,6 @@ class SweepRuns:
         return sorted({m for c in self.cells for m in c.metrics})
 
 
-def default_tracking_uri() -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded SQLite store in FLANSCALE_HOME."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    home = Path(os.environ.get("FLANSCALE_HOME", ".flanscale")).resolve()
-    return f"sqlite:///{home / 'mlflow.db'}"
-
-
 def _check_store_exists(uri: str) -> None:
     # MLflow would silently create an empty SQLite database; a report must not.
     if uri.startswith("sqlite:///"):
@@ -126,7 +117,7 @@ def client_for(uri: str):
 
 def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = True) -> SweepRuns:
     """All cells of `sweep`; raises UserError (with the closest sweep names) if there is none."""
-    uri = tracking_uri or default_tracking_uri()
+    uri = home_tracking_uri(tracking_uri)
     client = client_for(uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:

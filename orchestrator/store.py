@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trainers.home import flanscale_home
+from trainers.home import tracking_uri as home_tracking_uri
+
 TAG_SWEEP = "flanscale.sweep"
 TAG_KIND = "flanscale.kind"  # "sweep" (parent) | "cell" (child)
 TAG_CELL_KEY = "flanscale.cell_key"
@@ -43,8 +46,8 @@ T = TypeVar("T")
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """FLANSCALE_HOME: explicit argument, then the environment, then ./.flanscale."""
-    path = Path(home or os.environ.get("FLANSCALE_HOME") or ".flanscale").expanduser().resolve()
+    """The home directory (trainers.home.flanscale_home), created: the store writes into it."""
+    path = flanscale_home(home)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -55,7 +58,7 @@ def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
 
 def resolve_tracking_uri(explicit: str | None = None, home: str | os.PathLike[str] | None = None) -> str:
     """--tracking-uri, then MLFLOW_TRACKING_URI, then SQLite under FLANSCALE_HOME."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    return home_tracking_uri(explicit, resolve_home(home))
 
 
 def _is_lock_error(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from trainers.home import flanscale_home
 from trainers.job import init_distributed, make_setup, param_init
 from trainers.spec import UserError
 from trainers.tracking import NullTracker, Tracker
@@ -30,7 +31,7 @@ def pretrain(
     seed: int = 0,
     corpus: str | None = None,
     tokenizer: str = "byte",
-    home: str | os.PathLike = ".flanscale",
+    home: str | os.PathLike | None = None,
     tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Pretrains a small base model with T5 span corruption and saves it to `out`.
@@ -51,7 +52,7 @@ def pretrain(
     if model_cfg.family != "t5":
         raise UserError(f"model.family: span corruption pretrains encoder-decoders only, not {model_cfg.family!r}")
     tracker = tracker or NullTracker()
-    home = Path(home).absolute()
+    home = flanscale_home(home)
     data = DataConfig(tokenizer=tokenizer, input_length=input_length, target_length=target_length)
     tok = load_tokenizer(data, home, vocab_size=model_cfg.vocab_size)
     batches = span_corruption_batches(

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.home import flanscale_home
+from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.spec import CellSpec, UserError
 from trainers.tracking import MLflowTracker, NullTracker, Tracker
 
@@ -123,8 +125,7 @@ def _tracker(run_id: str | None, tracking_uri: str | None, home: Path, extra: Se
         return NullTracker()
     trackers: list[Tracker] = []
     if run_id:
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
-        trackers.append(MLflowTracker(uri, run_id))
+        trackers.append(MLflowTracker(resolve_tracking_uri(tracking_uri, home), run_id))
     trackers.extend(extra)
     return FanOutTracker(trackers)
 
@@ -167,7 +168,7 @@ def run_cell(
     spec: dict[str, Any],
     run_id: str | None = None,
     tracking_uri: str | None = None,
-    home: str | os.PathLike = ".flanscale",
+    home: str | os.PathLike | None = None,
     extra_trackers: Sequence[Tracker] = (),
     should_stop: Callable[[], bool] | threading.Event | None = None,
     steps: int | None = None,
@@ -179,9 +180,7 @@ def run_cell(
     """
     init_distributed()
     cell = CellSpec.from_dict(spec) if isinstance(spec, dict) else spec
-    if str(home) == ".flanscale":
-        home = os.environ.get("FLANSCALE_HOME", home)
-    home_path = Path(home).absolute()
+    home_path = flanscale_home(home)
     tracker = _tracker(run_id, tracking_uri, home_path, extra_trackers)
     stop = _StopFlag(should_stop)
     stop.install()

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from trainers.home import flanscale_home
 from trainers.spec import UserError
 
 MODES = ("direct", "cot", "sc")
@@ -60,10 +60,6 @@ def register(subparsers) -> None:
     s.add_argument("--max-examples", type=int, default=0, help="score only the first N examples per task")
     s.add_argument("--format", choices=("json", "table"), default="json")
     s.set_defaults(func=score_predictions)
-
-
-def _home() -> Path:
-    return Path(os.environ.get("FLANSCALE_HOME", ".flanscale"))
 
 
 def read_predictions(path: Path) -> tuple[dict[str, list[str]], bool]:
@@ -179,7 +175,7 @@ def run_model(args: argparse.Namespace) -> int:
     from trainers.spec import EvalConfig
 
     model_cfg, params = models.load_pretrained(str(checkpoint))
-    tokenizer = load_tokenizer(_tokenizer_config(checkpoint), _home(), vocab_size=model_cfg.vocab_size)
+    tokenizer = load_tokenizer(_tokenizer_config(checkpoint), flanscale_home(), vocab_size=model_cfg.vocab_size)
     cfg = EvalConfig(benchmarks=tuple(names), data_dir=args.data_dir, max_examples=args.max_examples,
                      max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples)
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
+from trainers.home import flanscale_home
 from trainers.spec import UserError
 
 
@@ -50,7 +50,7 @@ def handle(args: argparse.Namespace) -> int:
     from orchestrator.commands.train import ConsoleTracker
     from trainers.base_model import pretrain
 
-    home = args.home or os.environ.get("FLANSCALE_HOME", ".flanscale")
+    home = flanscale_home(args.home)
     summary = pretrain(
         preset.model,
         args.out,

@@ -47,15 +47,15 @@ def _positive_float(s: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from dashboards.report import ReportOptions, check_metrics, mlflow_ui_command, write_report
-    from dashboards.runs import default_tracking_uri, load_sweep
+    from dashboards.runs import load_sweep
+    from trainers.home import flanscale_home, tracking_uri
 
     # Progress bars for a handful of small files only clutter what the command prints.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
-    home = Path(os.environ.get("FLANSCALE_HOME", ".flanscale"))
-    out = args.out or home / "reports" / args.sweep
-    uri = args.tracking_uri or default_tracking_uri()
+    out = args.out or flanscale_home() / "reports" / args.sweep
+    uri = tracking_uri(args.tracking_uri)
     runs = load_sweep(args.sweep, uri)
     check_metrics(runs, args.metric)
     options = ReportOptions(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainers.home import flanscale_home
 from trainers.spec import UserError
 
 
@@ -98,13 +99,11 @@ def handle(args: argparse.Namespace) -> int:
     spec = load_cell(args.cell)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: {args.steps} must be >= 1")
-    import os
-
     from trainers.job import init_distributed, run_cell
 
     # Joins the other hosts before anything touches the JAX backend (no-op on one host).
     init_distributed(args.coordinator, args.num_processes, args.process_id)
-    home = args.home or os.environ.get("FLANSCALE_HOME", ".flanscale")
+    home = flanscale_home(args.home)
     result = run_cell(
         spec,
         run_id=args.run_id,

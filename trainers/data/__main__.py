@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from trainers.home import flanscale_home
 from trainers.spec import DataConfig, UserError
 
 
@@ -58,7 +59,6 @@ def _pack(args: argparse.Namespace, cfg: DataConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainers.data.mixtures import default_home
     from trainers.data.packing import PACKERS
 
     ap = argparse.ArgumentParser(prog="python -m trainers.data", description=__doc__.splitlines()[0])
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", default=d.tokenizer)
     ap.add_argument("--examples-per-task", type=int, default=d.examples_per_task)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--home", default=str(default_home()))
+    ap.add_argument("--home", default=str(flanscale_home()))
     ap.add_argument("-n", type=int, default=3, help="sample: examples to show")
     ap.add_argument("--top", type=int, default=10, help="mixture: tasks with the highest rates to list")
     ap.add_argument("--family", default="t5", help="pack: t5 | decoder")

@@ -28,6 +28,7 @@ from typing import Callable
 
 from trainers.data.registry import PAPER_CAPS, SUBMIXTURES, Task, TaskRegistry
 from trainers.data.templates import normalize_formats
+from trainers.home import flanscale_home
 from trainers.spec import DataConfig, UserError, did_you_mean
 
 PRESETS = {
@@ -83,14 +84,8 @@ def build_registry(cfg: DataConfig, home: Path | str | None = None) -> TaskRegis
     if cfg.source == "flan":
         from trainers.data.flan import load_registry
 
-        return load_registry(cfg.paths, home if home is not None else default_home())
+        return load_registry(cfg.paths, flanscale_home(home))
     raise UserError(f"data.source: {cfg.source!r} unknown; allowed: synthetic, flan")
-
-
-def default_home() -> Path:
-    import os
-
-    return Path(os.environ.get("FLANSCALE_HOME", ".flanscale"))
 
 
 def select_tasks(registry: TaskRegistry, task_count: int, with_cot: bool = True) -> list[Task]:
