@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.store import TAG_CELL_KEY, TAG_PARENT, TAG_STATE, TAG_SWEEP
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.spec import UserError
 
-SWEEP_TAG = "flanscale.sweep"
-CELL_KEY_TAG = "flanscale.cell_key"
-STATE_TAG = "flanscale.state"
-PARENT_TAG = "mlflow.parentRunId"
 
 # When the store holds two runs for one cell key (a store repaired by hand, a race in an old
 # controller), the one furthest along is the one that describes the cell.
@@ -89,7 +86,7 @@ class SweepRuns:
 
     @property
     def state(self) -> str:
-        return self.parent_tags.get(STATE_TAG, "unknown")
+        return self.parent_tags.get(TAG_STATE, "unknown")
 
     @property
     def metric_names(self) -> list[str]:
@@ -131,15 +128,15 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = T
         raise UserError(f"sweep {sweep!r}: its experiment in {uri} is deleted; restore it in MLflow to report on it")
     runs = _all_runs(client, exp.experiment_id)
     parent = _parent_run(runs, sweep)
-    children = [r for r in runs if CELL_KEY_TAG in r.data.tags and r.data.tags.get(SWEEP_TAG, sweep) == sweep]
+    children = [r for r in runs if TAG_CELL_KEY in r.data.tags and r.data.tags.get(TAG_SWEEP, sweep) == sweep]
     by_key: dict[str, Any] = {}
     for r in children:
-        k = r.data.tags[CELL_KEY_TAG]
+        k = r.data.tags[TAG_CELL_KEY]
         if k not in by_key or _preference(r) > _preference(by_key[k]):
             by_key[k] = r
     # The controller logs the whole plan once on the sweep's run; older stores only per cell.
     plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
-    cells = [_to_cell(client, r, plans.get(r.data.tags[CELL_KEY_TAG]) if plans else None, with_plans)
+    cells = [_to_cell(client, r, plans.get(r.data.tags[TAG_CELL_KEY]) if plans else None, with_plans)
              for r in by_key.values()]
     cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.key))
     return SweepRuns(
@@ -172,14 +169,14 @@ def _all_runs(client, experiment_id: str) -> list:
 
 
 def _parent_run(runs: list, sweep: str):
-    parents = [r for r in runs if CELL_KEY_TAG not in r.data.tags and PARENT_TAG not in r.data.tags
-               and r.data.tags.get(SWEEP_TAG) == sweep]
+    parents = [r for r in runs if TAG_CELL_KEY not in r.data.tags and TAG_PARENT not in r.data.tags
+               and r.data.tags.get(TAG_SWEEP) == sweep]
     # The oldest parent is the sweep's own; later ones could only come from a manual re-creation.
     return min(parents, key=lambda r: r.info.start_time or 0) if parents else None
 
 
 def _preference(run) -> tuple[int, int]:
-    return (_STATE_RANK.get(run.data.tags.get(STATE_TAG, ""), -1), run.info.start_time or 0)
+    return (_STATE_RANK.get(run.data.tags.get(TAG_STATE, ""), -1), run.info.start_time or 0)
 
 
 def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:
@@ -188,10 +185,10 @@ def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellR
     if plan is None:
         plan = _read_json(client, run.info.run_id, "cell.json") if with_plan else {}
     plan = plan if isinstance(plan, dict) else {}
-    state = t.get(STATE_TAG) or _state_from_status(run.info.status)
+    state = t.get(TAG_STATE) or _state_from_status(run.info.status)
     end = run.info.end_time / 1000.0 if run.info.end_time else None
     return CellRun(
-        key=t[CELL_KEY_TAG],
+        key=t[TAG_CELL_KEY],
         run_id=run.info.run_id,
         model=p.get("model") or plan.get("model", "?"),
         params=_as_int(p.get("params", plan.get("params"))),
