@@ -52,10 +52,6 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
-    return f"sqlite:///{resolve_home(home) / 'mlflow.db'}"
-
-
 def resolve_tracking_uri(explicit: str | None = None, home: str | os.PathLike[str] | None = None) -> str:
     """--tracking-uri, then MLFLOW_TRACKING_URI, then SQLite under FLANSCALE_HOME."""
     return home_tracking_uri(explicit, resolve_home(home))

@@ -12,7 +12,7 @@ import pytest
 from orchestrator.planner import plan
 from orchestrator.spec import load_spec
 from orchestrator.store import (TAG_CELL_KEY, TAG_KIND, TAG_PARENT, TAG_STATE, TAG_SWEEP, SweepStore, cell_params,
-                                default_tracking_uri, resolve_tracking_uri)
+                                resolve_tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _cells(make_sweep, name="store"):
 
 
 def test_tracking_uri_precedence(home, monkeypatch):
-    assert default_tracking_uri() == f"sqlite:///{home / 'mlflow.db'}"
+    assert resolve_tracking_uri() == f"sqlite:///{home / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert resolve_tracking_uri() == "http://mlflow:5000"
     assert resolve_tracking_uri("sqlite:////x.db") == "sqlite:////x.db"
