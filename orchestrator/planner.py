@@ -7,10 +7,8 @@ cells with the same keys. Scheduling decisions are return values; the controller
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY, Preset
@@ -119,15 +117,9 @@ def _pretrain_flops(spec: SweepSpec, preset: Preset, model: ModelConfig, init_ch
     recorded beside the base checkpoint (pretrain.json), else the preset's pretraining."""
     if preset.name in spec.pretrain_tokens:
         return accounting.pretrain_flops(model, float(spec.pretrain_tokens[preset.name]))
-    if init_checkpoint:
-        meta = Path(init_checkpoint) / "pretrain.json"
-        if meta.is_file():
-            try:
-                flops = float(json.loads(meta.read_text()).get("flops", 0.0))
-            except (ValueError, json.JSONDecodeError, AttributeError):
-                raise UserError(f"{meta}: not a valid pretrain.json (expected {{\"flops\": <number>}})") from None
-            if flops > 0:
-                return flops
+    measured = accounting.measured_pretrain_flops(init_checkpoint) if init_checkpoint else 0.0
+    if measured > 0:
+        return measured
     return accounting.pretrain_flops(model, preset.pretrain_tokens)
 
 

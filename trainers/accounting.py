@@ -247,6 +247,21 @@ def pretrain_flops(cfg: ModelConfig, tokens: float) -> float:
     return (3.0 if cfg.family == "t5" else 6.0) * n * tokens
 
 
+def measured_pretrain_flops(checkpoint: str) -> float:
+    """The compute `flanscale pretrain` recorded beside a base checkpoint (its pretrain.json),
+    or 0.0 where the checkpoint carries no such record."""
+    import json
+    from pathlib import Path
+
+    meta = Path(checkpoint) / "pretrain.json"
+    if not meta.is_file():
+        return 0.0
+    try:
+        return float(json.loads(meta.read_text()).get("flops", 0.0))
+    except (ValueError, AttributeError):  # JSONDecodeError is a ValueError
+        raise UserError(f"{meta}: not a valid pretrain.json (expected {{\"flops\": <number>}})") from None
+
+
 def _matmul_params_per_token(cfg: ModelConfig) -> dict[str, float]:
     """Parameters each kind of token multiplies by (excludes lookups: embeddings on input,
     relative-position tables; norms are elementwise and left out)."""

@@ -6,7 +6,6 @@ the job measures goes to the tracker (MLflow when the controller hands over a ru
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -135,11 +134,9 @@ def _pretrain_flops(spec: CellSpec) -> float:
     `flanscale pretrain` and stored beside the checkpoint."""
     if spec.pretrain_flops > 0:
         return float(spec.pretrain_flops)
-    if spec.init_checkpoint:
-        meta = Path(spec.init_checkpoint) / "pretrain.json"
-        if meta.exists():
-            return float(json.loads(meta.read_text()).get("flops", 0.0))
-    return 0.0
+    from trainers.accounting import measured_pretrain_flops
+
+    return measured_pretrain_flops(spec.init_checkpoint) if spec.init_checkpoint else 0.0
 
 
 def _params_to_log(spec: CellSpec, n_params: int) -> dict[str, Any]:

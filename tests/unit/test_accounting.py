@@ -147,3 +147,13 @@ def test_host_cpu_peak_comes_from_clock_cores_and_vector_width():
     assert A.host_cpu_peak_flops(avx512, cores=2) == pytest.approx(2 * 2.6e9 * 64)
     assert A.host_cpu_peak_flops(avx2, cores=4) == pytest.approx(4 * 2.6e9 * 32)
     assert A.host_cpu_peak_flops("garbage", cores=3) == 3e11
+
+
+def test_measured_pretrain_flops_reads_the_base_checkpoint_record(tmp_path):
+    assert A.measured_pretrain_flops(str(tmp_path)) == 0.0  # no record: unknown
+    (tmp_path / "pretrain.json").write_text('{"flops": 2.5e15}')
+    assert A.measured_pretrain_flops(str(tmp_path)) == 2.5e15
+    (tmp_path / "pretrain.json").write_text("{truncated")
+    with pytest.raises(UserError, match=r"pretrain\.json: not a valid pretrain\.json") as e:
+        A.measured_pretrain_flops(str(tmp_path))
+    assert "\n" not in str(e.value)
