@@ -1,17 +1,18 @@
 """Scaling curves, fits, forecasts and back-tests over a sweep's cells (pure: no I/O).
 
-A *series* is one line of a scaling plot: the cells that differ only in the x variable
-(model size, or number of finetuning tasks). Two laws are fitted to each series, both in the
-log of x, as the paper reads its curves:
+A *series* is one line of a scaling plot and follows one lineage:
+- against model size or compute: one preset family (t5-*, palm-*, cont-palm-*, ...) at one
+  task count, a point per preset; two presets are never merged because their parameter
+  counts agree (PaLM 62B and cont-PaLM 62B are different lines);
+- against task count: one preset, a point per task count; the base model (0 tasks) is drawn
+  as the series' reference, not fitted (log x).
+Cells that differ only by seed are one point: the mean over seeds, with the min-max spread
+and the number of seeds. Laws (dashboards/laws.py) are fitted to the means.
 
-  log-linear         y = a + b * ln(x / s)
-  saturating power   y = a - b * (x / s) ** -c      (c > 0; approaches a as x grows)
-
-s is the geometric mean of the fitted x, which keeps the optimiser well conditioned over
-the nine decades between a 0.5M-parameter test model and PaLM 540B. The saturating law has
-one more parameter, so it is chosen only when the small-sample AIC (AICc) says the extra
-parameter pays for itself, which needs at least five points. Intervals come from a seeded
-bootstrap over the series' points: resample, refit the chosen law, predict; percentiles.
+Before fitting, a series must be able to show a trend: at least 3 distinct x, something
+above chance (accuracy), and a slope in ln x that a t-test tells from the noise (the spread
+over seeds when points have several, else the scatter about a line). Otherwise the report
+says which of these the data lack at this scale instead of drawing a fit.
 """
 
 from __future__ import annotations
@@ -23,121 +24,70 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dashboards import laws
+from dashboards.kinds import Domain, domain_for
 from dashboards.runs import CellRun
 
-MIN_POINTS_LINEAR = 2  # a line through two points is a forecast, with no interval
-MIN_POINTS_INTERVAL = 3
-MIN_POINTS_SATURATING = 5  # AICc with 3 parameters needs n - k - 1 > 0, and one point to spare
-DEFAULT_BOOTSTRAP = 200
-DEFAULT_LEVEL = 0.95
-# Exponent range of the saturating law: below 1e-3 it is indistinguishable from log-linear.
-_C_MIN, _C_MAX = 1e-3, 5.0
+AGAINST = ("params", "task_count", "flops")
+X_NOUN = {"params": "sizes", "task_count": "task counts", "flops": "compute levels"}
+SPREAD = "min-max over seeds"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a curve: a cell, or the mean of the cells that differ only by seed."""
+
+    x: float
+    mean: float
+    n: int  # seeds
+    low: float  # smallest seed
+    high: float  # largest seed
+    sd: float  # sample standard deviation over seeds (0 with one seed)
+    keys: tuple[str, ...]
+    name: str  # the preset (against size/compute) or "<n> tasks" (against task count)
 
 
 @dataclass(frozen=True)
 class Series:
-    """Points (x, y) of one curve; `group` names what is held fixed along it."""
-
     label: str
     group: tuple[tuple[str, object], ...]
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-    keys: tuple[str, ...]  # cell keys behind each point (several when averaged)
+    points: tuple[Point, ...]  # x > 0, sorted by x
+    base: Point | None = None  # the 0-task base model of a task-count series (reference only)
+
+    @property
+    def x(self) -> tuple[float, ...]:
+        return tuple(p.x for p in self.points)
+
+    @property
+    def y(self) -> tuple[float, ...]:
+        return tuple(p.mean for p in self.points)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.points)
 
 
 @dataclass(frozen=True)
-class Law:
-    """One fitted law; `predict` works on raw x (parameters or task counts)."""
-
-    kind: str  # "log-linear" | "saturating"
-    coef: tuple[float, ...]
-    scale: float
-    n: int
-    rss: float
-
-    @property
-    def k(self) -> int:
-        return len(self.coef)
-
-    @property
-    def aicc(self) -> float | None:
-        if self.n - self.k - 1 <= 0:
-            return None
-        rss = max(self.rss, 1e-300)
-        return self.n * math.log(rss / self.n) + 2 * self.k + 2 * self.k * (self.k + 1) / (self.n - self.k - 1)
-
-    def predict(self, x: Sequence[float] | np.ndarray | float) -> np.ndarray:
-        xs = np.asarray(x, dtype=float) / self.scale
-        if self.kind == "log-linear":
-            a, b = self.coef
-            return a + b * np.log(xs)
-        a, b, c = self.coef
-        return a - b * xs ** (-c)
-
-    def formula(self) -> str:
-        if self.kind == "log-linear":
-            a, b = self.coef
-            return f"y = {a:.4g} {'+' if b >= 0 else '-'} {abs(b):.4g} ln(x / {self.scale:.3g})"
-        a, b, c = self.coef
-        return f"y = {a:.4g} {'-' if b >= 0 else '+'} {abs(b):.4g} (x / {self.scale:.3g})^-{c:.3g}"
-
-
-@dataclass(frozen=True)
-class FitResult:
+class SeriesFit:
     series: Series
-    law: Law
-    candidates: tuple[Law, ...]
-    boot: tuple[Law, ...]  # refits on bootstrap resamples (empty when too few points)
-    level: float
-    note: str = ""
-    loo_rmse: tuple[float | None, ...] = ()  # leave-one-out error of each candidate, same order
-
-    def interval(self, x: Sequence[float] | np.ndarray | float) -> tuple[np.ndarray, np.ndarray] | None:
-        if len(self.boot) < 20:
-            return None
-        preds = np.stack([b.predict(x) for b in self.boot])
-        tail = (1 - self.level) / 2 * 100
-        return np.percentile(preds, tail, axis=0), np.percentile(preds, 100 - tail, axis=0)
+    fit: laws.Fit
 
 
 @dataclass(frozen=True)
 class Forecast:
     series: str
-    x: float
-    value: float
-    low: float | None
-    high: float | None
+    prediction: laws.Prediction
     law: str
 
 
 @dataclass(frozen=True)
 class Backtest:
     series: str
-    held_out_x: float
-    actual: float
-    predicted: float
-    low: float | None
-    high: float | None
-    law: str
-    fitted_points: int
-
-    @property
-    def error(self) -> float:
-        return self.predicted - self.actual
-
-    @property
-    def within(self) -> bool | None:
-        if self.low is None or self.high is None:
-            return None
-        return self.low <= self.actual <= self.high
+    holdout: laws.Holdout
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A series that could not be fitted, and why (shown in the report instead of a fit)."""
+    """A series the data cannot fit at this scale, and why (shown instead of a fit)."""
 
     series: str
     reason: str
@@ -146,68 +96,114 @@ class Skipped:
 @dataclass(frozen=True)
 class ScalingAnalysis:
     metric: str
-    against: str  # "params" | "task_count"
+    against: str
+    domain: Domain
     series: tuple[Series, ...]
-    fits: tuple[FitResult, ...]
+    fits: tuple[SeriesFit, ...]
     skipped: tuple[Skipped, ...]
     forecasts: tuple[Forecast, ...]
     backtests: tuple[Backtest, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def calibration(self) -> tuple[int, int]:
+        """(back-tests whose interval held the truth, back-tests with an interval)."""
+        judged = [b.holdout.within for b in self.backtests if b.holdout.within is not None]
+        return sum(judged), len(judged)
+
+
+def lineage(model: str) -> str:
+    """A preset's family: its name without the size suffix (t5-xl -> t5, cont-palm-62b -> cont-palm)."""
+    return model.rsplit("-", 1)[0] if "-" in model else model
+
 
 def usable(cells: Iterable[CellRun], metric: str, states: Iterable[str] = ("finished",)) -> list[CellRun]:
-    """Cells whose `metric` is final: a running cell's last loss is not its result."""
+    """Cells whose `metric` is final: a running cell's last value is not its result."""
     wanted = set(states)
     return [c for c in cells if c.state in wanted and c.metric(metric) is not None]
 
 
+def total_flops(c: CellRun) -> float:
+    """Compute that made the cell's model: pretraining plus finetuning (logged, else planned)."""
+    pre = c.pretrain_flops if c.pretrain_flops is not None else _num(c.plan.get("pretrain_flops"))
+    ft = c.finetune_flops if c.finetune_flops is not None else _num(c.plan.get("finetune_flops"))
+    return (pre or 0.0) + ((ft or 0.0) if c.task_count > 0 else 0.0)
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
            states: Iterable[str] = ("finished",)) -> list[Series]:
-    """Series of `metric` against model size (one per task count) or against task count (one per size).
-
-    The CoT split and the format set become part of the group only when the sweep varies them,
-    so a plain sweep gets plain labels. Cells sharing every grouping value and x are averaged.
-    """
-    if against not in ("params", "task_count"):
-        raise ValueError(f"against must be 'params' or 'task_count', not {against!r}")
+    """Series of `metric` by lineage, seeds aggregated into points (see module doc)."""
+    if against not in AGAINST:
+        raise ValueError(f"against must be one of {AGAINST}, not {against!r}")
     pts = usable(cells, metric, states)
     finetuned = [c for c in pts if c.task_count > 0]
     split_cot = len({c.with_cot for c in finetuned}) > 1
     split_formats = len({c.formats for c in finetuned}) > 1
-    groups: dict[tuple, dict[float, list[CellRun]]] = defaultdict(lambda: defaultdict(list))
+    one_family = len({lineage(c.model) for c in pts}) <= 1
+    groups: dict[tuple, dict[object, list[CellRun]]] = defaultdict(lambda: defaultdict(list))
     for c in pts:
-        if against == "params" and c.params <= 0:
-            continue  # size not logged: the cell cannot be placed on the size axis
-        g: list[tuple[str, object]] = [("task_count", c.task_count)] if against == "params" else [("model", c.model)]
+        if against == "task_count":
+            g: list[tuple[str, object]] = [("model", c.model)]
+            member: object = c.task_count
+        else:
+            if (c.params if against == "params" else total_flops(c)) <= 0:
+                continue  # size or compute not known: the cell cannot be placed on the axis
+            g = [("family", lineage(c.model)), ("task_count", c.task_count)]
+            member = c.model
         if split_cot and c.task_count > 0:
             g.append(("with_cot", c.with_cot))
         if split_formats and c.task_count > 0:
             g.append(("formats", c.formats))
-        x = float(c.params) if against == "params" else float(c.task_count)
-        groups[tuple(g)][x].append(c)
-    out = []
+        groups[tuple(g)][member].append(c)
     order = {c.model: c.params for c in cells}
-    for g, by_x in sorted(groups.items(), key=lambda kv: _group_order(kv[0], order)):
-        xs = sorted(by_x)
-        out.append(Series(
-            label=_label(g),
-            group=g,
-            x=tuple(xs),
-            y=tuple(float(np.mean([c.metric(metric) for c in by_x[x]])) for x in xs),
-            keys=tuple(",".join(c.key for c in by_x[x]) for x in xs),
-        ))
+    out = []
+    for g, members in sorted(groups.items(), key=lambda kv: _group_order(kv[0], order)):
+        points, base = [], None
+        for member, cs in members.items():
+            x = _x(cs[0], against)
+            name = f"{member} tasks" if against == "task_count" else str(member)
+            p = _point(x, [c.metric(metric) for c in cs], [c.key for c in cs], name)  # type: ignore[misc]
+            if against == "task_count" and x <= 0:
+                base = p
+            else:
+                points.append(p)
+        out.append(Series(_label(g, one_family), g, tuple(sorted(points, key=lambda p: p.x)), base))
     return out
+
+
+def _x(c: CellRun, against: str) -> float:
+    if against == "params":
+        return float(c.params)
+    if against == "task_count":
+        return float(c.task_count)
+    return total_flops(c)
+
+
+def _point(x: float, values: Sequence[float], keys: Sequence[str], name: str) -> Point:
+    v = np.asarray(values, dtype=float)
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return Point(x, float(v.mean()), len(v), float(v.min()), float(v.max()), sd, tuple(keys), name)
 
 
 def _group_order(g: tuple, params_of: dict[str, int]) -> tuple:
     d = dict(g)
-    head = d["task_count"] if "task_count" in d else params_of.get(str(d["model"]), 0)
-    return (head, str(d.get("model", "")), not d.get("with_cot", True), str(d.get("formats", "")))
+    if "task_count" in d:
+        head: tuple = (d["task_count"], str(d["family"]))
+    else:
+        head = (params_of.get(str(d["model"]), 0), str(d["model"]))
+    return (*head, not d.get("with_cot", True), str(d.get("formats", "")))
 
 
-def _label(g: tuple) -> str:
+def _label(g: tuple, one_family: bool) -> str:
     d = dict(g)
-    parts = [f"{d['task_count']} tasks" if "task_count" in d else str(d["model"])]
+    if "task_count" in d:
+        tasks = "0 tasks (base)" if d["task_count"] == 0 else f"{d['task_count']} tasks"
+        parts = [tasks] if one_family else [f"{d['family']}, {tasks}"]
+    else:
+        parts = [str(d["model"])]
     if "with_cot" in d:
         parts.append("with CoT" if d["with_cot"] else "no CoT")
     if "formats" in d:
@@ -215,150 +211,89 @@ def _label(g: tuple) -> str:
     return ", ".join(parts)
 
 
-def fit_series(series: Series, seed: int = 0, n_boot: int = DEFAULT_BOOTSTRAP,
-               level: float = DEFAULT_LEVEL) -> FitResult | Skipped:
-    """Fit both laws in log x, keep the better by AICc, bootstrap the kept one."""
-    x = np.asarray(series.x, dtype=float)
-    y = np.asarray(series.y, dtype=float)
-    keep = x > 0  # log x: the base model (0 tasks) is a reference, not a point on the law
-    x, y = x[keep], y[keep]
-    if len(x) < MIN_POINTS_LINEAR:
-        return Skipped(series.label, f"{len(x)} point{'s' if len(x) != 1 else ''} with x > 0; a fit needs {MIN_POINTS_LINEAR}")
-    if np.ptp(y) == 0:
-        # A flat series (say, every cell at chance on a benchmark) has no trend to fit, and
-        # a forecast from it would only repeat the constant with a spurious interval.
-        return Skipped(series.label, f"the same value ({y[0]:.4g}) at every point; nothing to fit")
-    lin = fit_law("log-linear", x, y)
-    candidates = [lin]
-    notes = []
-    if len(x) >= MIN_POINTS_SATURATING:
-        sat = fit_law("saturating", x, y)
-        if sat is not None:
-            candidates.append(sat)
+def cannot_show(series: Series, domain: Domain, against: str) -> str | None:
+    """Why the series cannot show a trend at this scale, in plain words; None when it can."""
+    noun = X_NOUN[against]
+    if len(set(series.x)) < laws.MIN_POINTS:
+        n = len(set(series.x))
+        return (f"{n} {noun if n != 1 else noun[:-1]}: a trend's shape needs at least {laws.MIN_POINTS}, "
+                "so no law is fitted")
+    y = np.asarray(series.y)
+    if domain.kind == "accuracy" and float(np.max(y)) <= domain.low + 0.5:
+        return f"every point at or below chance ({domain.low:.4g}): nothing above chance to fit"
+    t, noise = trend_t(series)
+    if t is not None and abs(t[0]) < t[1]:
+        return (f"flat: {y[0]:.4g} to {y[-1]:.4g} across {noun}, a slope in ln x within the noise "
+                f"(|t| = {abs(t[0]):.2g} < {t[1]:.3g}, {noise}); no trend to fit")
+    return None
+
+
+def trend_t(series: Series) -> tuple[tuple[float, float] | None, str]:
+    """(t statistic of the slope of the means in ln x, its 95% critical value), and what the
+    noise was measured from: the spread over seeds when points have several, else the
+    scatter about a straight line. None when the points are exactly flat or exactly on a line."""
+    from scipy.stats import t as student_t
+
+    u = np.log(np.asarray(series.x))
+    y = np.asarray(series.y)
+    n = np.asarray([p.n for p in series.points], dtype=float)
+    w = (u - u.mean()) / np.sum((u - u.mean()) ** 2)
+    slope = float(np.sum(w * y))
+    df_seeds = float(np.sum(n - 1))
+    if df_seeds > 0:
+        pooled = float(np.sum((n - 1) * np.asarray([p.sd for p in series.points]) ** 2) / df_seeds)
+        se, df, noise = math.sqrt(float(np.sum(w ** 2 * pooled / n))), df_seeds, "noise from the spread over seeds"
     else:
-        notes.append(f"saturating law not tried ({len(x)} points; needs {MIN_POINTS_SATURATING})")
-    chosen = min(candidates, key=lambda law: law.aicc if law.aicc is not None else math.inf) \
-        if all(c.aicc is not None for c in candidates) else lin
-    boot: list[Law] = []
-    if len(x) >= MIN_POINTS_INTERVAL:
-        boot = _bootstrap(chosen.kind, x, y, seed, n_boot)
-        if len(boot) < 20:
-            notes.append(f"only {len(boot)} of {n_boot} resamples could be fitted; no interval")
-    else:
-        notes.append(f"no interval with {len(x)} points (needs {MIN_POINTS_INTERVAL})")
-    if (np.asarray(series.x) <= 0).any():
-        notes.append("0-task base model left out of the fit")
-    loo = tuple(loo_rmse(c.kind, x, y) for c in candidates)
-    return FitResult(series, chosen, tuple(candidates), tuple(boot), level, "; ".join(notes), loo)
+        resid = y - (y.mean() + slope * (u - u.mean()))
+        df = len(y) - 2.0
+        se, noise = math.sqrt(float(np.sum(resid ** 2)) / df * float(np.sum(w ** 2))), "noise from the scatter about a line"
+    if se == 0:
+        return ((0.0, 1.0) if slope == 0 else None), noise
+    return (slope / se, float(student_t.ppf(0.975, df))), noise
 
 
-def loo_rmse(kind: str, x: np.ndarray, y: np.ndarray) -> float | None:
-    """Root-mean-square error predicting each point from a fit to the others: how well the law
-    interpolates, shown next to AICc so a reader can judge the choice."""
-    need = 2 if kind == "log-linear" else 3
-    errs = []
-    for i in range(len(x)):
-        rest = np.arange(len(x)) != i
-        if len(np.unique(x[rest])) < need:
-            return None
-        law = fit_law(kind, x[rest], y[rest])
-        if law is None:
-            return None
-        errs.append(float(law.predict(x[i])) - y[i])
-    return float(np.sqrt(np.mean(np.square(errs)))) if errs else None
+def fit_series(series: Series, domain: Domain, against: str = "params", seed: int = 0,
+               n_boot: int = laws.DEFAULT_BOOTSTRAP, level: float = laws.DEFAULT_LEVEL) -> SeriesFit | Skipped:
+    reason = cannot_show(series, domain, against)
+    if reason is not None:
+        return Skipped(series.label, reason)
+    pts = series.points
+    f = laws.fit([p.x for p in pts], [p.mean for p in pts], domain, [p.sd for p in pts], [p.n for p in pts],
+                 seed=seed, n_boot=n_boot, level=level)
+    return SeriesFit(series, f)
 
 
-def fit_law(kind: str, x: np.ndarray, y: np.ndarray) -> Law | None:
-    scale = float(np.exp(np.mean(np.log(x))))
-    xs = x / scale
-    if kind == "log-linear":
-        b, a = np.polyfit(np.log(xs), y, 1)
-        rss = float(np.sum((a + b * np.log(xs) - y) ** 2))
-        return Law(kind, (float(a), float(b)), scale, len(x), rss)
-    return _fit_saturating(xs, y, scale)
+def backtest(series: Series, domain: Domain, seed: int = 0, n_boot: int = laws.DEFAULT_BOOTSTRAP,
+             level: float = laws.DEFAULT_LEVEL) -> Backtest | None:
+    pts = series.points
+    h = laws.holdout([p.x for p in pts], [p.mean for p in pts], domain, [p.sd for p in pts], [p.n for p in pts],
+                     seed=seed, n_boot=n_boot, level=level)
+    return Backtest(series.label, h) if h is not None else None
 
 
-def _fit_saturating(xs: np.ndarray, y: np.ndarray, scale: float) -> Law | None:
-    """Least squares by variable projection: for a fixed exponent c the law is linear in (a, b),
-    so only c is searched (a grid, then a bounded 1-D refinement). Unlike a 3-parameter
-    curve_fit from a guessed start, the result does not depend on a starting point."""
-    from scipy.optimize import minimize_scalar
-
-    def solve(c: float) -> tuple[float, float, float]:
-        design = np.stack([np.ones_like(xs), -(xs ** (-c))], axis=1)
-        (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
-        return float(np.sum((design @ (a, b) - y) ** 2)), float(a), float(b)
-
-    grid = np.geomspace(_C_MIN, _C_MAX, 40)
-    rss = [solve(c)[0] for c in grid]
-    i = int(np.argmin(rss))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    best = minimize_scalar(lambda c: solve(c)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-7})
-    c = float(best.x) if best.success and best.fun <= rss[i] else float(grid[i])
-    r, a, b = solve(c)
-    if not all(map(math.isfinite, (r, a, b))):
-        return None
-    return Law("saturating", (a, b, c), scale, len(xs), r)
-
-
-def _bootstrap(kind: str, x: np.ndarray, y: np.ndarray, seed: int, n_boot: int) -> list[Law]:
-    rng = np.random.default_rng(seed)
-    need = 2 if kind == "log-linear" else 3
-    out: list[Law] = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) < need:
-            continue  # the law is not identified on this resample
-        law = fit_law(kind, x[idx], y[idx])
-        if law is not None:
-            out.append(law)
-    return out
-
-
-def forecast(fit: FitResult, x: float) -> Forecast:
-    value = float(fit.law.predict(x))
-    iv = fit.interval([x])
-    lo, hi = (float(iv[0][0]), float(iv[1][0])) if iv is not None else (None, None)
-    return Forecast(fit.series.label, float(x), value, lo, hi, fit.law.kind)
-
-
-def backtest(series: Series, seed: int = 0, n_boot: int = DEFAULT_BOOTSTRAP,
-             level: float = DEFAULT_LEVEL) -> Backtest | Skipped:
-    """Hold out the largest x, fit the rest, and see how far the forecast lands from the truth."""
-    pts = [(x, y, k) for x, y, k in zip(series.x, series.y, series.keys) if x > 0]
-    if len(pts) < MIN_POINTS_LINEAR + 1:
-        return Skipped(series.label, f"back-test needs {MIN_POINTS_LINEAR + 1} points with x > 0, has {len(pts)}")
-    *train, held = pts
-    sub = Series(series.label, series.group, tuple(p[0] for p in train), tuple(p[1] for p in train),
-                 tuple(p[2] for p in train))
-    fit = fit_series(sub, seed=seed, n_boot=n_boot, level=level)
-    if isinstance(fit, Skipped):
-        return fit
-    f = forecast(fit, held[0])
-    return Backtest(series.label, held[0], held[1], f.value, f.low, f.high, f.law, len(train))
-
-
-def analyse(cells: Sequence[CellRun], metric: str, against: str = "params",
-            forecast_at: Sequence[float] = (), seed: int = 0, n_boot: int = DEFAULT_BOOTSTRAP,
-            level: float = DEFAULT_LEVEL) -> ScalingAnalysis:
-    """Curves, a fit per series, forecasts at `forecast_at` (x values not run) and back-tests."""
+def analyse(cells: Sequence[CellRun], metric: str, against: str = "params", forecast_at: Sequence[float] = (),
+            seed: int = 0, n_boot: int = laws.DEFAULT_BOOTSTRAP, level: float = laws.DEFAULT_LEVEL,
+            domain: Domain | None = None) -> ScalingAnalysis:
+    """Curves, a fit per series that can show a trend, forecasts at `forecast_at` and back-tests."""
+    domain = domain or domain_for(metric)
     series = curves(cells, metric, against)
     fits, skipped, fcs, bts = [], [], [], []
     for i, s in enumerate(series):
-        r = fit_series(s, seed=seed + i, n_boot=n_boot, level=level)
+        r = fit_series(s, domain, against, seed=seed + i, n_boot=n_boot, level=level)
         if isinstance(r, Skipped):
             skipped.append(r)
             continue
         fits.append(r)
-        fcs.extend(forecast(r, x) for x in forecast_at if x not in s.x)
-        b = backtest(s, seed=seed + i, n_boot=n_boot, level=level)
-        if isinstance(b, Backtest):
+        fcs.extend(Forecast(s.label, laws.predict(r.fit, x), r.fit.law.name) for x in forecast_at if x not in s.x)
+        b = backtest(s, domain, seed=seed + i, n_boot=n_boot, level=level)
+        if b is not None:
             bts.append(b)
     notes = []
     if not series:
         notes.append(f"no finished cell has logged {metric}")
     left = [c for c in cells if c.metric(metric) is not None and c.state != "finished"]
     if left:
-        notes.append(f"{len(left)} unfinished cell(s) left out of the curves ({', '.join(sorted({c.state for c in left}))})")
-    return ScalingAnalysis(metric, against, tuple(series), tuple(fits), tuple(skipped), tuple(fcs), tuple(bts),
-                           tuple(notes))
+        states = ", ".join(sorted({c.state for c in left}))
+        notes.append(f"{len(left)} unfinished cell(s) left out of the curves ({states})")
+    return ScalingAnalysis(metric, against, domain, tuple(series), tuple(fits), tuple(skipped), tuple(fcs),
+                           tuple(bts), tuple(notes))

@@ -40,6 +40,7 @@ class CellRun:
     with_cot: bool
     mixture: str
     state: str
+    seed: int = 0
     attempts: int = 0
     preemptions: int = 0
     error: str = ""
@@ -138,7 +139,7 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = T
     plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
     cells = [_to_cell(client, r, plans.get(r.data.tags[TAG_CELL_KEY]) if plans else None, with_plans)
              for r in by_key.values()]
-    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.key))
+    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.seed, c.key))
     return SweepRuns(
         sweep=sweep,
         tracking_uri=uri,
@@ -197,6 +198,7 @@ def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellR
         with_cot=_as_bool(p.get("with_cot", "true")),
         mixture=p.get("mixture", ""),
         state=state,
+        seed=_as_int(p.get("seed", plan.get("seed"))),
         attempts=_as_int(t.get("flanscale.attempts")),
         preemptions=_as_int(t.get("flanscale.preemptions")),
         error=t.get("flanscale.error", ""),

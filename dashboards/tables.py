@@ -1,4 +1,5 @@
-"""The sweep's tables (pure): FLOPs per model, held-out results with gains, plan and cost.
+"""The sweep's tables (pure): FLOPs per model, held-out results and gains over the base model
+(seeds averaged), plan and cost.
 
 Cells hold raw values (numbers, None for "not logged"); presentation formats them.
 """
@@ -34,7 +35,9 @@ class Table:
 
 
 def flops_table(cells: Sequence[CellRun]) -> Table:
-    """One row per model: pretraining compute, finetuning compute, and the fraction (paper Table 2).
+    """One row per model: pretraining compute, finetuning compute and the fraction (paper
+    Table 2), physically (the exact per-token count MFU, hours and cost use) and in the
+    paper's own coarser convention (c x N_nominal x tokens, which reproduces Table 2).
 
     A size finetuned on several mixtures shows its most expensive finetuning, the figure the
     paper's headline fraction is about.
@@ -49,11 +52,21 @@ def flops_table(cells: Sequence[CellRun]) -> Table:
                                                 lambda c: _num(c.plan.get("finetune_flops")))
             source = "planned" if source else ""
         pct = 100.0 * finetune / pretrain if pretrain and finetune is not None else None
-        rows.append((model, mine[0].params, pretrain, finetune, pct, source))
+        p_pre, p_ft, _ = _flops(mine, lambda c: _num(_paper(c).get("pretrain")), lambda c: _num(_paper(c).get("finetune")))
+        p_pct = 100.0 * p_ft / p_pre if p_pre and p_ft is not None else None
+        rows.append((model, mine[0].params, pretrain, finetune, pct, source, p_pre, p_ft, p_pct))
     note = "" if rows else "no cells yet"
+    if rows and all(r[6] is None and r[7] is None for r in rows):
+        note = "the plan logged no paper-convention figures (sweeps planned before they existed)"
     return Table("flops", "Compute: finetuning as a fraction of pretraining",
-                 ("model", "params", "pretrain FLOPs", "finetune FLOPs", "finetune/pretrain %", "source"),
-                 tuple(rows), note)
+                 ("model", "params", "pretrain FLOPs (exact)", "finetune FLOPs (exact)", "finetune/pretrain % (exact)",
+                  "source", "pretrain FLOPs (paper convention)", "finetune FLOPs (paper convention)",
+                  "finetune/pretrain % (paper convention)"), tuple(rows), note)
+
+
+def _paper(c: CellRun) -> dict:
+    v = c.plan.get("paper_flops")
+    return v if isinstance(v, dict) else {}
 
 
 def _flops(cells, pre_of, ft_of) -> tuple[float | None, float | None, str]:
@@ -68,44 +81,110 @@ def _num(v) -> float | None:
     return float(v) if finite(v) else None
 
 
+@dataclass(frozen=True)
+class PointKey:
+    """What a point of the results is: cells that differ only by seed share it."""
+
+    model: str
+    params: int
+    task_count: int
+    with_cot: bool
+    formats: tuple[str, ...]
+
+
+def by_point(cells: Sequence[CellRun]) -> dict[PointKey, list[CellRun]]:
+    out: dict[PointKey, list[CellRun]] = {}
+    for c in sorted(cells, key=lambda c: (c.params, c.model, c.task_count, not c.with_cot, c.formats, c.seed)):
+        out.setdefault(PointKey(c.model, c.params, c.task_count, c.with_cot, c.formats), []).append(c)
+    return out
+
+
+def seed_mean(cells: Sequence[CellRun], metric: str) -> tuple[float | None, int]:
+    vals = [v for c in cells for v in [c.metric(metric)] if v is not None]
+    return (mean(vals), len(vals)) if vals else (None, 0)
+
+
+def result_columns(cells: Sequence[CellRun]) -> list[tuple[str, str]]:
+    """(header, metric) of the held-out columns logged by any cell: the held-out loss, the
+    paper's Table 5 columns, other suites' normalized averages and rank-classification scores."""
+    logged = {m for c in cells for m in c.metrics}
+    cols = [("eval/loss", "eval/loss")] if "eval/loss" in logged else []
+    cols += [(n, m) for n, m in EVAL_COLUMNS if m in logged]
+    cols += [(m.split("/")[1] + " norm. avg", m) for m in sorted(logged)
+             if m.endswith("/normalized_average") and m != "eval/normalized_average"]
+    cols += [(m[len("eval/"):], m) for m in sorted(logged)
+             if m.startswith("eval/") and m.endswith(("/rc", "/rc_norm"))]
+    return cols
+
+
 def results_table(cells: Sequence[CellRun]) -> Table:
-    """Held-out scores per finished cell, and each finetuned cell's gain over its size's base model."""
-    present = [(name, m) for name, m in EVAL_COLUMNS if any(c.metric(m) is not None for c in cells)]
-    done = [c for c in cells if c.state == "finished" and any(c.metric(m) is not None for _, m in present)]
-    headline = present[-1] if present else None
-    if headline and headline[1] != "eval/normalized_average":
-        # Without all six benchmarks there is no normalized average; gain is then on the mean
-        # of the columns that were evaluated.
-        headline = ("mean of evaluated", "")
-    base = {}
-    for model in {c.model for c in done}:
-        vals = [_score(c, present) for c in done if c.model == model and c.task_count == 0]
-        vals = [v for v in vals if v is not None]
-        if vals:
-            base[model] = mean(vals)
+    """Held-out scores per point (mean over seeds) and each finetuned point's gain over the base
+    model of the same preset (0 tasks, seeds averaged)."""
+    present = [(n, m) for n, m in result_columns(cells) if m != "eval/loss"]
+    loss = [("eval/loss", "eval/loss")] if any(c.metric("eval/loss") is not None for c in cells) else []
+    done = [c for c in cells if c.state == "finished" and any(c.metric(m) is not None for _, m in present + loss)]
+    headline = _headline(present)
+    groups = by_point(done)
+    base = {k.model: _score(cs, headline) for k, cs in groups.items() if k.task_count == 0}
     rows = []
-    for c in done:
-        s = _score(c, present)
-        gain = s - base[c.model] if c.task_count > 0 and c.model in base and s is not None else None
-        rows.append((c.model, c.params, c.task_count, "yes" if c.with_cot else "no",
-                     *[c.metric(m) for _, m in present], gain))
+    for k, cs in groups.items():
+        s = _score(cs, headline)
+        b = base.get(k.model)
+        gain = s - b if k.task_count > 0 and s is not None and b is not None else None
+        rows.append((k.model, k.params, k.task_count, "yes" if k.with_cot else "no", len(cs),
+                     *[seed_mean(cs, m)[0] for _, m in loss + present], gain))
     gain_col = f"gain in {headline[0]} over base" if headline else "gain over base"
     note = ""
-    if not present:
+    if not present and not loss:
         note = "no evaluation metrics (eval/...) logged yet"
-    elif not base:
+    elif not any(v is not None for v in base.values()):
         note = "no base model (0 tasks) evaluated, so no gains"
-    return Table("results", "Held-out results (percent)",
-                 ("model", "params", "tasks", "CoT data", *[n for n, _ in present], gain_col), tuple(rows), note)
+    return Table("results", "Held-out results (percent; loss in nats per token), mean over seeds",
+                 ("model", "params", "tasks", "CoT data", "seeds", *[n for n, _ in loss + present], gain_col),
+                 tuple(rows), note)
 
 
-def _score(c: CellRun, present: Sequence[tuple[str, str]]) -> float | None:
-    if not present:
+def _headline(present: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The score a gain is measured on: a normalized average, else the mean of the paper's
+    columns that were evaluated."""
+    for name, m in present:
+        if m.endswith("normalized_average"):  # the paper's first, then another suite's
+            return (name, m)
+    paper = [m for _, m in EVAL_COLUMNS if any(m == p for _, p in present)]
+    return ("mean of evaluated", ",".join(paper)) if paper else None
+
+
+def _score(cells: Sequence[CellRun], headline: tuple[str, str] | None) -> float | None:
+    if headline is None:
         return None
-    if present[-1][1] == "eval/normalized_average":
-        return c.metric("eval/normalized_average")
-    vals = [c.metric(m) for _, m in present]
-    return mean(v for v in vals if v is not None) if any(v is not None for v in vals) else None
+    per_cell = []
+    for c in cells:
+        vals = [c.metric(m) for m in headline[1].split(",")]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            per_cell.append(mean(vals))
+    return mean(per_cell) if per_cell else None
+
+
+def gains_table(cells: Sequence[CellRun], metrics: Sequence[str]) -> Table:
+    """Finetuned minus base model of the same preset, per metric, seeds averaged on both sides."""
+    groups = by_point([c for c in cells if c.state == "finished"])
+    rows = []
+    for metric in metrics:
+        base = {k.model: seed_mean(cs, metric) for k, cs in groups.items() if k.task_count == 0}
+        for k, cs in groups.items():
+            if k.task_count == 0 or k.model not in base or base[k.model][0] is None:
+                continue
+            ft, n = seed_mean(cs, metric)
+            if ft is None:
+                continue
+            b, nb = base[k.model]
+            rows.append((metric, k.model, k.params, k.task_count, "yes" if k.with_cot else "no", b, nb, ft, n, ft - b))
+    note = "" if rows else "no preset has both a base model (0 tasks) and a finetuned cell with these metrics"
+    return Table("gains", "Gain over the base model of the same size (finetuned minus base, means over seeds; "
+                 "for a loss, negative is better)",
+                 ("metric", "model", "params", "tasks", "CoT data", "base", "base seeds", "finetuned", "seeds", "gain"),
+                 tuple(rows), note)
 
 
 def cells_table(cells: Sequence[CellRun], prices: Mapping[str, float], now: float) -> Table:
@@ -116,10 +195,10 @@ def cells_table(cells: Sequence[CellRun], prices: Mapping[str, float], now: floa
         price = prices.get(c.accelerator)
         cost = hours * max(c.devices, 1) * price if price is not None else None
         rows.append((c.key, c.model, c.params, c.task_count, "+".join(c.formats), "yes" if c.with_cot else "no",
-                     c.state, c.attempts, c.preemptions, c.metric("train/loss"), c.finetune_flops,
+                     c.seed, c.state, c.attempts, c.preemptions, c.metric("train/loss"), c.finetune_flops,
                      c.plan.get("est_hours"), hours, c.plan.get("est_cost"), cost, c.error or c.plan.get("reason") or ""))
     return Table("cells", "Cells: plan, state and cost so far",
-                 ("key", "model", "params", "tasks", "formats", "CoT data", "state", "attempts", "preemptions",
+                 ("key", "model", "params", "tasks", "formats", "CoT data", "seed", "state", "attempts", "preemptions",
                   "last train/loss", "finetune FLOPs", "planned hours", "hours so far", "planned cost $",
                   "cost so far $", "error / reason"), tuple(rows))
 

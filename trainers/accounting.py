@@ -11,6 +11,8 @@ Conventions
 - `param_count_split` puts the (shared) input embedding table with the encoder and the untied
   output layer with the decoder, so N_enc + N_dec = N and N_enc ~ N_dec ~ N/2 as the paper
   assumes. Decoder-only models put everything in the decoder.
+- `paper_flops` is the coarser convention of the paper's Table 2 (c x N_nominal x tokens),
+  kept beside the physical figures so the table can be reproduced to the digit.
 - `step_flops` is the analytic count of what one optimizer step executes (matmuls including
   attention scores over the full packed length, forward + backward = 3x forward), which is
   what MFU is measured against. It excludes embedding lookups and rematerialisation.
@@ -250,6 +252,15 @@ def pretrain_flops(cfg: ModelConfig, tokens: float) -> float:
 def measured_pretrain_flops(checkpoint: str) -> float:
     """The compute `flanscale pretrain` recorded beside a base checkpoint (its pretrain.json),
     or 0.0 where the checkpoint carries no such record."""
+    return _pretrain_record(checkpoint, "flops")
+
+
+def measured_pretrain_tokens(checkpoint: str) -> float:
+    """The tokens `flanscale pretrain` recorded beside a base checkpoint, or 0.0 where none."""
+    return _pretrain_record(checkpoint, "tokens")
+
+
+def _pretrain_record(checkpoint: str, key: str) -> float:
     import json
     from pathlib import Path
 
@@ -257,9 +268,42 @@ def measured_pretrain_flops(checkpoint: str) -> float:
     if not meta.is_file():
         return 0.0
     try:
-        return float(json.loads(meta.read_text()).get("flops", 0.0))
-    except (ValueError, AttributeError):  # JSONDecodeError is a ValueError
-        raise UserError(f"{meta}: not a valid pretrain.json (expected {{\"flops\": <number>}})") from None
+        return float(json.loads(meta.read_text()).get(key, 0.0))
+    except (ValueError, AttributeError, TypeError):  # JSONDecodeError is a ValueError
+        raise UserError(f"{meta}: not a valid pretrain.json (expected {{\"{key}\": <number>}})") from None
+
+
+# The paper's Table 2 counts compute more coarsely than train_flops: c x N x tokens with
+# c = 3 for encoder-decoders and 6 for decoder-only models, for pretraining and finetuning
+# alike, N the size the paper names a model by (the original T5 sizes, not the v1.1
+# checkpoints' exact counts) and every packed position a token, padding included. This
+# reproduces the table's cells; the physical figures above stay what MFU, hours and cost use.
+# preset name -> (N the paper uses, pretraining tokens the paper uses)
+PAPER_TABLE2_BASIS: dict[str, tuple[float, float]] = {
+    "t5-small": (60e6, 1e12), "t5-base": (220e6, 1e12), "t5-large": (770e6, 1e12),
+    "t5-xl": (3e9, 1e12), "t5-xxl": (11e9, 1e12),
+    "palm-8b": (8e9, 780e9), "palm-62b": (62e9, 780e9), "palm-540b": (540e9, 780e9),
+    "cont-palm-62b": (62e9, 1.3e12),
+    # U-PaLM: PaLM 540B's pretraining plus about 0.1% more compute (UL2R).
+    "u-palm-540b": (540e9, 780e9 * 1.001),
+}
+
+
+def paper_flops(cfg: ModelConfig, finetune_positions: float, pretrain_tokens: float | None = None) -> dict[str, float | None]:
+    """Pretraining and finetuning compute in the paper's Table 2 convention, and their ratio.
+
+    `finetune_positions`: steps x batch x (input + target length). `pretrain_tokens`
+    overrides the paper's pretraining tokens (a spec's own base model); for a model the
+    paper does not name, N is its exact parameter count and pretraining is unknown (None)
+    unless `pretrain_tokens` is given.
+    """
+    nominal, paper_tokens = PAPER_TABLE2_BASIS.get(cfg.name, (float(param_count(cfg)), 0.0))
+    c = 3.0 if cfg.family == "t5" else 6.0
+    tokens = paper_tokens if pretrain_tokens is None else pretrain_tokens
+    pretrain = c * nominal * tokens if tokens > 0 else None
+    finetune = c * nominal * finetune_positions
+    return {"pretrain": pretrain, "finetune": finetune,
+            "fraction": finetune / pretrain if pretrain else None}
 
 
 def _matmul_params_per_token(cfg: ModelConfig) -> dict[str, float]:

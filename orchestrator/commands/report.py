@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from orchestrator.commands.fit import positive_number
 from trainers.spec import UserError
 
 
@@ -13,9 +14,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="analyse a sweep's runs into an HTML report, figures and tables",
-        description="Read a sweep's cells from MLflow and write scaling curves (PNG + SVG), fitted laws with "
-        "bootstrap intervals, forecasts, back-tests, FLOPs and results tables (CSV + Markdown) and a "
-        "self-contained report.html; the folder is also logged on the sweep's MLflow run.",
+        description="Read a sweep's cells from MLflow and write scaling curves against model size, task count "
+        "and compute (PNG + SVG; seeds averaged per point, their spread drawn), laws chosen by the metric's kind "
+        "with bootstrap intervals, forecasts, back-tests, held-out results with the gain over each base model, "
+        "FLOPs tables (exact and in the paper's Table 2 convention) and a self-contained report.html; the "
+        "folder is also logged on the sweep's MLflow run.",
     )
     p.add_argument("sweep", help="sweep name (the MLflow experiment)")
     p.add_argument("--out", type=Path, default=None,
@@ -23,26 +26,18 @@ def register(subparsers) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///$FLANSCALE_HOME/mlflow.db)")
     p.add_argument("--metric", action="append", default=[], metavar="M",
-                   help="metric to plot and fit, e.g. train/loss or eval/mmlu/direct (repeatable; "
-                   "default: train/loss and the held-out metrics logged)")
-    p.add_argument("--forecast-params", action="append", default=[], type=_positive_float, metavar="N",
+                   help="metric to plot and fit, e.g. eval/loss or eval/mmlu/direct (repeatable; default: eval/loss "
+                   "(train/loss when a sweep has none), normalized averages and rank-classification metrics logged)")
+    p.add_argument("--forecast-params", action="append", default=[], type=positive_number, metavar="N",
                    help="forecast at this parameter count, e.g. 540e9 (repeatable; default: 10x the largest run)")
-    p.add_argument("--forecast-tasks", action="append", default=[], type=_positive_float, metavar="N",
+    p.add_argument("--forecast-tasks", action="append", default=[], type=positive_number, metavar="N",
                    help="forecast at this number of tasks, e.g. 1836 (repeatable; default: next rung of 9/89/282/1836)")
+    p.add_argument("--forecast-flops", action="append", default=[], type=positive_number, metavar="F",
+                   help="forecast at this training compute in FLOPs (repeatable; default: 10x the largest run)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples per fit (default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's MLflow run")
     p.set_defaults(func=run)
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 540e9, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s!r}")
-    return v
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=tuple(args.metric),
         forecast_params=tuple(args.forecast_params),
         forecast_tasks=tuple(args.forecast_tasks),
+        forecast_flops=tuple(args.forecast_flops),
         seed=args.seed,
         n_boot=args.bootstrap,
         log_artifacts=not args.no_log,

@@ -157,3 +157,23 @@ def test_measured_pretrain_flops_reads_the_base_checkpoint_record(tmp_path):
     with pytest.raises(UserError, match=r"pretrain\.json: not a valid pretrain\.json") as e:
         A.measured_pretrain_flops(str(tmp_path))
     assert "\n" not in str(e.value)
+
+
+def test_paper_flops_table2_convention():
+    """c x N x tokens with the paper's nominal N and pretraining tokens, not the exact count."""
+    xl = ModelConfig(name="t5-xl", family="t5", vocab_size=32128, d_model=2048, d_ff=5120, num_heads=32, d_kv=64,
+                     num_encoder_layers=24, num_decoder_layers=24)
+    positions = 38_000 * 64 * 2560
+    p = A.paper_flops(xl, positions)
+    assert p == {"pretrain": 3 * 3e9 * 1e12, "finetune": 3 * 3e9 * positions, "fraction": positions / 1e12}
+    assert A.paper_flops(xl, positions, pretrain_tokens=2e12)["pretrain"] == 3 * 3e9 * 2e12
+    # A model the paper does not name: its exact size, and no pretraining unless told.
+    mine = A.paper_flops(DEC, 1000)
+    assert mine == {"pretrain": None, "finetune": 6 * A.param_count(DEC) * 1000, "fraction": None}
+    assert A.paper_flops(T5, 1000, 1e6)["fraction"] == pytest.approx(1e-3)
+
+
+def test_measured_pretrain_tokens(tmp_path):
+    assert A.measured_pretrain_tokens(str(tmp_path)) == 0.0
+    (tmp_path / "pretrain.json").write_text('{"flops": 2.5e15, "tokens": 4e6}')
+    assert A.measured_pretrain_tokens(str(tmp_path)) == 4e6

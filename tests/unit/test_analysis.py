@@ -1,153 +1,142 @@
-"""Scaling analysis over cell rows: curves, law selection, bootstrap intervals, forecasts, tables."""
+"""Scaling analysis over cell rows: series by lineage, seeds aggregated, what a series cannot
+show, fits, forecasts and back-tests, and the report's tables."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
 from dashboards import analysis, tables
+from dashboards.kinds import domain_for
 from dashboards.runs import CellRun, _as_tuple
 
 PARAMS = [5e5, 2e6, 8e6, 3.2e7, 1.28e8, 5.12e8]
 
 
 def cell(model: str, params: float, tasks: int, metrics: dict, cot: bool = True, state: str = "finished",
-         formats=("zs_opt",), **kw) -> CellRun:
-    return CellRun(key=f"{model}-{tasks}-{int(cot)}-{'+'.join(formats)}", run_id="r", model=model, params=int(params),
-                   task_count=tasks, formats=tuple(formats), with_cot=cot, mixture="A", state=state, metrics=metrics,
-                   **kw)
+         formats=("zs_opt",), seed: int = 0, **kw) -> CellRun:
+    return CellRun(key=f"{model}-{tasks}-{int(cot)}-{'+'.join(formats)}-s{seed}", run_id="r", model=model,
+                   params=int(params), task_count=tasks, formats=tuple(formats), with_cot=cot, mixture="A",
+                   state=state, seed=seed, metrics=metrics, **kw)
 
 
-def power(x, a=1.5, b=0.9, c=0.35, scale=8e6):
-    return a - b * (np.asarray(x) / scale) ** -c
+def loss(p, t=0):
+    return 1.2 + 3.0 * (p / 1e7) ** -0.3 - 0.02 * np.log1p(t)
 
 
-def test_curves_one_series_per_task_count_and_per_size():
-    cells = [cell(f"m{i}", p, t, {"train/loss": 3 - 0.1 * i - 0.01 * t}) for i, p in enumerate(PARAMS[:3])
-             for t in (0, 9, 89)]
-    by_params = analysis.curves(cells, "train/loss", "params")
-    assert [s.label for s in by_params] == ["0 tasks", "9 tasks", "89 tasks"]
-    assert by_params[1].x == tuple(float(p) for p in PARAMS[:3])
-    by_tasks = analysis.curves(cells, "train/loss", "task_count")
-    assert [s.label for s in by_tasks] == ["m0", "m1", "m2"]
-    assert by_tasks[2].x == (0.0, 9.0, 89.0) and by_tasks[2].y[1] == pytest.approx(3 - 0.2 - 0.09)
+def test_series_follow_lineage_never_equal_parameter_counts():
+    # PaLM 62B and cont-PaLM 62B have the same size; they are different models.
+    cells = [cell("palm-8b", 8e9, 89, {"eval/loss": 2.0}), cell("palm-62b", 62e9, 89, {"eval/loss": 1.8}),
+             cell("cont-palm-62b", 62e9, 89, {"eval/loss": 1.7}), cell("palm-540b", 540e9, 89, {"eval/loss": 1.6}),
+             cell("u-palm-540b", 540e9, 89, {"eval/loss": 1.55})]
+    series = {s.label: s for s in analysis.curves(cells, "eval/loss", "params")}
+    assert set(series) == {"palm, 89 tasks", "cont-palm, 89 tasks", "u-palm, 89 tasks"}
+    assert [p.name for p in series["palm, 89 tasks"].points] == ["palm-8b", "palm-62b", "palm-540b"]
+    assert series["palm, 89 tasks"].y == (2.0, 1.8, 1.6)
+    assert series["cont-palm, 89 tasks"].y == (1.7,)
+    by_tasks = analysis.curves(cells, "eval/loss", "task_count")
+    assert sorted(s.label for s in by_tasks) == sorted(c.model for c in cells)
 
 
-def test_curves_split_cot_only_when_the_sweep_varies_it_and_skip_unfinished():
-    cells = [cell("m", 1e6, 9, {"x": 1.0}, cot=True), cell("m", 1e6, 9, {"x": 2.0}, cot=False),
-             cell("n", 4e6, 9, {"x": 3.0}, cot=False), cell("n", 4e6, 0, {"x": 0.5}),
-             cell("n", 4e6, 89, {"x": 9.0}, state="running")]
+def test_seeds_are_aggregated_into_one_point_with_their_spread():
+    cells = [cell("m", 1e6, 9, {"eval/loss": v}, seed=s) for s, v in enumerate((2.0, 2.2, 2.4))]
+    cells += [cell("m", 1e6, 0, {"eval/loss": 2.5})]
+    (s9,) = [s for s in analysis.curves(cells, "eval/loss", "params") if s.label == "9 tasks"]
+    (p,) = s9.points
+    assert (p.mean, p.n, p.low, p.high) == (pytest.approx(2.2), 3, 2.0, 2.4)
+    assert p.sd == pytest.approx(0.2) and len(p.keys) == 3
+    (m,) = analysis.curves(cells, "eval/loss", "task_count")
+    assert m.base is not None and m.base.mean == 2.5 and m.x == (9.0,)  # the base model is a reference
+
+
+def test_labels_split_cot_only_when_the_sweep_varies_it_and_skip_unfinished():
+    cells = [cell("m-1", 1e6, 9, {"x": 1.0}, cot=True), cell("m-1", 1e6, 9, {"x": 2.0}, cot=False),
+             cell("m-2", 4e6, 9, {"x": 3.0}, cot=False), cell("m-2", 4e6, 0, {"x": 0.5}),
+             cell("m-2", 4e6, 89, {"x": 9.0}, state="running")]
     labels = [s.label for s in analysis.curves(cells, "x", "params")]
-    assert labels == ["0 tasks", "9 tasks, with CoT", "9 tasks, no CoT"]
-    a = analysis.analyse(cells, "x", "params", n_boot=10)
+    assert labels == ["0 tasks (base)", "9 tasks, with CoT", "9 tasks, no CoT"]
+    a = analysis.analyse(cells, "x", "params", n_boot=10, domain=domain_for("x", "loss"))
     assert any("1 unfinished" in n for n in a.notes)
 
 
-def test_saturating_law_is_recovered_and_preferred_on_power_law_data():
-    y = power(PARAMS) + np.random.default_rng(0).normal(0, 1e-3, len(PARAMS))
-    s = analysis.Series("s", (), tuple(PARAMS), tuple(y), tuple("k" * len(PARAMS)))
-    fit = analysis.fit_series(s, seed=0, n_boot=100)
-    assert isinstance(fit, analysis.FitResult)
-    assert fit.law.kind == "saturating"
-    assert {c.kind for c in fit.candidates} == {"log-linear", "saturating"}
-    assert fit.law.predict(540e9) == pytest.approx(power(540e9), abs=0.02)
-    loo = dict(zip([c.kind for c in fit.candidates], fit.loo_rmse))
-    assert loo["saturating"] < loo["log-linear"]  # held-out error agrees with AICc here
-    lo, hi = fit.interval([540e9])
-    assert lo[0] <= power(540e9) <= hi[0] and hi[0] - lo[0] < 0.2
+def test_what_a_series_cannot_show_is_said_instead_of_a_fit():
+    d = domain_for("eval/mmlu/direct")
+    two = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 30.0 + i}) for i, p in enumerate(PARAMS[:2])]
+    a = analysis.analyse(two, "eval/mmlu/direct", "params", forecast_at=[1e9], n_boot=10)
+    assert a.fits == () and a.forecasts == () and "2 sizes" in a.skipped[0].reason
+    # A slope the seeds' spread cannot tell from zero is flat, not a trend.
+    noisy = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 0.1 * i + 2 * s}, seed=s)
+             for i, p in enumerate(PARAMS[:4]) for s in (0, 1)]
+    (r,) = analysis.analyse(noisy, "eval/mmlu/direct", "params", n_boot=10).skipped
+    assert r.reason.startswith("flat") and "spread over seeds" in r.reason
+    # The same means with tight seeds are a trend.
+    tight = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 0.5 * i + 0.01 * s}, seed=s)
+             for i, p in enumerate(PARAMS[:4]) for s in (0, 1)]
+    assert len(analysis.analyse(tight, "eval/mmlu/direct", "params", n_boot=10).fits) == 1
+    # One seed per point: the noise is the scatter about a line.
+    scatter = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": v}) for i, (p, v) in enumerate(zip(PARAMS, (40, 43, 39, 42)))]
+    (r,) = analysis.analyse(scatter, "eval/mmlu/direct", "params", n_boot=10).skipped
+    assert r.reason.startswith("flat") and "scatter about a line" in r.reason
+    chance = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": v}) for i, (p, v) in enumerate(zip(PARAMS, (24, 25, 23, 25.2)))]
+    (r,) = analysis.analyse(chance, "eval/mmlu/direct", "params", n_boot=10).skipped
+    assert "at or below chance (25)" in r.reason
+    assert isinstance(analysis.fit_series(analysis.curves(chance, "eval/mmlu/direct")[0], d), analysis.Skipped)
 
 
-def test_log_linear_is_kept_when_the_extra_parameter_does_not_pay():
-    x = np.array(PARAMS)
-    y = 30 + 4 * np.log(x) + np.random.default_rng(1).normal(0, 0.3, len(x))
-    fit = analysis.fit_series(analysis.Series("s", (), tuple(x), tuple(y), ("k",) * len(x)), n_boot=50)
-    assert fit.law.kind == "log-linear"
-    assert fit.law.coef[1] == pytest.approx(4, abs=0.3)
+def test_loss_series_fit_forecast_and_backtest():
+    cells = [cell(f"tiny-{i}", p, t, {"eval/loss": loss(p, t)}) for i, p in enumerate(PARAMS) for t in (0, 9)]
+    a = analysis.analyse(cells, "eval/loss", "params", forecast_at=[5e10], n_boot=60)
+    assert a.domain.kind == "loss" and len(a.fits) == 2 and a.skipped == ()
+    for f in a.fits:
+        assert f.fit.law.name == "power+offset"
+    fc = {f.series: f.prediction for f in a.forecasts}
+    assert fc["0 tasks (base)"].value == pytest.approx(loss(5e10), abs=0.05)
+    assert fc["0 tasks (base)"].extrapolation  # two decades beyond the largest size
+    hit, judged = a.calibration()
+    assert judged == 2 and hit == sum(b.holdout.within for b in a.backtests)
+    assert all(b.holdout.fitted_points == 5 and b.holdout.held_out_x == PARAMS[-1] for b in a.backtests)
 
 
-def test_bootstrap_is_seeded():
-    y = power(PARAMS[:4]) + np.array([0.01, -0.02, 0.015, -0.01])
-    s = analysis.Series("s", (), tuple(PARAMS[:4]), tuple(y), ("k",) * 4)
-    a = analysis.fit_series(s, seed=3, n_boot=80).interval([1e10])
-    b = analysis.fit_series(s, seed=3, n_boot=80).interval([1e10])
-    c = analysis.fit_series(s, seed=4, n_boot=80).interval([1e10])
-    assert a[0][0] == b[0][0] and a[1][0] == b[1][0]
-    assert (a[0][0], a[1][0]) != (c[0][0], c[1][0])
+def test_compute_axis_adds_pretraining_and_finetuning():
+    cells = [cell(f"tiny-{i}", p, 9, {"eval/loss": loss(p), "flops/pretrain": 6 * p * 1e8, "flops/finetune": 6 * p * 1e6})
+             for i, p in enumerate(PARAMS[:4])]
+    (s,) = analysis.curves(cells, "eval/loss", "flops")
+    assert s.x == tuple(pytest.approx(6 * p * (1e8 + 1e6)) for p in PARAMS[:4])
+    base = cell("tiny-0", PARAMS[0], 0, {"eval/loss": 3.0}, plan={"pretrain_flops": 1e15, "finetune_flops": 0.0})
+    assert analysis.total_flops(base) == 1e15
 
 
-def test_sparse_series_are_skipped_with_a_reason_not_a_crash():
-    one = analysis.Series("9 tasks", (), (1e6,), (2.0,), ("k",))
-    r = analysis.fit_series(one)
-    assert isinstance(r, analysis.Skipped) and "1 point" in r.reason
-    two = analysis.Series("9 tasks", (), (1e6, 4e6), (2.0, 1.8), ("a", "b"))
-    fit = analysis.fit_series(two, n_boot=50)
-    assert fit.interval([1e7]) is None and "no interval" in fit.note
-    assert isinstance(analysis.backtest(two), analysis.Skipped)
-    cells = [cell("m", 1e6, 9, {"train/loss": 2.0})]
-    a = analysis.analyse(cells, "train/loss", "params", forecast_at=[1e9])
-    assert a.fits == () and len(a.skipped) == 1 and a.forecasts == ()
-    assert analysis.analyse([], "train/loss").notes == ("no finished cell has logged train/loss",)
-
-
-def test_flat_series_is_skipped_not_fitted():
-    flat = analysis.Series("9 tasks", (), tuple(PARAMS[:4]), (-25.0,) * 4, ("a", "b", "c", "d"))
-    r = analysis.fit_series(flat)
-    assert isinstance(r, analysis.Skipped) and "same value" in r.reason
-    cells = [cell(f"m{i}", p, 9, {"eval/normalized_average": -25.0}) for i, p in enumerate(PARAMS[:4])]
-    a = analysis.analyse(cells, "eval/normalized_average", "params", forecast_at=[1e9])
-    assert a.fits == () and a.forecasts == () and a.backtests == () and len(a.series) == 1
-
-
-def test_task_count_fit_leaves_out_the_base_model():
-    x = (0.0, 9.0, 89.0, 282.0)
-    y = (10.0, 20 + 0.0, 20 + 3 * math.log(89 / 9), 20 + 3 * math.log(282 / 9))
-    fit = analysis.fit_series(analysis.Series("m", (), x, y, ("k",) * 4), n_boot=50)
-    assert fit.law.n == 3 and "base model left out" in fit.note
-    assert fit.law.predict(1836) == pytest.approx(20 + 3 * math.log(1836 / 9))
-
-
-def test_backtest_holds_out_the_largest_size():
-    y = power(PARAMS)
-    s = analysis.Series("s", (), tuple(PARAMS), tuple(y), ("k",) * len(PARAMS))
-    bt = analysis.backtest(s, n_boot=80)
-    assert bt.held_out_x == PARAMS[-1] and bt.fitted_points == 5 and bt.actual == pytest.approx(y[-1])
-    assert bt.law == "saturating" and abs(bt.error) < 1e-3
-
-
-def test_forecast_interval_widens_with_extrapolation():
-    y = 2.0 - 0.1 * np.log(PARAMS[:4]) + np.array([0.02, -0.03, 0.01, 0.0])
-    fit = analysis.fit_series(analysis.Series("s", (), tuple(PARAMS[:4]), tuple(y), ("k",) * 4), n_boot=200)
-    near, far = analysis.forecast(fit, 1e8), analysis.forecast(fit, 540e9)
-    assert near.low < near.value < near.high
-    assert far.high - far.low > near.high - near.low
-
-
-def test_flops_table_fraction_and_planned_fallback():
+def test_flops_table_shows_both_conventions_and_the_planned_fallback():
+    paper = {"pretrain": 1.8e20, "finetune": 2.9e18, "fraction": 0.016}
     cells = [cell("s", 1e6, 0, {"flops/pretrain": 1e15}),
-             cell("s", 1e6, 9, {"flops/pretrain": 1e15, "flops/finetune": 2e12}),
+             cell("s", 1e6, 9, {"flops/pretrain": 1e15, "flops/finetune": 2e12}, plan={"paper_flops": paper}),
              cell("s", 1e6, 89, {"flops/pretrain": 1e15, "flops/finetune": 3e12}),
              cell("xxl", 1.1e10, 9, {}, state="infeasible", plan={"pretrain_flops": 6e22, "finetune_flops": 1.2e20})]
     t = tables.flops_table(cells)
-    assert t.rows[0] == ("s", 1_000_000, 1e15, 3e12, pytest.approx(0.3), "logged")
-    assert t.rows[1][4] == pytest.approx(0.2) and t.rows[1][5] == "planned"
+    assert t.rows[0][:6] == ("s", 1_000_000, 1e15, 3e12, pytest.approx(0.3), "logged")
+    assert t.rows[0][6:] == (1.8e20, 2.9e18, pytest.approx(100 * 2.9e18 / 1.8e20))
+    assert t.rows[1][4] == pytest.approx(0.2) and t.rows[1][5] == "planned" and t.rows[1][6] is None
+    assert "(paper convention)" in t.columns[-1] and "(exact)" in t.columns[2]
 
 
-def test_results_table_gain_over_base_of_the_same_size():
+def test_results_average_seeds_and_gain_is_over_the_base_of_the_same_preset():
     def ev(v):
         return {m: v for _, m in tables.EVAL_COLUMNS}
 
-    cells = [cell("s", 1e6, 0, ev(10.0)), cell("s", 1e6, 89, ev(14.5)), cell("l", 4e6, 89, ev(30.0)),
-             cell("l", 4e6, 282, ev(31.0), state="running")]
+    cells = [cell("s", 1e6, 0, ev(10.0)), cell("s", 1e6, 89, ev(14.0), seed=0), cell("s", 1e6, 89, ev(15.0), seed=1),
+             cell("l", 4e6, 89, ev(30.0)), cell("l", 4e6, 282, ev(31.0), state="running")]
     t = tables.results_table(cells)
-    assert t.columns[4:11] == tuple(n for n, _ in tables.EVAL_COLUMNS)
-    gains = {(r[0], r[2]): r[-1] for r in t.rows}
-    assert gains == {("s", 0): None, ("s", 89): pytest.approx(4.5), ("l", 89): None}
+    assert t.columns[4] == "seeds" and t.columns[5:12] == tuple(n for n, _ in tables.EVAL_COLUMNS)
+    rows = {(r[0], r[2]): r for r in t.rows}
+    assert set(rows) == {("s", 0), ("s", 89), ("l", 89)}
+    assert rows[("s", 89)][4] == 2 and rows[("s", 89)][-1] == pytest.approx(4.5)
+    assert rows[("s", 0)][-1] is None and rows[("l", 89)][-1] is None
     assert "gain in Norm. avg" in t.columns[-1]
+    g = tables.gains_table(cells, ["eval/normalized_average"])
+    assert [(r[1], r[3], r[6], r[8], r[9]) for r in g.rows] == [("s", 89, 1, 2, pytest.approx(4.5))]
     partial = tables.results_table([cell("s", 1e6, 0, {"eval/mmlu/direct": 30.0}),
                                     cell("s", 1e6, 9, {"eval/mmlu/direct": 33.0})])
-    assert partial.columns[4] == "MMLU Direct" and partial.rows[1][-1] == pytest.approx(3.0)
+    assert partial.columns[5] == "MMLU Direct" and partial.rows[1][-1] == pytest.approx(3.0)
 
 
 def test_cost_uses_device_hours_and_prices():

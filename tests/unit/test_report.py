@@ -33,8 +33,9 @@ def true_loss(params: float, tasks: int) -> float:
 
 def write_synthetic_sweep(uri: str, artifacts: Path, sweep: str = "demo", sizes: dict | None = None,
                           task_counts=(0, 9, 89), with_cot=(True,), evals: bool = True, extra_states=True,
-                          seed: int = 0) -> dict:
-    """Parent run + one child per cell, tags/params/metrics as orchestrator/store.py and run_cell write them."""
+                          seed: int = 0, seeds=(0,), eval_loss: bool = True) -> dict:
+    """Parent run + one child per cell (per seed), tags/params/metrics as orchestrator/store.py and
+    run_cell write them."""
     rng = np.random.default_rng(seed)
     c = MlflowClient(tracking_uri=uri)
     exp = c.create_experiment(sweep, artifact_location=artifacts.as_uri(), tags={"flanscale.sweep": sweep})
@@ -44,8 +45,8 @@ def write_synthetic_sweep(uri: str, artifacts: Path, sweep: str = "demo", sizes:
     ids = {}
     for model, n in (sizes or SIZES).items():
         for t in task_counts:
-            for cot in (with_cot if t > 0 else (True,)):
-                key = f"{model}-{t}-{int(cot)}".replace("tiny-", "k")
+            for cot, s in [(cot, s) for cot in (with_cot if t > 0 else (True,)) for s in seeds]:
+                key = f"{model}-{t}-{int(cot)}".replace("tiny-", "k") + (f"-s{s}" if s else "")
                 run = c.create_run(exp, run_name=key, tags={
                     "mlflow.parentRunId": parent, "flanscale.sweep": sweep, "flanscale.kind": "cell",
                     "flanscale.cell_key": key, "flanscale.state": "running", "flanscale.attempts": "1",
@@ -53,7 +54,7 @@ def write_synthetic_sweep(uri: str, artifacts: Path, sweep: str = "demo", sizes:
                 rid = run.info.run_id
                 c.log_batch(rid, params=[Param(k, str(v)) for k, v in {
                     "cell_key": key, "model": model, "params": n, "task_count": t, "mixture": "A",
-                    "formats": "zs_opt,fs_opt,cot", "with_cot": cot, "batch_size": 8, "learning_rate": 5e-4,
+                    "formats": "zs_opt,fs_opt,cot", "with_cot": cot, "seed": s, "batch_size": 8, "learning_rate": 5e-4,
                     "steps": 5, "dropout": 0.0, "accelerator": "cpu", "devices": 1}.items()])
                 final = true_loss(n, t) + (0.0 if cot else 0.02) + rng.normal(0, 0.004)
                 ts = int(time.time() * 1000)
@@ -61,6 +62,9 @@ def write_synthetic_sweep(uri: str, artifacts: Path, sweep: str = "demo", sizes:
                 once = {"flops/finetune": 6.0 * n * 5 * 8 * 96 * (1 if t else 0), "flops/pretrain": 6.0 * n * 1e7,
                         "train/mfu": 0.2, "train/tokens_per_s": 1e4}
                 once["flops/fraction"] = once["flops/finetune"] / once["flops/pretrain"]
+                if eval_loss:
+                    # The held-out loss is measured on one fixed set: it falls with size, a little with tasks.
+                    once["eval/loss"] = true_loss(n, 0) + 0.3 - 0.02 * math.log1p(t) + rng.normal(0, 0.004)
                 if evals:
                     for i, m in enumerate(EVALS):
                         once[m] = 20 + 4 * math.log10(n) + 3 * math.log1p(t) + (2 if cot else -2) * (i % 2) + i + rng.normal(0, 0.3)
@@ -110,7 +114,11 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     info = write_synthetic_sweep(uri, root / "mlartifacts")
     write_synthetic_sweep(uri, root / "mlartifacts-one", sweep="one", sizes={"tiny-1": 480_000}, task_counts=(9,),
-                          evals=False, extra_states=False)
+                          evals=False, extra_states=False, eval_loss=False)
+    write_synthetic_sweep(uri, root / "mlartifacts-seeded", sweep="seeded", sizes={"tiny-1": 480_000, "tiny-2": 1_950_000},
+                          task_counts=(0, 9), seeds=(0, 1, 2), eval_loss=False, extra_states=False)
+    write_synthetic_sweep(uri, root / "mlartifacts-paper", sweep="paper", extra_states=False, task_counts=(0, 1836),
+                          sizes={"t5-small": 76_961_152, "t5-base": 247_577_856, "t5-large": 783_150_080})
     return uri, info
 
 
@@ -151,26 +159,28 @@ def test_report_writes_figures_tables_html_and_logs_them(store, tmp_path):
     uri, info = store
     out = tmp_path / "report"
     rc = cli.main(["report", "demo", "--tracking-uri", uri, "--out", str(out), "--forecast-params", "540e9",
-                   "--bootstrap", "60"])
+                   "--bootstrap", "30"])
     assert rc == 0
     html = (out / "report.html").read_text()
     # Self-contained: every image inline, nothing fetched from anywhere.
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    assert html.count("data:image/png;base64,") == 5  # 2 metrics x 2 axes + the training curves
-    for stem in ("train_loss_vs_params", "train_loss_vs_task_count", "eval_normalized_average_vs_params",
-                 "train_loss_history"):
+    # 2 metrics (eval/loss, the normalized average) x 3 axes + the train/loss and eval/loss curves
+    assert html.count("data:image/png;base64,") == 8
+    for stem in ("eval_loss_vs_params", "eval_loss_vs_task_count", "eval_loss_vs_flops",
+                 "eval_normalized_average_vs_params", "train_loss_history", "eval_loss_history"):
         png = out / "figures" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    assert "training loss on each cell&#39;s own mixture" in html and "Loss metric: <code>eval/loss</code>" in html
     with (out / "tables" / "flops.csv").open() as f:
         flops = list(csv.DictReader(f))
     assert [r["model"] for r in flops] == [*SIZES, "xxl"]
-    assert float(flops[-1]["finetune FLOPs"]) == 1.2e20 and flops[-1]["source"] == "planned"  # infeasible
+    assert float(flops[-1]["finetune FLOPs (exact)"]) == 1.2e20 and flops[-1]["source"] == "planned"  # infeasible
     with (out / "tables" / "cells.csv").open() as f:
         planned = [float(r["planned cost $"]) for r in csv.DictReader(f) if r["planned cost $"]]
     assert sum(planned) == pytest.approx(0.5 * 15)
     assert "needs 900 GiB" in html
-    frac = float(flops[0]["finetune/pretrain %"])
+    frac = float(flops[0]["finetune/pretrain % (exact)"])
     assert frac == pytest.approx(100 * (5 * 8 * 96) / 1e7)
     with (out / "tables" / "results.csv").open() as f:
         results = list(csv.DictReader(f))
@@ -178,16 +188,24 @@ def test_report_writes_figures_tables_html_and_logs_them(store, tmp_path):
     assert gains[("tiny-1", "0")] == ""
     assert float(gains[("tiny-1", "89")]) == pytest.approx(3 * math.log1p(89), abs=0.5)
     fits = json.loads((out / "fits.json").read_text())
-    loss_fit = [f for f in fits["fits"] if f["metric"] == "train/loss" and f["against"] == "params"]
-    assert {f["series"] for f in loss_fit} == {"0 tasks", "9 tasks", "89 tasks"}
-    fc = [f for f in fits["forecasts"] if f["metric"] == "train/loss" and f["against"] == "params"]
+    loss_fit = [f for f in fits["fits"] if f["metric"] == "eval/loss" and f["against"] == "params"]
+    assert {f["series"] for f in loss_fit} == {"0 tasks (base)", "9 tasks", "89 tasks"}
+    assert all(f["kind"] == "loss" and f["law"].startswith("power") and f["params"]["alpha"] > 0 for f in loss_fit)
+    fc = [f for f in fits["forecasts"] if f["metric"] == "eval/loss" and f["against"] == "params"]
     assert {f["at"] for f in fc} == {540e9}
+    assert all(0 <= f["low"] <= f["forecast"] <= f["high"] and f["extrapolation"].startswith("yes") for f in fc)
+    with (out / "tables" / "gains.csv").open() as f:
+        gains = {(r["metric"], r["model"], r["tasks"]): float(r["gain"]) for r in csv.DictReader(f)}
+    assert gains[("eval/loss", "tiny-3", "89")] == pytest.approx(-0.02 * math.log1p(89), abs=0.02)
+    assert gains[("eval/normalized_average", "tiny-1", "89")] == pytest.approx(3 * math.log1p(89), abs=0.5)
+    bt = (out / "tables" / "backtests.md").read_text()
+    assert "the truth fell inside" in bt and "intervals" in bt
     assert "| model | params |" in (out / "tables" / "cells.md").read_text()
     # Logged on the sweep's parent run, openable from the MLflow UI.
     client = MlflowClient(tracking_uri=uri)
     logged = {a.path for a in client.list_artifacts(info["parent"], "report")}
     assert logged == {"report/report.html", "report/report.md", "report/figures", "report/tables", "report/fits.json"}
-    assert len(client.list_artifacts(info["parent"], "report/figures")) == 10  # 5 figures x PNG + SVG
+    assert len(client.list_artifacts(info["parent"], "report/figures")) == 16  # 8 figures x PNG + SVG
 
 
 def test_report_cli_errors_are_one_line(store, tmp_path, capsys):
@@ -205,7 +223,7 @@ def test_sparse_sweep_reports_without_fits(store, tmp_path):
     runs = load_sweep("one", uri)
     rep = report_mod.write_report(runs, tmp_path / "out", report_mod.ReportOptions(n_boot=20))
     html = rep.html.read_text()
-    assert "no fit: 9 tasks" in html and "a fit needs 2" in html
+    assert "no fit: 9 tasks" in html and "1 size: a trend&#39;s shape needs at least 3" in html
     assert "no evaluation metrics" in html
     assert rep.logged_to_run == runs.parent_run_id
 
@@ -214,3 +232,34 @@ def test_markdown_and_number_formatting():
     t = report_mod.Table("t", "T", ("a", "b|c"), ((1234567, 0.000123), (None, "x|y")), "")
     md = report_mod.to_markdown(t)
     assert "| 1,234,567 | 1.230e-04 |" in md and "x\\|y" in md and "| — |" in md
+
+
+def test_seeds_are_aggregated_and_the_train_loss_fallback_is_said(store, tmp_path):
+    uri, _ = store
+    rep = report_mod.write_report(load_sweep("seeded", uri), tmp_path / "out",
+                                  report_mod.ReportOptions(n_boot=20, log_artifacts=False))
+    html = rep.html.read_text()
+    assert 'data-note="loss-fallback"' in html and "no eval/loss" in html
+    with (rep.out_dir / "tables" / "results.csv").open() as f:
+        results = list(csv.DictReader(f))
+    assert [(r["model"], r["tasks"], r["seeds"]) for r in results] == [
+        ("tiny-1", "0", "3"), ("tiny-1", "9", "3"), ("tiny-2", "0", "3"), ("tiny-2", "9", "3")]
+    # Two sizes: the held-out section says the data cannot show a trend instead of fitting one.
+    assert 'data-list="cannot-show"' in html and "eval/normalized_average: 9 tasks (vs model parameters): 2 sizes" in html
+    with (rep.out_dir / "tables" / "series.csv").open() as f:
+        series = [r for r in csv.DictReader(f) if r["against"] == "params"]
+    assert {r["seeds per point"] for r in series} == {"3"} and all(r["fit"].startswith("no fit") for r in series)
+    assert "(3 seeds)" in (rep.out_dir / "figures" / "train_loss_vs_params.svg").read_text()
+
+
+def test_paper_presets_are_read_beside_the_paper(store, tmp_path):
+    uri, _ = store
+    rep = report_mod.write_report(load_sweep("paper", uri), tmp_path / "out",
+                                  report_mod.ReportOptions(n_boot=20, log_artifacts=False))
+    with (rep.out_dir / "tables" / "paper.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["T5-Small", "Flan-T5-Small", "T5-Base", "Flan-T5-Base", "T5-Large",
+                                          "Flan-T5-Large"]
+    svg = (rep.out_dir / "figures" / "eval_normalized_average_vs_params.svg").read_text()
+    assert "Flan-T5-Large" in svg and "paper, Flan (1,836 tasks)" in svg
+    assert "Flan-T5" not in (rep.out_dir / "figures" / "eval_loss_vs_params.svg").read_text()
