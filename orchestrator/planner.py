@@ -42,13 +42,17 @@ class Cell:
     model: str
     task_count: int
     formats: str  # the format set's name
+    seed: int
     params: int
     steps: int
     batch_size: int
     finetune_tokens: float  # packed positions seen: steps x batch x (input + target length)
-    finetune_flops: float  # paper convention (accounting.train_flops)
+    finetune_flops: float  # exact per-token count (accounting.train_flops)
     pretrain_flops: float
     flops_fraction: Optional[float]  # finetune / pretrain; None when the base model's cost is unknown
+    # The same three figures in the paper's Table 2 convention (accounting.paper_flops):
+    # {"pretrain", "finetune", "fraction"}; the physical figures above are what MFU, hours and cost use.
+    paper_flops: dict[str, Optional[float]]
     step_flops: float  # analytic FLOPs per optimizer step (what MFU is measured against)
     accelerator: str
     devices: int
@@ -121,6 +125,20 @@ def _pretrain_flops(spec: SweepSpec, preset: Preset, model: ModelConfig, init_ch
     if measured > 0:
         return measured
     return accounting.pretrain_flops(model, preset.pretrain_tokens)
+
+
+def _paper_flops(spec: SweepSpec, preset: Preset, model: ModelConfig, init_checkpoint: str,
+                 positions: float) -> dict[str, Optional[float]]:
+    """Table 2's convention: the paper's own pretraining for its presets, unless the spec or a
+    base checkpoint says the model was pretrained otherwise."""
+    tokens: Optional[float] = None
+    if preset.name in spec.pretrain_tokens:
+        tokens = float(spec.pretrain_tokens[preset.name])
+    elif init_checkpoint and accounting.measured_pretrain_tokens(init_checkpoint) > 0:
+        tokens = accounting.measured_pretrain_tokens(init_checkpoint)
+    elif preset.name not in accounting.PAPER_TABLE2_BASIS and preset.pretrain_tokens > 0:
+        tokens = preset.pretrain_tokens
+    return accounting.paper_flops(model, positions, tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def plan_resources(spec: SweepSpec, cell: CellSpec) -> Resources:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str) -> Cell:
+def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str, seed: int) -> Cell:
     model = _model_config(spec, preset)
     init_checkpoint = spec.init_checkpoint.get(preset.name, "")
     pretrain = _pretrain_flops(spec, preset, model, init_checkpoint)
@@ -216,7 +234,7 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str) -> 
         optim=_optim_config(spec, preset, task_count),
         eval=spec.eval,
         checkpoint=spec.checkpoint,
-        seed=spec.seed,
+        seed=seed,
         init_checkpoint=init_checkpoint,
         pretrain_flops=pretrain,
     )
@@ -231,6 +249,7 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str) -> 
         mesh = MeshConfig(acc.name, res.devices, res.hosts, res.mesh["data"], res.mesh["fsdp"], res.mesh["tensor"])
         cell_spec = replace(cell_spec, mesh=mesh, optim=replace(o, micro_batches=res.micro_batches))
     finetune_flops = accounting.train_flops(model, o.steps * o.batch_size * d.input_length, o.steps * o.batch_size * d.target_length)
+    positions = float(o.steps * o.batch_size * (d.input_length + d.target_length))
     per_step = accounting.step_flops(model, o.batch_size, d.input_length, d.target_length)
     hours = 0.0
     if res.feasible and o.steps:
@@ -242,13 +261,15 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str) -> 
         model=preset.name,
         task_count=task_count,
         formats=format_set,
+        seed=seed,
         params=accounting.param_count(model),
         steps=o.steps,
         batch_size=o.batch_size,
-        finetune_tokens=float(o.steps * o.batch_size * (d.input_length + d.target_length)),
+        finetune_tokens=positions,
         finetune_flops=finetune_flops,
         pretrain_flops=pretrain,
         flops_fraction=finetune_flops / pretrain if pretrain > 0 else None,
+        paper_flops=_paper_flops(spec, preset, model, init_checkpoint, positions),
         step_flops=per_step,
         accelerator=acc.name,
         devices=res.devices,
@@ -271,12 +292,15 @@ def plan(spec: SweepSpec) -> list[Cell]:
     for name in spec.models:
         preset = REGISTRY.get(name, field="models")
         for task_count in spec.task_counts:
-            # The base model does not depend on the format set: one cell per model.
-            for format_set in spec.formats[:1] if task_count == 0 else spec.formats:
-                cell = _cell(spec, preset, task_count, format_set)
-                if cell.key not in seen:
-                    seen.add(cell.key)
-                    cells.append(cell)
+            # The base model depends on neither the format set nor the seed (it is evaluated,
+            # not trained, and evaluation is deterministic): one cell per model.
+            base = task_count == 0
+            for format_set in spec.formats[:1] if base else spec.formats:
+                for seed in spec.seeds[:1] if base else spec.seeds:
+                    cell = _cell(spec, preset, task_count, format_set, seed)
+                    if cell.key not in seen:
+                        seen.add(cell.key)
+                        cells.append(cell)
     if spec.priority == "spec_order":
         ordered = list(cells)
     else:

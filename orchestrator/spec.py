@@ -23,6 +23,7 @@ from typing import Any, Optional, get_type_hints
 
 from orchestrator.catalog import REGISTRY
 from trainers.accounting import ACCELERATORS, DTYPE_BYTES
+from trainers.eval import benchmarks
 from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, did_you_mean, from_dict
 
 # Named sets of template formats (a grid axis). Each maps to DataConfig.formats/with_cot:
@@ -44,8 +45,6 @@ SOURCES = ("synthetic", "flan")
 MIXTURES = ("A", "B", "custom")
 OPTIMIZERS = ("adafactor", "adamw", "sgd")
 SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
-BENCHMARKS = ("mmlu", "bbh", "tydiqa", "mgsm")
-EVAL_MODES = ("direct", "cot", "sc")
 PRIORITIES = ("smallest_first", "largest_first", "spec_order")
 
 _DATA = DataConfig()
@@ -132,7 +131,7 @@ class SweepSpec:
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     max_concurrent: int = 2
     priority: str = "smallest_first"
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # a grid axis: each seed is its own cell (data order, init)
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -186,6 +185,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"{path}: no such sweep file")
     if p.suffix != ".yaml":
         raise UserError(f"{path}: a sweep file must end in .yaml (Hydra config), not {p.suffix or 'no suffix'!r}")
+    for ov in overrides:
+        if ov.lstrip("+~").split("=", 1)[0] == "seed":
+            raise UserError(f"{path}: override {ov!r}: the seed is a grid axis; use seeds=[0,1] (one cell per seed)")
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
@@ -304,7 +306,12 @@ def validate(spec: SweepSpec, where: str = "sweep") -> None:
         raise UserError(f"{where}: models: empty; list at least one of: {', '.join(REGISTRY.names())}")
     for name in spec.models:
         REGISTRY.get(name, field=f"{where}: models")
-    for kind, values in (("models", spec.models), ("task_counts", spec.task_counts), ("formats", spec.formats)):
+    if not spec.seeds:
+        raise UserError(f"{where}: seeds: empty; e.g. [0] or [0, 1, 2] (one cell per seed)")
+    for s in spec.seeds:
+        _positive(where, "seeds", s, zero_ok=True)
+    for kind, values in (("models", spec.models), ("task_counts", spec.task_counts), ("formats", spec.formats),
+                         ("seeds", spec.seeds)):
         dup = sorted({v for v in values if list(values).count(v) > 1}, key=str)
         if dup:
             raise UserError(f"{where}: {kind}: {dup[0]!r} is listed twice; each grid value must be unique")
@@ -404,9 +411,14 @@ def _validate_model_and_eval(spec: SweepSpec, where: str) -> None:
         raise UserError(f"{where}: model.dropout_rate: {m.dropout_rate!r} is not allowed; must be in [0, 1)")
     e = spec.eval
     for b in e.benchmarks:
-        _choices(where, "eval.benchmarks", b, BENCHMARKS)
+        _choices(where, "eval.benchmarks", b, benchmarks.names())
     for mode in e.modes:
-        _choices(where, "eval.modes", mode, EVAL_MODES)
+        _choices(where, "eval.modes", mode, benchmarks.MODES)
+        if e.benchmarks and not any(mode in benchmarks.get(b).modes for b in e.benchmarks):
+            raise UserError(f"{where}: eval.modes: {mode!r} applies to none of eval.benchmarks "
+                            f"({', '.join(e.benchmarks)}); rc needs a multiple-choice benchmark")
+    _choices(where, "eval.mmlu_split", e.mmlu_split, benchmarks.MMLU_SPLITS)
+    _positive(where, "eval.loss_examples", e.loss_examples)
     if e.data_dir and not Path(e.data_dir).is_dir():
         raise UserError(f"{where}: eval.data_dir: {e.data_dir!r} is not a directory")
     for name in ("every_steps", "max_examples"):

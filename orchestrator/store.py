@@ -102,6 +102,11 @@ class CellRecord:
             return 0
 
 
+def cell_name(cell: Any) -> str:
+    """The run name of a planner Cell: model, task count, seed and key."""
+    return f"{cell.model}-{cell.task_count}t-s{cell.seed}-{cell.key}"
+
+
 def cell_params(cell: Any) -> dict[str, Any]:
     """The params of a cell's run (DESIGN.md section 3), from a planner Cell."""
     spec = cell.spec
@@ -121,6 +126,7 @@ def cell_params(cell: Any) -> dict[str, Any]:
         "dropout": spec.model.dropout_rate,
         "accelerator": getattr(cell, "accelerator", spec.mesh.accelerator),
         "devices": getattr(cell, "devices", spec.mesh.devices),
+        "seed": spec.seed,
     }
 
 
@@ -234,8 +240,7 @@ class SweepStore:
             TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
             TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0",
         }
-        name = f"{getattr(cell, 'model', 'cell')}-{getattr(cell, 'task_count', '')}t-{cell.key}"
-        run = with_retry(self.client.create_run, exp_id, run_name=name, tags=tags)
+        run = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
 

@@ -412,11 +412,17 @@ def param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
 
 
 def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any], dict[str, float]] | None:
-    if not cell.eval.benchmarks:
+    """params -> the held-out metrics: eval/loss (when cell.eval.loss) and the benchmarks."""
+    e = cell.eval
+    if not e.benchmarks and not e.loss:
         return None
     import jax
 
-    from trainers.eval import evaluate
+    from trainers.eval.runner import evaluate
+    from trainers.eval.heldout_loss import HeldoutLoss
+
+    li, lt = cell.data.input_length, cell.data.target_length
+    loss = HeldoutLoss(model_cfg, tokenizer, li, lt, e.loss_examples) if e.loss else None
 
     def run(params: Any) -> dict[str, float]:
         if jax.process_count() > 1:
@@ -424,7 +430,10 @@ def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any]
             from jax.experimental import multihost_utils
 
             params = multihost_utils.process_allgather(params, tiled=True)
-        # Prompts longer than the trained input length are cut from the left, as in training.
-        return dict(evaluate(cell.eval, model_cfg, params, tokenizer, max_prompt_tokens=cell.data.input_length))
+        out = loss(params) if loss is not None else {}
+        if e.benchmarks:
+            # Prompts longer than the trained input length are cut from the left, as in training.
+            out.update(evaluate(e, model_cfg, params, tokenizer, max_prompt_tokens=li))
+        return out
 
     return run

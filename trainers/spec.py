@@ -102,11 +102,15 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Held-out evaluation run at the end of a cell (and every `every_steps` if > 0)."""
+    """Held-out evaluation run at the end of a cell (and every `every_steps` if > 0): the
+    held-out loss (`loss`) and the benchmarks in their modes."""
 
-    benchmarks: tuple[str, ...] = ()  # subset of ("mmlu", "bbh", "tydiqa", "mgsm")
-    modes: tuple[str, ...] = ("direct", "cot")  # "direct" | "cot" | "sc"
-    data_dir: str = ""  # "" = the stand-ins shipped with flanscale
+    benchmarks: tuple[str, ...] = ()  # names in trainers.eval.benchmarks (mmlu, bbh, ..., unseen_mc, ...)
+    modes: tuple[str, ...] = ("direct", "cot")  # "direct" | "cot" | "sc" | "rc" (rank classification)
+    data_dir: str = ""  # "" = the data shipped with flanscale (stand-ins, the unseen-task benchmark)
+    mmlu_split: str = "test"  # the split MMLU-shaped benchmarks evaluate ("dev" gives the shots)
+    loss: bool = True  # eval/loss: cross-entropy on the fixed held-out loss set
+    loss_examples: int = 48  # held-out loss examples per group
     every_steps: int = 0
     max_examples: int = 0  # per task; 0 = all
     max_new_tokens: int = 64

@@ -20,22 +20,23 @@ from pathlib import Path
 from trainers.home import flanscale_home
 from trainers.spec import UserError
 
-MODES = ("direct", "cot", "sc")
-BENCHMARK_NAMES = ("mmlu", "bbh", "tydiqa", "mgsm")
+from trainers.eval import benchmarks
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on MMLU/BBH/TyDiQA/MGSM, or score predictions (eval score)",
+        "eval", help="evaluate a checkpoint on MMLU/BBH/TyDiQA/MGSM and the unseen-task benchmark, or score predictions",
         usage="flanscale eval --checkpoint CKPT [--benchmark B] [--mode M] [options]\n"
               "       flanscale eval score --benchmark B --predictions P.jsonl [--data-dir D] [--mode M] [options]",
         description="Evaluate a checkpoint on the held-out benchmarks (direct, CoT, self-consistency). "
                     "`flanscale eval score ...` scores a predictions file from any model instead.")
     p.add_argument("--checkpoint", help="checkpoint directory (loaded with trainers.models.load_pretrained)")
     p.add_argument("--benchmark", default="mmlu",
-                   help="mmlu | bbh | tydiqa | mgsm, comma-separated for several, or 'all' (default mmlu)")
-    p.add_argument("--mode", choices=MODES, help="prompting mode (default: the benchmark's usual one; "
-                   "mgsm: cot, others: direct)")
+                   help=f"{' | '.join(benchmarks.names())}, comma-separated for several, or 'all' (default mmlu)")
+    p.add_argument("--mode", choices=benchmarks.MODES, help="prompting mode: direct, cot, sc (self-consistency) or "
+                   "rc (rank classification of the answer options); default: the benchmark's usual one")
+    p.add_argument("--mmlu-split", choices=benchmarks.MMLU_SPLITS, default="test",
+                   help="split MMLU-shaped benchmarks evaluate (default test; dev supplies the shots)")
     p.add_argument("--data-dir", default="", help="benchmark data (default: the shipped stand-ins)")
     p.add_argument("--max-examples", type=int, default=0, help="examples per task (0 = all)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation length cap (EOS stops earlier)")
@@ -48,18 +49,47 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("json", "table"), default="table")
     p.set_defaults(func=run_model)
 
-    actions = p.add_subparsers(dest="eval_action", metavar="score", title="optional action")
+    actions = p.add_subparsers(dest="eval_action", metavar="score|average", title="optional action")
     s = actions.add_parser("score", help="score predictions (JSON lines) against a benchmark's answers",
                            description="Score predictions from any model: lines {\"id\", \"prediction\"} or "
                                        "{\"id\", \"samples\": [...]} (majority vote).")
-    s.add_argument("--benchmark", required=True, help="mmlu | bbh | tydiqa | mgsm")
+    s.add_argument("--benchmark", required=True, help=" | ".join(benchmarks.names()))
+    s.add_argument("--mmlu-split", choices=benchmarks.MMLU_SPLITS, default="test", help="split of MMLU-shaped data")
     s.add_argument("--data-dir", default="", help="benchmark data (default: the shipped stand-ins)")
     s.add_argument("--predictions", required=True, help="JSON lines file")
-    s.add_argument("--mode", choices=MODES, help="extraction rule (default: sc when lines have samples, "
+    s.add_argument("--mode", choices=[m for m in benchmarks.MODES if m != "rc"], help="extraction rule (default: sc when lines have samples, "
                    "else the benchmark's usual mode)")
     s.add_argument("--max-examples", type=int, default=0, help="score only the first N examples per task")
     s.add_argument("--format", choices=("json", "table"), default="json")
     s.set_defaults(func=score_predictions)
+
+    av = actions.add_parser("average", prog="flanscale eval average", help="the normalized average from published benchmark-level or per-task scores",
+                            description="The paper's normalized average of six scores from numbers already "
+                                        "published (a paper's table, a leaderboard) or per-task scores. A BBH mean "
+                                        "without per-subtask scores is normalized with the mean of the subtask "
+                                        "baselines, an approximation the output names.")
+    av.add_argument("--score", action="append", default=[], metavar="BENCH/MODE=VALUE",
+                    help="a benchmark-level score in percent, e.g. mmlu/direct=52.4 (repeatable)")
+    av.add_argument("--scores", help="JSON file: {\"mmlu/direct\": 52.4, \"bbh/cot\": {subtask: score, ...}} or "
+                    "a list of `eval score --format json` results")
+    av.add_argument("--suite", default="paper", help="whose average: " + ", ".join(benchmarks.SUITES) + " (default paper)")
+    av.add_argument("--format", choices=("json", "table"), default="table")
+    av.set_defaults(func=average_scores)
+
+
+def average_scores(args: argparse.Namespace) -> int:
+    from trainers.eval import published
+
+    scores = published.read_scores(Path(args.scores)) if args.scores else {}
+    scores.update(published.parse_flag(f) for f in args.score)
+    if not scores:
+        raise UserError("eval average: no scores; pass --score BENCH/MODE=VALUE (repeatable) or --scores FILE.json")
+    result = published.normalized_average(scores, args.suite)
+    if args.format == "json":
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        print(published.format_table(result))
+    return 0
 
 
 def read_predictions(path: Path) -> tuple[dict[str, list[str]], bool]:
@@ -95,19 +125,20 @@ def _print_score(score, fmt: str) -> None:
         print(f"  {task:<{width}}  {value:6.2f}")
     print(f"  {'mean':<{width}}  {score.score:6.2f}")
     print(f"  {'normalized':<{width}}  {score.normalized:6.2f}")
+    if score.flex is not None:
+        print(f"  {'flexible':<{width}}  {score.flex.score:6.2f}")
 
 
 def score_predictions(args: argparse.Namespace) -> int:
-    from trainers.eval import loaders, prompts, runner, scoring
+    from trainers.eval import loaders, runner, scoring
 
-    if args.benchmark not in BENCHMARK_NAMES:
-        raise UserError(f"--benchmark: unknown {args.benchmark!r}; allowed: {', '.join(BENCHMARK_NAMES)}")
+    benchmarks.get(args.benchmark, "--benchmark")
     if args.mode:
         runner.check_mode(args.benchmark, args.mode)
     outputs, has_samples = read_predictions(Path(args.predictions))
-    mode = args.mode or ("sc" if has_samples else prompts.DEFAULT_MODE[args.benchmark])
+    mode = args.mode or ("sc" if has_samples else benchmarks.get(args.benchmark).default_mode)
     runner.check_mode(args.benchmark, mode)
-    bench = loaders.load(args.benchmark, args.data_dir)
+    bench = loaders.load(args.benchmark, args.data_dir, args.mmlu_split)
     if args.max_examples > 0:
         # Ids beyond the limit are still known ids: check them against the full data first.
         scoring.score_outputs(bench, mode, outputs)
@@ -151,14 +182,13 @@ def _tokenizer_config(checkpoint: Path):
 def run_model(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise UserError("eval: --checkpoint is required (or use `flanscale eval score` to score predictions)")
-    names = list(BENCHMARK_NAMES) if args.benchmark == "all" else [b.strip() for b in args.benchmark.split(",")]
+    names = list(benchmarks.names()) if args.benchmark == "all" else [b.strip() for b in args.benchmark.split(",")]
     for b in names:
-        if b not in BENCHMARK_NAMES:
-            raise UserError(f"--benchmark: unknown {b!r}; allowed: {', '.join(BENCHMARK_NAMES)}, all")
+        benchmarks.get(b, "--benchmark")
     if args.predictions_out and len(names) > 1 and "{benchmark}" not in args.predictions_out:
         raise UserError(f"--predictions-out: {args.predictions_out!r} must contain '{{benchmark}}' when "
                         "several benchmarks run (one file per benchmark, each scorable with `eval score`)")
-    from trainers.eval import loaders, prompts, runner, scoring
+    from trainers.eval import loaders, runner, scoring
 
     if args.mode:
         for b in names:
@@ -167,37 +197,49 @@ def run_model(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         raise UserError(f"--checkpoint: {str(checkpoint)!r} does not exist")
     # Bad data is reported before the model is loaded.
-    benches = {b: loaders.load(b, args.data_dir).limited(args.max_examples) for b in names}
+    benches = {b: loaders.load(b, args.data_dir, args.mmlu_split).limited(args.max_examples) for b in names}
 
     from trainers import models
     from trainers.data.tokenizer import load_tokenizer
-    from trainers.eval.decoding import TextGenerator
+    from trainers.eval import rc
+    from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
+    from trainers.eval.rank import OptionScorer
     from trainers.spec import EvalConfig
 
     model_cfg, params = models.load_pretrained(str(checkpoint))
     tokenizer = load_tokenizer(_tokenizer_config(checkpoint), flanscale_home(), vocab_size=model_cfg.vocab_size)
     cfg = EvalConfig(benchmarks=tuple(names), data_dir=args.data_dir, max_examples=args.max_examples,
-                     max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples)
+                     max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples, mmlu_split=args.mmlu_split)
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens)
-    runs = []
+                             batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                             stop_sequences=DEFAULT_STOP)
+    scorer = OptionScorer(model_cfg, params, tokenizer, batch_size=args.batch_size,
+                          max_prompt_tokens=args.max_prompt_tokens)
+    scores, outputs, rc_metrics = [], {}, {}
     for b in names:
-        mode = args.mode or prompts.DEFAULT_MODE[b]
-        runs.append(runner.run_benchmark(benches[b], mode, generate, cfg, seed=args.seed))
+        mode = args.mode or benchmarks.get(b).default_mode
+        if mode == "rc":
+            ranked = rc.run_rank(benches[b], scorer)
+            scores += [ranked.rc, ranked.rc_norm]
+            rc_metrics.update(ranked.metrics())
+            outputs[b] = {i: {"prediction": c[0]} for i, c in ranked.chosen.items()}
+            continue
+        run = runner.run_benchmark(benches[b], mode, generate, cfg, seed=args.seed)
+        scores.append(run.score)
+        outputs[b] = {i: {"samples": o} if mode == "sc" else {"prediction": o[0]} for i, o in run.outputs.items()}
     if args.predictions_out:
-        for b, run in zip(names, runs):
+        for b, rows in outputs.items():
             path = Path(args.predictions_out.replace("{benchmark}", b))
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as f:
-                for ex_id, outs in run.outputs.items():
-                    row = {"id": ex_id, "samples": outs} if run.score.mode == "sc" else {"id": ex_id, "prediction": outs[0]}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    metrics = scoring.metrics([r.score for r in runs])
+                for ex_id, row in rows.items():
+                    f.write(json.dumps({"id": ex_id, **row}, ensure_ascii=False) + "\n")
+    metrics = {**scoring.metrics([s for s in scores if s.mode not in ("rc", "rc_norm")]), **rc_metrics}
     if args.format == "json":
-        print(json.dumps({"scores": [r.score.to_json() for r in runs], "metrics": metrics}, indent=2, sort_keys=True))
+        print(json.dumps({"scores": [s.to_json() for s in scores], "metrics": metrics}, indent=2, sort_keys=True))
         return 0
-    for run in runs:
-        _print_score(run.score, args.format)
+    for score in scores:
+        _print_score(score, args.format)
     for key, value in metrics.items():
         print(f"{key} = {value:.2f}")
     return 0

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE
+from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE, cell_name
 from trainers.spec import UserError
 
 JOB_METADATA_KEY = "flanscale_sweep"
@@ -115,7 +115,7 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
         seen.add(r.key)
     for c in cells or []:
         if c.key not in seen:
-            rows.append(CellRow(c.key, f"{c.model}-{c.task_count}t-{c.key}", "pending" if c.feasible else "infeasible",
+            rows.append(CellRow(c.key, cell_name(c), "pending" if c.feasible else "infeasible",
                                 0, int(c.spec.optim.steps), None, 0, "", None, "" if c.feasible else c.reason))
     return rows
 

@@ -31,7 +31,7 @@ def flanscale(monkeypatch, capsys):
 
 
 def test_plan_json(flanscale):
-    code, out, err = flanscale("plan", DEMO, "task_counts=[9,89]", "models=[tiny-1]", "optim.learning_rate=1e-3",
+    code, out, err = flanscale("plan", DEMO, "task_counts=[9,89]", "models=[tiny-1]", "seeds=[0]", "optim.learning_rate=1e-3",
                                "--format", "json")
     assert code == 0, err
     cells = json.loads(out)
@@ -44,7 +44,7 @@ def test_plan_json(flanscale):
 
 
 def test_plan_table_shows_cells_totals_and_refusals(flanscale):
-    code, out, err = flanscale("plan", DEMO, "models=[tiny-1,palm-540b]", "task_counts=[9]")
+    code, out, err = flanscale("plan", DEMO, "models=[tiny-1,palm-540b]", "task_counts=[9]", "seeds=[0]")
     assert code == 0, err
     assert "sweep demo: 2 cells on cpu" in out and "tiny-1" in out and "palm-540b" in out
     assert "total" in out and "1/2" in out
@@ -60,6 +60,15 @@ def test_plan_table_shows_cells_totals_and_refusals(flanscale):
     ([DEMO, "optim.steps=-1"], ["optim.steps", ">= 0"]),
     ([DEMO, "optim.batch_size=6", "mesh.data=4"], ["data axis"]),
     ([DEMO, "budget.max_device_hours=0.001"], ["budget.max_device_hours", "most expensive cells"]),
+    ([DEMO, "seed=0,1"], ["override 'seed=0,1'", "seeds=[0,1]"]),
+    ([DEMO, "seeds=[0,0]"], ["seeds", "listed twice"]),
+    ([DEMO, "seeds=[]"], ["seeds: empty"]),
+    ([DEMO, "seeds=[-1]"], ["seeds", ">= 0"]),
+    ([DEMO, "eval.modes=[rc]", "eval.benchmarks=[unseen_qa]"], ["eval.modes", "'rc'", "applies to none"]),
+    ([DEMO, "eval.modes=[rank]"], ["eval.modes", "'rank'", "allowed"]),
+    ([DEMO, "eval.mmlu_split=train"], ["eval.mmlu_split", "'train'", "dev, val, test"]),
+    ([DEMO, "eval.benchmarks=[unseen_mcq]"], ["eval.benchmarks", "did you mean 'unseen_mc'"]),
+    ([DEMO, "eval.loss_examples=0"], ["eval.loss_examples", "> 0"]),
 ])
 def test_bad_specs_exit_nonzero_with_one_line(flanscale, argv, needles):
     code, out, err = flanscale("plan", *argv)
@@ -81,6 +90,6 @@ def test_installed_console_script():
     ok = subprocess.run([str(exe), "plan", DEMO, "models=[tiny-1]", "--format", "json"],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
-    assert len(json.loads(ok.stdout)) == 3
+    assert len(json.loads(ok.stdout)) == 1 + 3 * 2  # the base model, 3 task counts x 2 seeds
     bad = subprocess.run([str(exe), "plan", DEMO, "models=[tiny-7]"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "tiny-7" in bad.stderr

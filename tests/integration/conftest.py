@@ -14,7 +14,7 @@ models: [tiny-1]
 task_counts: {task_counts}
 formats: [mixed]
 max_concurrent: 2
-seed: 0
+seeds: [0]
 data:
   input_length: 32
   target_length: 16

@@ -6,7 +6,8 @@ import pytest
 
 from trainers import models
 from trainers.data.tokenizer import load_tokenizer
-from trainers.eval import evaluate, loaders, prompts, runner
+from trainers.eval import loaders, prompts, runner
+from trainers.eval.runner import evaluate
 from trainers.eval.decoding import TextGenerator
 from trainers.spec import DataConfig, EvalConfig, ModelConfig
 
@@ -39,6 +40,7 @@ def test_t5_evaluate_all_six_scores(tokenizer):
     metrics = evaluate(cfg, T5, params, tokenizer, max_prompt_tokens=512)
     expected = {f"eval/{b}/{m}" for b, m in (("mmlu", "direct"), ("mmlu", "cot"), ("bbh", "direct"), ("bbh", "cot"),
                                                 ("tydiqa", "direct"), ("mgsm", "direct"), ("mgsm", "cot"))}
+    expected |= {k + "_flex" for k in expected}
     assert set(metrics) == expected | {k + "/normalized" for k in expected} | {"eval/normalized_average"}
     _in_range(metrics)
 
@@ -94,11 +96,23 @@ def test_cli_evaluates_a_checkpoint_and_its_predictions_rescore(tmp_path, capsys
     ran = cli(["eval", "--checkpoint", str(ckpt), "--benchmark", "mmlu,mgsm", "--max-examples", "1",
                "--max-new-tokens", "6", "--max-prompt-tokens", "512", "--predictions-out", preds, "--format", "json"])
     assert [(s["benchmark"], s["mode"]) for s in ran["scores"]] == [("mmlu", "direct"), ("mgsm", "cot")]
-    assert set(ran["metrics"]) == {"eval/mmlu/direct", "eval/mmlu/direct/normalized", "eval/mgsm/cot", "eval/mgsm/cot/normalized"}
+    assert set(ran["metrics"]) == {f"eval/{b}{flex}{norm}" for b in ("mmlu/direct", "mgsm/cot")
+                                   for flex in ("", "_flex") for norm in ("", "/normalized")}
     for s in ran["scores"]:
         rescored = cli(["eval", "score", "--benchmark", s["benchmark"], "--predictions", preds.format(benchmark=s["benchmark"]),
                         "--max-examples", "1", "--mode", s["mode"]])
         assert rescored == s
+    # Rank classification from the CLI: the unseen-task benchmark's two multiple-choice shapes,
+    # with the choices written as predictions that `eval score` reads as direct answers.
+    ranked = cli(["eval", "--checkpoint", str(ckpt), "--benchmark", "unseen_mc,unseen_reasoning", "--mode", "rc",
+                  "--max-examples", "2", "--max-prompt-tokens", "512", "--predictions-out", preds, "--format", "json"])
+    assert [(s["benchmark"], s["mode"]) for s in ranked["scores"]] == [
+        ("unseen_mc", "rc"), ("unseen_mc", "rc_norm"), ("unseen_reasoning", "rc"), ("unseen_reasoning", "rc_norm")]
+    assert ranked["metrics"]["eval/unseen_mc/rc_logprob"] < 0
+    mc = ranked["scores"][0]
+    rescored = cli(["eval", "score", "--benchmark", "unseen_mc", "--predictions", preds.format(benchmark="unseen_mc"),
+                    "--max-examples", "2", "--mode", "direct"])
+    assert rescored["score"] == pytest.approx(mc["score"])
 
 
 @pytest.mark.parametrize("cfg", [T5, DECODER], ids=["t5", "decoder"])

@@ -36,13 +36,16 @@ def _reference(cfg, params, prompts, targets):
     if cfg.family == "t5":
         dec_in = np.concatenate([np.zeros((len(LENGTHS), 1), np.int32), targets[:, :-1]], axis=1)
         return np.asarray(fwd(params, {"encoder_input_tokens": prompts, "decoder_input_tokens": dec_in}))
-    seq = np.zeros((len(LENGTHS), PROMPT_LEN + STEPS), np.int32)
+    # Training's layout: the prompt and targets shifted right behind a 0, one segment.
+    dec_in = np.zeros((len(LENGTHS), PROMPT_LEN + STEPS), np.int32)
+    segments = np.zeros_like(dec_in)
     for row, n in enumerate(LENGTHS):
-        seq[row, :n] = prompts[row, :n]
-        seq[row, n:n + STEPS] = targets[row]
-    full = np.asarray(fwd(params, {"decoder_input_tokens": seq}))
-    # The logits predicting target t sit at the position before it: n - 1 + t.
-    return np.stack([full[row, n - 1:n - 1 + STEPS] for row, n in enumerate(LENGTHS)])
+        seq = np.concatenate([prompts[row, :n], targets[row]])
+        dec_in[row, 1:n + STEPS] = seq[:-1]
+        segments[row, :n + STEPS] = 1
+    full = np.asarray(fwd(params, {"decoder_input_tokens": dec_in, "decoder_segment_ids": segments}))
+    # The logits predicting target t sit at its own position: n + t.
+    return np.stack([full[row, n:n + STEPS] for row, n in enumerate(LENGTHS)])
 
 
 @pytest.mark.parametrize("cfg", [T5, PALM, GQA], ids=["t5", "palm-mqa-parallel-tied", "gqa-serial-untied"])
@@ -104,3 +107,27 @@ def test_repeated_state_decodes_like_repeated_prompts(cfg):
         b, separate = models.decode_step(cfg, params, separate, token)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=f"step {t}")
         token = np.repeat(targets[:, t], times)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [T5, GQA], ids=["t5", "gqa-serial-untied"])
+def test_stop_sequences_truncate_real_decoding(cfg):
+    """Both families, jitted prefill + decode loop: with a stop sequence taken from the greedy
+    output itself, every row is the unstopped greedy output up to the stop's first
+    completion, then padding. (The untied decoder: a freshly initialised tied one repeats a
+    single token, which would make the check trivial.)"""
+    from trainers.eval.decoding import EOS_ID, PAD_ID, _generate
+
+    params = models.init_params(cfg, jax.random.key(0, impl="rbg"))
+    prompts, _ = _data()
+    kw = dict(max_new_tokens=12, temperature=0.0, top_k=0)
+    free = np.asarray(_generate(cfg, params, prompts, jax.random.PRNGKey(0), **kw))
+    stop = tuple(int(t) for t in free[0, 3:5])
+    assert EOS_ID not in free[0, :5] and PAD_ID not in stop
+    stopped = np.asarray(_generate(cfg, params, prompts, jax.random.PRNGKey(0), stop_ids=(stop,), **kw))
+    ends = []
+    for row, out in zip(free, stopped):
+        end = next((i + len(stop) for i in range(len(row)) if tuple(row[i:i + len(stop)]) == stop), len(row))
+        ends.append(end)
+        np.testing.assert_array_equal(out, np.concatenate([row[:end], np.full(len(row) - end, PAD_ID)]))
+    assert ends[0] <= 5 < len(free[0])  # row 0 really was cut short

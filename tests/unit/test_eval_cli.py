@@ -131,3 +131,24 @@ def test_flanscale_main_runs_eval_score_and_reports_errors_in_one_line(tmp_path,
     assert cli.main(argv + [str(tmp_path / "none.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flanscale: error: --predictions:") and err.count("\n") == 1
+
+
+def test_new_eval_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit):  # argparse refuses the choice with usage and exit code 2
+        _parse(["eval", "--checkpoint", "ck", "--mmlu-split", "train"])
+    with pytest.raises(UserError, match="'rc' is not evaluated for tydiqa; allowed: direct"):
+        _run(["eval", "--checkpoint", "ck", "--benchmark", "tydiqa", "--mode", "rc"])
+    with pytest.raises(UserError, match="--benchmark: unknown 'unseen_mcq' \\(did you mean 'unseen_mc'\\?\\)"):
+        _run(["eval", "--checkpoint", "ck", "--benchmark", "unseen_mcq"])
+    # A malformed file of a built-in benchmark given in --data-dir is named with its line.
+    bad = tmp_path / "unseen_arith"
+    bad.mkdir()
+    (bad / "mgsm_shopping.tsv").write_text("How many?\tmany\n", encoding="utf-8")
+    with pytest.raises(UserError, match="mgsm_shopping.tsv:1: answer 'many' is not a number"):
+        _run(["eval", "--checkpoint", str(tmp_path), "--benchmark", "unseen_arith", "--data-dir", str(tmp_path)])
+    reasoning = tmp_path / "unseen_reasoning"
+    (reasoning / "bbh").mkdir(parents=True)
+    (reasoning / "cot-prompts").mkdir()
+    (reasoning / "bbh" / "odd_one_ot.json").write_text('{"examples": []}')
+    with pytest.raises(UserError, match="unknown unseen_reasoning task 'odd_one_ot' \\(did you mean 'odd_one_out'\\?\\)"):
+        _run(["eval", "--checkpoint", str(tmp_path), "--benchmark", "unseen_reasoning", "--data-dir", str(tmp_path)])

@@ -1,5 +1,6 @@
-"""The decoding loop on a tiny fake step function: greedy, EOS stop, max-new-tokens,
-sampling with temperature and top-k, all jitted."""
+"""The decoding loop on a tiny fake step function: greedy, EOS stop, stop sequences,
+max-new-tokens, sampling with temperature and top-k, all jitted; stop strings turned into
+token ids and cut out of the text, also where token boundaries do not line up with them."""
 
 import functools
 
@@ -8,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainers.eval.decoding import EOS_ID, TextGenerator, decode_loop, select_tokens
+from trainers.data.tokenizer import ByteTokenizer
+from trainers.eval.decoding import (DEFAULT_STOP, EOS_ID, TextGenerator, cut_at_stop, cut_text, decode_loop,
+                                    select_tokens, stop_token_ids)
 
 V = 16
 
@@ -137,3 +140,160 @@ def test_text_generator_order_padding_and_samples(monkeypatch):
     assert [len(s) for s in samples] == [3, 3, 3]
     assert TextGenerator(Cfg(), {}, _FakeTokenizer(), max_prompt_tokens=4).encode("abcdefgh")[-1] == EOS_ID
     assert len(TextGenerator(Cfg(), {}, _FakeTokenizer(), max_prompt_tokens=4).encode("abcdefgh")) == 4
+
+
+def test_stop_sequences_end_rows_and_eos_still_stops():
+    # Rows count upwards from their first token: 3 -> 4 5 6 ..., 0 -> 2 3 4 ..., 10 -> 11 12 ...
+    first = jnp.array([3, 0, 10, 4])
+    out = _run(first, [100, 100, 100, 2], max_new=8, stop_ids=((5, 6), (12,)))
+    assert out.tolist() == [
+        [4, 5, 6, 0, 0, 0, 0, 0],  # ends with the two-token stop
+        [2, 3, 4, 5, 6, 0, 0, 0],
+        [11, 12, 0, 0, 0, 0, 0, 0],  # the one-token stop
+        [5, EOS_ID, 0, 0, 0, 0, 0, 0],  # EOS first: the stop (5, 6) never completes
+    ]
+    # Without stops the same rows run to max_new_tokens.
+    assert _run(first[:1], [100], max_new=8).tolist() == [[4, 5, 6, 7, 8, 9, 10, 11]]
+
+
+def test_a_stop_needs_all_its_tokens_in_order():
+    # 6 alone, or 5 and 6 apart, is not the stop (5, 6); nor is (7, 5, 6) matched by a row
+    # whose window starts empty: row 0 emits 5 6 at steps 1-2 with nothing before.
+    out = _run(jnp.array([4, 5]), [100, 100], max_new=5, stop_ids=((7, 5, 6),))
+    assert out.tolist() == [[5, 6, 7, 8, 9], [6, 7, 8, 9, 10]]
+    out = _run(jnp.array([4, 5]), [100, 100], max_new=5, stop_ids=((6, 8),))
+    assert out.tolist() == [[5, 6, 7, 8, 9], [6, 7, 8, 9, 10]]
+
+
+def test_loop_ends_early_when_stop_sequences_end_every_row():
+    calls = []
+
+    def step(state, tokens):
+        jax.debug.callback(lambda: calls.append(1))
+        return counting_step(state, tokens)
+    first = jnp.array([3, 4])
+    state = (jnp.zeros_like(first), jnp.array([100, 100]), jnp.full((2, 32), -1))
+    loop = jax.jit(lambda s, t: decode_loop(step, s, t, jax.random.PRNGKey(0), max_new_tokens=30, stop_ids=((7,),)))
+    out = np.asarray(loop(state, first))
+    jax.effects_barrier()
+    assert out[:, :4].tolist() == [[4, 5, 6, 7], [5, 6, 7, 0]]
+    assert len(calls) == 4  # not 30
+
+
+class _PieceTokenizer:
+    """A subword tokenizer over a fixed list of pieces (id = index + 3), longest match first;
+    with `fold`, newlines become spaces before encoding, as SentencePiece's default
+    normalization does."""
+
+    def __init__(self, pieces, fold=False):
+        self.pieces, self.fold = list(pieces), fold
+
+    def encode(self, text):
+        if self.fold:
+            text = text.replace("\n", " ")
+        ids, i = [], 0
+        while i < len(text):
+            best = max((p for p in self.pieces if text.startswith(p, i)), key=len)
+            ids.append(3 + self.pieces.index(best))
+            i += len(best)
+        return ids
+
+    def decode(self, ids):
+        out = []
+        for i in ids:
+            if i == EOS_ID:
+                break
+            if i >= 3:
+                out.append(self.pieces[i - 3])
+        return "".join(out)
+
+
+PIECES = ["a", "b", ".", " ", "\n", "\n\n", "Q", ":", "b\n", " Q"]
+
+
+def _ids(tok, *pieces):
+    return [3 + tok.pieces.index(p) for p in pieces]
+
+
+def test_stop_token_ids_alone_in_context_and_folded():
+    byte = ByteTokenizer()
+    assert stop_token_ids(byte, DEFAULT_STOP) == (tuple(b + 3 for b in b"\n\n"), tuple(b + 3 for b in b"\nQ:"))
+    tok = _PieceTokenizer(PIECES)
+    assert stop_token_ids(tok, ["\n\n", "\nQ:"]) == (tuple(_ids(tok, "\n\n")), tuple(_ids(tok, "\n", "Q", ":")))
+    # Folded: "\n\n" is only spaces (no ids: left to the text cut); "\nQ:" is " Q" ":".
+    folded = _PieceTokenizer(PIECES, fold=True)
+    assert stop_token_ids(folded, ["\n\n", "\nQ:"]) == (tuple(_ids(folded, " Q", ":")),)
+    assert stop_token_ids(byte, ["", "x"]) == ((ord("x") + 3,),)
+
+
+def test_cut_at_stop_and_cut_text():
+    assert cut_at_stop([5, 6, 7, 8, 6, 7], [(6, 7)]) == [5]
+    assert cut_at_stop([5, 6, 7, 8], [(7, 8), (6,)]) == [5]  # the earliest of several stops
+    assert cut_at_stop([5, EOS_ID, 6, 7], [(6, 7)]) == [5]
+    assert cut_at_stop([5, 6], [(6, 7)]) == [5, 6]
+    assert cut_text("B\n\nQ: next", DEFAULT_STOP) == "B"
+    assert cut_text("So it is 4.\nQ: next", DEFAULT_STOP) == "So it is 4."
+    rationale = "step one\nstep two. So the answer is 4."
+    assert cut_text(rationale, DEFAULT_STOP) == rationale
+    assert cut_text("", DEFAULT_STOP) == ""
+
+
+def _scripted(monkeypatch, scripts) -> list:
+    """Stand-ins of trainers.models' prefill/decode_step that emit a fixed token script per
+    prompt (chosen by the prompt's length), then EOS. Returns the list that collects one
+    entry per decoding step taken."""
+    from trainers import models
+    from trainers.eval import decoding
+
+    table = np.full((len(scripts), 16), EOS_ID, np.int32)
+    for r, script in enumerate(scripts):
+        table[r, :len(script)] = script
+
+    def prefill(cfg, params, inputs, max_decode_len):
+        return {"row": jnp.sum(inputs != 0, axis=1) - 2, "t": jnp.zeros(inputs.shape[0], jnp.int32)}
+
+    steps = []
+
+    def decode_step(cfg, params, state, tokens):
+        jax.debug.callback(lambda: steps.append(1))
+        nxt = jnp.asarray(table)[state["row"], state["t"]]
+        return jax.nn.one_hot(nxt, 16) * 5.0, {**state, "t": state["t"] + 1}
+
+    monkeypatch.setattr(models, "prefill", prefill)
+    monkeypatch.setattr(models, "decode_step", decode_step)
+    decoding._generate.clear_cache()
+    return steps
+
+
+def test_text_generator_cuts_at_stops_across_token_boundaries(monkeypatch):
+    class Cfg:
+        family = "t5"
+    tok = _PieceTokenizer(PIECES)
+    a, b, bn, nl, q, colon = _ids(tok, "a", "b", "b\n", "\n", "Q", ":")
+    scripts = [
+        [a, bn, nl, q, colon, a, a],  # "ab\n\nQ:aa": "\n\n" spans two tokens; "\nQ:" ends the row
+        [a, b, a, b],  # no stop
+    ]
+    steps = _scripted(monkeypatch, scripts)
+    # Prompt "a" -> [a, EOS] (2 ids: row 0), "aa" -> row 1.
+    gen = TextGenerator(Cfg(), {}, tok, max_new_tokens=10, batch_size=2, stop_sequences=DEFAULT_STOP)
+    assert gen(["a", "aa"]) == [["ab"], ["abab"]]
+    jax.effects_barrier()
+    assert len(steps) == 5  # row 0 ends with ":" (step 5), row 1 with EOS (step 5)
+    steps.clear()
+    plain = TextGenerator(Cfg(), {}, tok, max_new_tokens=10, batch_size=2)
+    assert plain(["a", "aa"]) == [["ab\n\nQ:aa"], ["abab"]]
+    jax.effects_barrier()
+    assert len(steps) == 8  # row 0 runs to its EOS
+
+
+def test_text_generator_stops_where_the_tokenizer_folds_newlines(monkeypatch):
+    class Cfg:
+        family = "decoder"
+    tok = _PieceTokenizer(PIECES, fold=True)
+    a, b, sq, colon = _ids(tok, "a", "b", " Q", ":")
+    steps = _scripted(monkeypatch, [[a, b, sq, colon, a, a], [b, b]])
+    gen = TextGenerator(Cfg(), {}, tok, max_new_tokens=10, batch_size=2, stop_sequences=DEFAULT_STOP)
+    assert gen(["a", "aa"]) == [["ab"], ["bb"]]  # the text "ab Q:aa" holds no stop string; the ids do
+    jax.effects_barrier()
+    assert len(steps) == 4  # not 7: the row ended at " Q" ":"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.eval import loaders, prompts
+from trainers.eval import benchmarks, loaders, prompts
 from trainers.spec import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "eval"
@@ -95,7 +95,7 @@ def test_bbh_errors(tmp_path):
     (tmp_path / "bbh").mkdir()
     (tmp_path / "cot-prompts").mkdir()
     (tmp_path / "bbh" / "boolean_expresions.json").write_text('{"examples": []}')
-    with pytest.raises(UserError, match="unknown BBH task 'boolean_expresions' \\(did you mean 'boolean_expressions'\\?\\)"):
+    with pytest.raises(UserError, match="unknown bbh task 'boolean_expresions' \\(did you mean 'boolean_expressions'\\?\\)"):
         loaders.load("bbh", tmp_path)
     (tmp_path / "bbh" / "boolean_expresions.json").unlink()
     (tmp_path / "bbh" / "navigate.json").write_text('{"examples": [{"input": "x", "target": "Yes"}]}')
@@ -173,14 +173,14 @@ def test_unknown_benchmark_and_bad_dir(tmp_path):
         loaders.load("mmlu", tmp_path / "nope")
 
 
-def test_standins_load_by_default_and_limit():
-    for name in loaders.BENCHMARKS:
+def test_shipped_data_load_by_default_and_limit():
+    for name in benchmarks.names():
         bench = loaders.load(name)
         assert len(bench.tasks) >= 3 and all(len(ex) >= 5 for ex in bench.tasks.values())
         limited = bench.limited(2)
         assert all(len(ex) == 2 for ex in limited.tasks.values())
         for ex in (e for task in limited.tasks.values() for e in task):
-            for mode in prompts.MODES[name]:
+            for mode in benchmarks.get(name).modes:
                 assert prompts.prompt(limited, ex, mode).strip()
     assert set(loaders.load("bbh").tasks) >= {"boolean_expressions", "date_understanding", "word_sorting", "multistep_arithmetic_two"}
     assert len(loaders.load("mmlu").shots["letter_counting"]) == 5

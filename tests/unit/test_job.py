@@ -93,7 +93,8 @@ def test_train_command_prints_loss_lines_and_result(tmp_path, capsys):
     cell.write_text(yaml.safe_dump(SPEC))
     assert main(["train", str(cell), "--home", str(tmp_path), "--steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert [line.split()[1] for line in out.splitlines() if line.startswith("step") and "loss" in line] == ["1", "2"]
+    assert [line.split()[1] for line in out.splitlines() if line.split()[:1] == ["step"] and line.split()[2] == "loss"] == ["1", "2"]
+    assert "eval/loss = " in out  # the held-out loss is on by default
     result = json.loads(out[out.index("{\n"):])
     assert result["steps"] == 2 and result["status"] == "finished"
     assert (tmp_path / "checkpoints" / result["key"] / "2").is_dir()

@@ -22,19 +22,22 @@ DEMO = ROOT / "sweeps" / "demo.yaml"
 PAPER = [ROOT / "sweeps/paper/flan_t5.yaml", ROOT / "sweeps/paper/flan_palm.yaml"]
 
 JSON_FIELDS = {"key", "model", "task_count", "formats", "params", "finetune_tokens", "finetune_flops",
-               "pretrain_flops", "flops_fraction", "accelerator", "devices", "hosts", "mesh",
+               "pretrain_flops", "flops_fraction", "paper_flops", "accelerator", "devices", "hosts", "mesh",
                "memory_per_device_gib", "est_hours", "est_cost", "feasible", "reason", "priority", "spec"}
 
 
 def test_demo_plan_grid_keys_and_order():
     cells = plan(load_spec(DEMO, []))
-    assert len(cells) == 9
-    assert {(c.model, c.task_count) for c in cells} == {(m, n) for m in ("tiny-1", "tiny-2", "tiny-3") for n in (9, 89, 282)}
+    sizes = ("tiny-1", "tiny-2", "tiny-3")
+    # The base model (task count 0) once per size; each finetuned cell once per seed.
+    assert len(cells) == 3 + 3 * 3 * 2
+    assert {(c.model, c.task_count, c.seed) for c in cells} == (
+        {(m, 0, 0) for m in sizes} | {(m, n, s) for m in sizes for n in (9, 89, 282) for s in (0, 1)})
     assert all(c.feasible and c.devices == 1 and c.hosts == 1 for c in cells)
-    assert [c.priority for c in cells] == list(range(9))
+    assert [c.priority for c in cells] == list(range(21))
     work = [c.steps * c.step_flops for c in cells]
     assert work == sorted(work)  # small cells first
-    assert len({c.key for c in cells}) == 9
+    assert len({c.key for c in cells}) == 21
     for c in cells:
         assert c.key == cell_key(c.spec) == CellSpec.from_dict(c.spec.to_dict()).key()
         assert c.spec.sweep == "demo" and c.spec.data.task_count == c.task_count
@@ -47,7 +50,7 @@ def test_demo_plan_grid_keys_and_order():
 
 
 def test_format_axis_and_base_model_cells():
-    spec = load_spec(DEMO, ["models=[tiny-1,tiny-2]", "task_counts=[0,9]", "formats=[mixed,no_cot]"])
+    spec = load_spec(DEMO, ["models=[tiny-1,tiny-2]", "task_counts=[0,9]", "formats=[mixed,no_cot]", "seeds=[0]"])
     cells = plan(spec)
     base = [c for c in cells if c.task_count == 0]
     assert len(base) == 2  # one base cell per model whatever the format sets
@@ -110,19 +113,19 @@ def test_palm_540b_on_tpu_v4_is_near_the_paper():
 
 
 def test_infeasible_cells_are_kept_with_a_reason():
-    spec = load_spec(DEMO, ["models=[tiny-1,palm-540b]", "task_counts=[9]"])
+    spec = load_spec(DEMO, ["models=[tiny-1,palm-540b]", "task_counts=[9]", "seeds=[0]"])
     cells = plan(spec)
     bad = next(c for c in cells if c.model == "palm-540b")
     assert not bad.feasible and bad.est_hours == 0 and bad.est_cost == 0
     assert "does not fit cpu memory" in bad.reason and "GiB" in bad.reason
     assert cells[-1] is bad or bad.priority > 0
     assert totals(cells)["feasible"] == 1
-    capped = plan(load_spec(PAPER[1], ["models=[palm-62b]", "task_counts=[9]", "max_devices=8"]))[0]
+    capped = plan(load_spec(PAPER[1], ["models=[palm-62b]", "task_counts=[9]", "seeds=[0]", "max_devices=8"]))[0]
     assert not capped.feasible and "max_devices=8" in capped.reason
 
 
 def test_micro_batches_raised_when_activations_do_not_fit():
-    big = ["models=[tiny-3]", "task_counts=[9]", "optim.batch_size=64", "data.input_length=2048",
+    big = ["models=[tiny-3]", "task_counts=[9]", "seeds=[0]", "optim.batch_size=64", "data.input_length=2048",
            "data.target_length=512", "budget.max_device_hours=null"]
     spec = load_spec(DEMO, big)
     (cell,) = plan(spec)
@@ -135,7 +138,7 @@ def test_micro_batches_raised_when_activations_do_not_fit():
 
 
 def test_fixed_mesh_is_used():
-    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "mesh.data=2", "mesh.fsdp=2"]))
+    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", "mesh.data=2", "mesh.fsdp=2"]))
     assert cell.devices == 4 and cell.mesh == {"data": 2, "fsdp": 2, "tensor": 1}
     assert ray_resources(cell) == {"num_cpus": 4}
 
@@ -151,7 +154,7 @@ def test_budget_gate_lists_the_most_expensive_cells():
 
 
 def test_gpu_resources_and_price_override():
-    (cell,) = plan(load_spec(PAPER[0], ["models=[t5-xxl]", "task_counts=[9]", "accelerator=a100-40g",
+    (cell,) = plan(load_spec(PAPER[0], ["models=[t5-xxl]", "task_counts=[9]", "seeds=[0]", "accelerator=a100-40g",
                                         "price_per_device_hour=1.5"]))
     assert ray_resources(cell) == {"num_gpus": cell.devices // cell.hosts}
     assert cell.est_cost == pytest.approx(cell.est_hours * cell.devices * 1.5)
@@ -161,10 +164,10 @@ def test_pretrain_flops_from_checkpoint_and_override(tmp_path):
     ckpt = tmp_path / "base"
     ckpt.mkdir()
     (ckpt / "pretrain.json").write_text(json.dumps({"flops": 1.0e15}))
-    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", f"+init_checkpoint.tiny-1={ckpt}"]))
+    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", f"+init_checkpoint.tiny-1={ckpt}"]))
     assert cell.pretrain_flops == 1.0e15 and cell.spec.init_checkpoint == str(ckpt)
     assert cell.flops_fraction == pytest.approx(cell.finetune_flops / 1.0e15)
-    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "+pretrain_tokens.tiny-1=1e9"]))
+    (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", "+pretrain_tokens.tiny-1=1e9"]))
     assert cell.pretrain_flops == accounting.pretrain_flops(get_preset("tiny-1").model, 1e9)
 
 
@@ -178,3 +181,31 @@ def test_planning_never_imports_jax_and_is_quick():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "50" and out[2] == "False" and out[3] == "False"
     assert float(out[1]) < 20  # loose: about a second on a laptop
+
+
+def test_seeds_are_a_grid_axis_in_the_cell_key():
+    cells = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[0,9]", "seeds=[0,1,2]"]))
+    tuned = sorted((c for c in cells if c.task_count == 9), key=lambda c: c.seed)
+    assert [c.seed for c in tuned] == [0, 1, 2] and [c.spec.seed for c in tuned] == [0, 1, 2]
+    assert len({c.key for c in tuned}) == 3  # the seed enters the key
+    assert [c.seed for c in cells if c.task_count == 0] == [0]  # the base model is evaluated once
+    assert all(c.to_json()["seed"] == c.seed for c in cells)
+
+
+def test_paper_flops_beside_the_physical_figures(tmp_path):
+    (cell,) = plan(load_spec(PAPER[1], ["models=[palm-62b]", "task_counts=[1836]", "seeds=[0]"]))
+    assert cell.paper_flops == {"pretrain": 6 * 62e9 * 780e9, "finetune": 6 * 62e9 * cell.finetune_tokens,
+                                "fraction": pytest.approx(cell.finetune_tokens / 780e9)}
+    assert cell.finetune_flops != cell.paper_flops["finetune"]  # the exact count stays for MFU and cost
+    (base,) = plan(load_spec(PAPER[1], ["models=[palm-62b]", "task_counts=[0]"]))
+    assert base.paper_flops["finetune"] == 0.0 and base.paper_flops["fraction"] == 0.0
+    # A tiny preset counts the pretraining its base checkpoint recorded (`flanscale pretrain`'s tokens).
+    ckpt = tmp_path / "base"
+    ckpt.mkdir()
+    (ckpt / "pretrain.json").write_text(json.dumps({"flops": 1.0e15, "tokens": 2e6}))
+    (tiny,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", f"+init_checkpoint.tiny-1={ckpt}"]))
+    n = accounting.param_count(tiny.spec.model)
+    assert tiny.paper_flops == {"pretrain": 3 * n * 2e6, "finetune": 3 * n * tiny.finetune_tokens,
+                                "fraction": pytest.approx(tiny.finetune_tokens / 2e6)}
+    (bare,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]"]))
+    assert bare.paper_flops["pretrain"] is None and bare.paper_flops["fraction"] is None

@@ -25,7 +25,7 @@ def test_demo_loads_typed_and_frozen():
     assert isinstance(spec, SweepSpec)
     assert spec.name == "demo"
     assert spec.models == ("tiny-1", "tiny-2", "tiny-3")
-    assert spec.task_counts == (9, 89, 282)
+    assert spec.task_counts == (0, 9, 89, 282) and spec.seeds == (0, 1)
     assert spec.accelerator == "cpu" and spec.max_concurrent == 2
     assert spec.data.tokenizer == "byte" and spec.data.source == "synthetic"
     assert isinstance(spec.eval.benchmarks, tuple)
@@ -121,8 +121,12 @@ def test_missing_and_non_yaml_files(tmp_path):
 
 def test_shared_config_groups(tmp_path):
     assert load_spec(DEMO, ["eval=none"]).eval.benchmarks == ()
-    quick = load_spec(DEMO, ["eval.max_examples=3"]).eval
+    assert not load_spec(DEMO, ["eval=none"]).eval.loss
+    quick = load_spec(DEMO, ["eval=quick", "eval.max_examples=3"]).eval
     assert quick.benchmarks == ("mmlu", "bbh", "tydiqa", "mgsm") and quick.max_examples == 3
+    unseen = load_spec(DEMO, []).eval
+    assert unseen.benchmarks == ("unseen_mc", "unseen_reasoning", "unseen_qa", "unseen_arith")
+    assert unseen.modes == ("direct", "cot", "rc") and unseen.loss
     synthetic = load_spec(ROOT / "sweeps/paper/flan_t5.yaml", ["data=synthetic"]).data
     assert synthetic.source == "synthetic" and synthetic.tokenizer == "byte"
     with pytest.raises(UserError, match=r"no config 'quik' in group 'eval' \(did you mean 'quick'\?\); available: "):

@@ -1,6 +1,4 @@
-"""Held-out evaluation: MMLU, BBH, TyDiQA GoldP and MGSM in direct, chain-of-thought and
-self-consistency modes, scored as in the paper (exact match, normalized average)."""
-
-from trainers.eval.runner import evaluate, run_all, run_benchmark
-
-__all__ = ["evaluate", "run_all", "run_benchmark"]
+"""Held-out evaluation: the benchmark registry (`benchmarks`), loaders of the release file
+formats, prompts, generation and rank classification, extraction, scoring (exact match,
+normalized averages) and the held-out loss. Import the submodules you need; the package
+itself imports nothing, so the control plane can read the registry without the rest."""

@@ -2,10 +2,11 @@
 
 `decode_loop` is the jitted core: given a step function (state, tokens[B]) -> (logits[B,V],
 state) it runs greedy or sampled (temperature, top-k) decoding inside `jax.lax.while_loop`,
-stopping a row at EOS and the whole batch when every row stopped or `max_new_tokens` were
-produced. `TextGenerator` wraps it around `trainers.models.prefill` / `decode_step`:
-prompts become token rows (prompt + EOS, as in training), right-padded into length buckets
-so that a few compiled shapes serve a whole benchmark.
+stopping a row at EOS or when its output ends with a stop sequence's token ids, and the whole
+batch when every row stopped or `max_new_tokens` were produced. `TextGenerator` wraps it
+around `trainers.models.prefill` / `decode_step`: prompts become token rows (prompt + EOS, as
+in training), right-padded into length buckets so that a few compiled shapes serve a whole
+benchmark; outputs are cut at the first stop sequence, in tokens and again in text.
 
 Both families take the whole prompt in `prefill` and are fed token 0 first (the
 encoder-decoder's start token; the decoder-only model feeds its held-back last prompt
@@ -26,6 +27,18 @@ StepFn = Callable[[Any, jnp.ndarray], tuple[jnp.ndarray, Any]]
 PAD_ID = 0
 EOS_ID = 1
 
+# What ends a few-shot answer: the blank line that separates exemplars in every prompt format
+# (MMLU's "Answer: X" blocks, TyDiQA's "Passage:" blocks, the "Q: ... A: ..." blocks of CoT,
+# BBH and MGSM; rationales never hold a blank line, the CoT-prompt files split exemplars on
+# it), and the next exemplar's "Q:" after a single newline. "\n\nQ:" would add nothing: text
+# holding it holds "\n\n" at the same place. "\nQ:" also matters where a tokenizer folds
+# newlines into spaces (SentencePiece's default normalization, T5's vocabulary): "\n\n" then
+# has no tokens at all, and the next question's "Q:" tokens are what can still end a row.
+DEFAULT_STOP = ("\n\n", "\nQ:")
+# Stop sequences are also tokenized after this text, since a subword tokenizer splits a
+# string differently at the start of a text than after the answer it follows.
+_ANCHOR = "."
+
 
 def select_tokens(logits: jnp.ndarray, rng: jax.Array, temperature: float, top_k: int) -> jnp.ndarray:
     """[B, V] logits -> [B] tokens: argmax when temperature == 0, else a sample from
@@ -39,37 +52,65 @@ def select_tokens(logits: jnp.ndarray, rng: jax.Array, temperature: float, top_k
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def _stop_table(stop_ids: Sequence[Sequence[int]]) -> np.ndarray | None:
+    """[S, W] stop sequences right-aligned in a window of the longest one's width; -1 marks
+    the positions a shorter sequence does not constrain."""
+    seqs = [tuple(int(t) for t in s) for s in stop_ids if len(s)]
+    if not seqs:
+        return None
+    width = max(len(s) for s in seqs)
+    table = np.full((len(seqs), width), -1, np.int32)
+    for row, seq in enumerate(seqs):
+        table[row, width - len(seq):] = seq
+    return table
+
+
+def ends_with_stop(recent: jnp.ndarray, table: np.ndarray) -> jnp.ndarray:
+    """[B, W] last generated tokens (-1 before the first) -> [B] bool: the row ends with one
+    of the table's sequences."""
+    match = (recent[:, None, :] == table[None]) | (table[None] < 0)  # [B, S, W]
+    return jnp.any(jnp.all(match, axis=-1), axis=-1)
+
+
 def decode_loop(step_fn: StepFn, state: Any, first_tokens: jnp.ndarray, rng: jax.Array, *,
                 max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> jnp.ndarray:
+                eos_id: int = EOS_ID, pad_id: int = PAD_ID,
+                stop_ids: Sequence[Sequence[int]] = ()) -> jnp.ndarray:
     """Generate up to `max_new_tokens` tokens per row -> [B, max_new_tokens] int32.
 
-    A row's EOS is kept in the output and everything after it is `pad_id`. Traceable (call
-    it inside jit); the loop ends early once every row has produced EOS."""
+    A row ends at EOS or once its output ends with one of `stop_ids` (token-id sequences);
+    the EOS or stop tokens are kept in the output and everything after them is `pad_id`.
+    Traceable (call it inside jit); the loop ends early once every row has ended."""
     batch = first_tokens.shape[0]
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((batch,), bool)
+    table = _stop_table(stop_ids)
+    # Only the last few tokens can complete a stop sequence, so only they are carried.
+    recent = jnp.full((batch, 1 if table is None else table.shape[1]), -1, jnp.int32)
 
     def cond(carry):
-        i, _, _, _, done, _ = carry
+        i, _, _, _, done, _, _ = carry
         return (i < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        i, state, tokens, out, done, rng = carry
+        i, state, tokens, out, done, rng, recent = carry
         logits, state = step_fn(state, tokens)
         rng, sub = jax.random.split(rng)
         nxt = select_tokens(logits, sub, temperature, top_k)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
         done = done | (nxt == eos_id)
-        return i + 1, state, nxt, out, done, rng
+        if table is not None:
+            recent = jnp.concatenate([recent[:, 1:], nxt[:, None]], axis=1)
+            done = done | ends_with_stop(recent, table)
+        return i + 1, state, nxt, out, done, rng, recent
 
-    carry = (jnp.int32(0), state, first_tokens.astype(jnp.int32), out, done, rng)
+    carry = (jnp.int32(0), state, first_tokens.astype(jnp.int32), out, done, rng, recent)
     return jax.lax.while_loop(cond, body, carry)[3]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "samples"))
-def _generate(cfg, params, inputs, rng, *, max_new_tokens, temperature, top_k, samples=1):
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "samples", "stop_ids"))
+def _generate(cfg, params, inputs, rng, *, max_new_tokens, temperature, top_k, samples=1, stop_ids=()):
     """[P, L] prompts -> [P * samples, max_new_tokens] tokens, row p * samples + s being sample
     s of prompt p. The prompts are prefilled once and their states repeated per sample, so
     self-consistency pays for each prompt's prefill once, not `samples` times."""
@@ -81,7 +122,58 @@ def _generate(cfg, params, inputs, rng, *, max_new_tokens, temperature, top_k, s
     first = jnp.full((inputs.shape[0] * samples,), PAD_ID, jnp.int32)
     step = lambda s, t: models.decode_step(cfg, params, s, t)  # noqa: E731
     return decode_loop(step, state, first, rng, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_k=top_k)
+                       temperature=temperature, top_k=top_k, stop_ids=stop_ids)
+
+
+def stop_token_ids(tokenizer, stop_sequences: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The token-id sequences that end a row for these stop strings: each string tokenized
+    alone and after `_ANCHOR` (subword tokenizers split differently at a text's start).
+
+    A sequence is kept only if it decodes back to the string, or, for a tokenizer that folds
+    whitespace, to the string's visible part; a string that is only whitespace to such a
+    tokenizer ("\n\n" to SentencePiece's default normalization) gets no ids and is left to
+    the cut in text."""
+    def clean(ids):
+        return tuple(int(t) for t in ids if int(t) != PAD_ID)
+
+    anchor = clean(tokenizer.encode(_ANCHOR))
+    out: list[tuple[int, ...]] = []
+    for stop in stop_sequences:
+        after = clean(tokenizer.encode(_ANCHOR + stop))
+        candidates = [clean(tokenizer.encode(stop))]
+        if after[: len(anchor)] == anchor:
+            candidates.append(after[len(anchor):])
+        for ids in candidates:
+            text = tokenizer.decode(list(ids)) if ids else ""
+            renders = text == stop or (stop.strip() != "" and text.strip() == stop.strip())
+            if ids and renders and EOS_ID not in ids and ids not in out:
+                out.append(ids)
+    return tuple(out)
+
+
+def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[Sequence[int]]) -> list[int]:
+    """The ids before EOS and before the earliest occurrence of any stop sequence."""
+    ids = list(ids)
+    if EOS_ID in ids:
+        ids = ids[: ids.index(EOS_ID)]
+    end = len(ids)
+    for seq in stop_ids:
+        n = len(seq)
+        for start in range(0, min(end, len(ids) - n + 1)):
+            if tuple(ids[start:start + n]) == tuple(seq):
+                end = start
+                break
+    return ids[:end]
+
+
+def cut_text(text: str, stop_sequences: Sequence[str]) -> str:
+    """The text before the earliest occurrence of any stop string (the stop itself removed)."""
+    end = len(text)
+    for stop in stop_sequences:
+        at = text.find(stop)
+        if at != -1:
+            end = min(end, at)
+    return text[:end]
 
 
 def _bucket(n: int, minimum: int = 32) -> int:
@@ -98,14 +190,21 @@ class TextGenerator:
     `max_prompt_tokens` > 0 keeps only the last tokens of longer prompts (the question and
     the nearest exemplars survive; the header goes first) and pads every batch to exactly
     that width, so one compiled program serves the whole evaluation. With 0, prompts are
-    kept whole and padded to the next power of two."""
+    kept whole and padded to the next power of two.
+
+    `stop_sequences` (e.g. `DEFAULT_STOP`) end a row inside the decoding loop once its
+    tokens end with one of them, and every continuation is cut before the first one, once
+    in tokens and once in the decoded text: token boundaries of a subword tokenizer need
+    not fall where the string starts, so the loop may miss a stop that the text shows."""
 
     def __init__(self, model_cfg, params, tokenizer, *, max_new_tokens: int = 64,
-                 batch_size: int = 8, max_prompt_tokens: int = 0):
+                 batch_size: int = 8, max_prompt_tokens: int = 0, stop_sequences: Sequence[str] = ()):
         self.cfg, self.params, self.tokenizer = model_cfg, params, tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
+        self.stop_sequences = tuple(s for s in stop_sequences if s)
+        self.stop_ids = stop_token_ids(tokenizer, self.stop_sequences)
 
     def encode(self, text: str) -> list[int]:
         ids = [t for t in self.tokenizer.encode(text) if t != PAD_ID] + [EOS_ID]
@@ -137,9 +236,21 @@ class TextGenerator:
             inputs = self._batch([encoded[i] for i in padded])
             tokens = _generate(self.cfg, self.params, jnp.asarray(inputs), jax.random.fold_in(base, start),
                                max_new_tokens=self.max_new_tokens, temperature=float(temperature),
-                               top_k=int(top_k), samples=num_samples)
+                               top_k=int(top_k), samples=num_samples, stop_ids=self.stop_ids)
             tokens = np.asarray(tokens)
             for p, i in enumerate(chunk):
                 for s in range(num_samples):
-                    results[i][s] = self.tokenizer.decode([int(t) for t in tokens[p * num_samples + s]])
+                    results[i][s] = self.text(tokens[p * num_samples + s])
         return results
+
+    def text(self, row: Sequence[int]) -> str:
+        """One generated row -> its continuation, cut at EOS and before the first stop
+        sequence, whichever of its token ids or its text shows first: a stop string may
+        start inside a token ("b\n" + "\n"), and a tokenizer that folds newlines into
+        spaces decodes the ids of "\nQ:" without the newline."""
+        ids = cut_at_stop([int(t) for t in row], ())
+        by_text = cut_text(self.tokenizer.decode(ids), self.stop_sequences)
+        cut = cut_at_stop(ids, self.stop_ids)
+        if len(cut) == len(ids):
+            return by_text
+        return min(by_text, cut_text(self.tokenizer.decode(cut), self.stop_sequences), key=len)

@@ -22,35 +22,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainers.eval import benchmarks
 from trainers.spec import UserError, did_you_mean
 
-BENCHMARKS = ("mmlu", "bbh", "tydiqa", "mgsm")
-STANDINS = Path(__file__).resolve().parent / "standins"
-
-# The 27 BBH subtasks (file names of the release) with their random baselines in percent
-# (PAPER.md section 5; the values as the paper lists them).
-BBH_BASELINES: dict[str, float] = {
-    **{t: 50.0 for t in (
-        "boolean_expressions", "causal_judgement", "formal_fallacies", "hyperbaton",
-        "navigate", "snarks", "sports_understanding", "web_of_lies")},
-    "date_understanding": 100 / 6,
-    "disambiguation_qa": 33.3,
-    "movie_recommendation": 25.0,
-    "ruin_names": 25.0,
-    "temporal_sequences": 25.0,
-    "salient_translation_error_detection": 100 / 6,
-    "penguins_in_a_table": 20.0,
-    "logical_deduction_three_objects": 33.3,
-    "logical_deduction_five_objects": 20.0,
-    "logical_deduction_seven_objects": 14.3,
-    "tracking_shuffled_objects_three_objects": 33.3,
-    "tracking_shuffled_objects_five_objects": 20.0,
-    "tracking_shuffled_objects_seven_objects": 14.3,
-    "reasoning_about_colored_objects": 100 / 18,
-    **{t: 0.0 for t in (
-        "dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting",
-        "geometric_shapes")},
-}
+STANDINS = benchmarks.STANDINS
+BBH_BASELINES = benchmarks.BBH_BASELINES
 
 # TyDiQA ids start with the language's English name; tasks are named by ISO code. English
 # is in the GoldP release but not among the paper's eight evaluated languages.
@@ -62,6 +38,7 @@ TYDIQA_EXCLUDED = {"english"}
 MGSM_LANGUAGES = ("bn", "de", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 MGSM_EXCLUDED = {"en"}
 MMLU_LETTERS = ("A", "B", "C", "D")
+MMLU_SPLITS = benchmarks.MMLU_SPLITS
 
 
 @dataclass(frozen=True)
@@ -91,6 +68,7 @@ class Shot:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
+    shape: str  # mmlu | bbh | tydiqa | mgsm: how it is prompted and its answers read
     tasks: dict[str, tuple[Example, ...]]
     shots: dict[str, tuple[Shot, ...]] = field(default_factory=dict)  # per task
     cot_shots: dict[str, tuple[Shot, ...]] = field(default_factory=dict)  # per task, with rationales
@@ -101,7 +79,7 @@ class Benchmark:
         if max_examples <= 0:
             return self
         tasks = {t: ex[:max_examples] for t, ex in self.tasks.items()}
-        return Benchmark(self.name, tasks, self.shots, self.cot_shots, self.descriptions)
+        return Benchmark(self.name, self.shape, tasks, self.shots, self.cot_shots, self.descriptions)
 
     def by_id(self) -> dict[str, Example]:
         return {e.id: e for ex in self.tasks.values() for e in ex}
@@ -109,32 +87,45 @@ class Benchmark:
 
 def benchmark_root(benchmark: str, data_dir: str | Path = "") -> Path:
     """The directory holding `benchmark`'s files: `data_dir/<benchmark>` if it exists, else
-    `data_dir` itself; the shipped stand-ins when `data_dir` is empty."""
-    if benchmark not in BENCHMARKS:
-        raise UserError(f"benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}{did_you_mean(benchmark, BENCHMARKS)}")
-    base = Path(data_dir) if data_dir else STANDINS
+    `data_dir` itself for the paper's benchmarks; the shipped data when `data_dir` is empty
+    (and always for a built-in benchmark that `data_dir` does not hold)."""
+    info = benchmarks.get(benchmark)
+    if not data_dir:
+        return info.shipped
+    base = Path(data_dir)
     if not base.is_dir():
         raise UserError(f"eval data_dir: {str(base)!r} is not a directory")
-    if _looks_like_root(benchmark, base) or not (base / benchmark).is_dir():
-        return base
-    return base / benchmark
+    if (base / benchmark).is_dir() and not _looks_like_root(info.shape, base):
+        return base / benchmark
+    if info.suite != "paper":
+        return info.shipped
+    return base
 
 
-def _looks_like_root(benchmark: str, path: Path) -> bool:
+def _looks_like_root(shape: str, path: Path) -> bool:
     # BBH's own root holds a folder named bbh/, so "has a child named like the benchmark"
     # alone cannot tell a benchmark root from a directory of benchmarks.
-    if benchmark == "mmlu":
+    if shape == "mmlu":
         return (path / "data" / "dev").is_dir() or (path / "dev").is_dir()
-    if benchmark == "bbh":
+    if shape == "bbh":
         return (path / "bbh").is_dir() and (path / "cot-prompts").is_dir()
-    if benchmark == "mgsm":
+    if shape == "mgsm":
         return any(path.glob("mgsm_*.tsv"))
     return any(path.glob("*.json"))
 
 
-def load(benchmark: str, data_dir: str | Path = "") -> Benchmark:
+def load(benchmark: str, data_dir: str | Path = "", mmlu_split: str = "test") -> Benchmark:
+    """Load a registered benchmark from its release-format files; `mmlu_split` is the split
+    MMLU-shaped benchmarks evaluate (`dev` always supplies the 5 shots)."""
+    info = benchmarks.get(benchmark)
     root = benchmark_root(benchmark, data_dir)
-    return {"mmlu": load_mmlu, "bbh": load_bbh, "tydiqa": load_tydiqa, "mgsm": load_mgsm}[benchmark](root)
+    if info.shape == "mmlu":
+        return load_mmlu(root, mmlu_split, name=info.name)
+    if info.shape == "bbh":
+        return load_bbh(root, name=info.name)
+    if info.shape == "tydiqa":
+        return load_tydiqa(root, name=info.name)
+    return load_mgsm(root, name=info.name)
 
 
 # ---------------------------------------------------------------------------------- MMLU
@@ -157,7 +148,9 @@ def _mmlu_rows(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
     return rows
 
 
-def load_mmlu(root: Path, split: str = "test") -> Benchmark:
+def load_mmlu(root: Path, split: str = "test", name: str = "mmlu") -> Benchmark:
+    if split not in MMLU_SPLITS:
+        raise UserError(f"eval.mmlu_split: {split!r} is not an MMLU split; allowed: {', '.join(MMLU_SPLITS)}")
     data = root / "data" if (root / "data").is_dir() else root
     if not (data / split).is_dir() or not (data / "dev").is_dir():
         raise UserError(f"MMLU: {data} needs the folders dev/ and {split}/ ({{subject}}_{{split}}.csv files)")
@@ -179,7 +172,7 @@ def load_mmlu(root: Path, split: str = "test") -> Benchmark:
             _, cot_shots[subject] = parse_cot_prompt(cot)
     if not tasks:
         raise UserError(f"MMLU: no {{subject}}{suffix} files in {data / split}")
-    return Benchmark("mmlu", tasks, shots, cot_shots)
+    return Benchmark(name, "mmlu", tasks, shots, cot_shots)
 
 
 # ----------------------------------------------------------------------------------- BBH
@@ -219,15 +212,16 @@ def parse_cot_prompt(path: Path) -> tuple[str, tuple[Shot, ...]]:
     return description, tuple(shots)
 
 
-def load_bbh(root: Path) -> Benchmark:
+def load_bbh(root: Path, name: str = "bbh") -> Benchmark:
+    info = benchmarks.get(name)
     data, prompts = root / "bbh", root / "cot-prompts"
     if not data.is_dir() or not prompts.is_dir():
         raise UserError(f"BBH: {root} needs the folders bbh/ ({{task}}.json) and cot-prompts/ ({{task}}.txt)")
     tasks, cot_shots, descriptions = {}, {}, {}
     for path in sorted(data.glob("*.json")):
         task = path.stem
-        if task not in BBH_BASELINES:
-            raise UserError(f"{path}: unknown BBH task {task!r}{did_you_mean(task, BBH_BASELINES)}")
+        if task not in info.baselines:  # a BBH-shaped benchmark has a baseline per subtask
+            raise UserError(f"{path}: unknown {info.name} task {task!r}{did_you_mean(task, info.baselines)}")
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -247,12 +241,12 @@ def load_bbh(root: Path) -> Benchmark:
         tasks[task] = tuple(items)
     if not tasks:
         raise UserError(f"BBH: no {{task}}.json files in {data}")
-    return Benchmark("bbh", tasks, cot_shots, cot_shots, descriptions)
+    return Benchmark(name, "bbh", tasks, cot_shots, cot_shots, descriptions)
 
 
 # -------------------------------------------------------------------------------- TyDiQA
 
-def load_tydiqa(root: Path) -> Benchmark:
+def load_tydiqa(root: Path, name: str = "tydiqa") -> Benchmark:
     # The GoldP release ships its training split next to dev; only dev is held out.
     files = sorted(p for p in root.rglob("*.json") if "train" not in p.name)
     if not files:
@@ -273,13 +267,13 @@ def load_tydiqa(root: Path) -> Benchmark:
                         if qid in seen:
                             raise UserError(f"{path}: question id {qid!r} also appears in {seen[qid]}")
                         seen[qid] = path
-                        name = qid.split("-", 1)[0]
-                        if name in TYDIQA_EXCLUDED:
+                        prefix = qid.split("-", 1)[0]
+                        if prefix in TYDIQA_EXCLUDED:
                             continue
                         answers = tuple(a["text"] for a in qa["answers"])
                         if not answers:
                             raise UserError(f"{path}: question {qid!r} has no answers")
-                        lang = TYDIQA_LANGUAGES.get(name, name)
+                        lang = TYDIQA_LANGUAGES.get(prefix, prefix)
                         by_lang.setdefault(lang, []).append(
                             Example(id=qid, task=lang, question=qa["question"], answers=answers, context=context))
         except (KeyError, TypeError) as e:
@@ -290,7 +284,7 @@ def load_tydiqa(root: Path) -> Benchmark:
     # 1-shot: the exemplar is drawn from the same language's questions (prompts.py skips
     # the evaluated one), so shots and tasks hold the same items.
     shots = {lang: tuple(Shot(e.question, "", e.answers[0], context=e.context) for e in ex) for lang, ex in tasks.items()}
-    return Benchmark("tydiqa", tasks, shots)
+    return Benchmark(name, "tydiqa", tasks, shots)
 
 
 # ---------------------------------------------------------------------------------- MGSM
@@ -311,7 +305,7 @@ def _tsv_rows(path: Path) -> list[tuple[int, str, str]]:
 _MGSM_ANSWER = re.compile(r"^[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
 
 
-def load_mgsm(root: Path) -> Benchmark:
+def load_mgsm(root: Path, name: str = "mgsm") -> Benchmark:
     tasks, shots, cot_shots = {}, {}, {}
     for path in sorted(root.glob("mgsm_*.tsv")):
         lang = path.stem[len("mgsm_"):]
@@ -335,4 +329,4 @@ def load_mgsm(root: Path) -> Benchmark:
             cot_shots[lang] = tuple(parsed)
     if not tasks:
         raise UserError(f"MGSM: no mgsm_{{lang}}.tsv files in {root}")
-    return Benchmark("mgsm", tasks, shots, cot_shots)
+    return Benchmark(name, "mgsm", tasks, shots, cot_shots)

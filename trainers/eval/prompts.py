@@ -16,18 +16,8 @@ CoT queries end with the zero-shot CoT trigger "Let's think step by step."
 from __future__ import annotations
 
 from trainers.eval.extract import COT_TRIGGER
+from trainers.eval import benchmarks
 from trainers.eval.loaders import MMLU_LETTERS, Benchmark, Example, Shot
-
-SHOTS = {"mmlu": 5, "bbh": 3, "tydiqa": 1, "mgsm": 8}
-# Which modes each benchmark is evaluated in (TyDiQA is extractive: direct only).
-MODES = {
-    "mmlu": ("direct", "cot", "sc"),
-    "bbh": ("direct", "cot", "sc"),
-    "tydiqa": ("direct",),
-    "mgsm": ("direct", "cot", "sc"),
-}
-DEFAULT_MODE = {"mmlu": "direct", "bbh": "direct", "tydiqa": "direct", "mgsm": "cot"}
-
 
 def _others(shots: tuple[Shot, ...], ex: Example, k: int) -> list[Shot]:
     """The first k shots that are not the evaluated example itself (when shots and
@@ -59,14 +49,14 @@ def _mmlu_cot_question(question: str, choices: tuple[str, ...]) -> str:
 def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
     header = f"The following are multiple choice questions (with answers) about {_subject(ex.task)}.\n\n"
     if not cot:
-        shots = bench.shots.get(ex.task, ())[: SHOTS["mmlu"]]
+        shots = bench.shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
         body = "".join(f"{_mmlu_block(s.question, s.choices)}\nAnswer: {s.answer}\n\n" for s in shots)
         return header + body + _mmlu_block(ex.question, ex.choices) + "\nAnswer:"
     if ex.task in bench.cot_shots:
-        shots = bench.cot_shots[ex.task][: SHOTS["mmlu"]]
+        shots = bench.cot_shots[ex.task][: benchmarks.get(bench.name).shots]
         body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
     else:
-        shots = bench.shots.get(ex.task, ())[: SHOTS["mmlu"]]
+        shots = bench.shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
         body = "".join(
             f"Q: {_mmlu_cot_question(s.question, s.choices)}\nA: So the answer is ({s.answer}).\n\n" for s in shots)
     return header + body + f"Q: {_mmlu_cot_question(ex.question, ex.choices)}\nA: {COT_TRIGGER}"
@@ -75,7 +65,7 @@ def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
 # ------------------------------------------------------------------------------------ BBH
 
 def bbh_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
-    shots = bench.cot_shots.get(ex.task, ())[: SHOTS["bbh"]]
+    shots = bench.cot_shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
     head = bench.descriptions.get(ex.task, "")
     parts = [head] if head else []
     for s in shots:
@@ -91,7 +81,7 @@ def _tydiqa_block(context: str, question: str) -> str:
 
 
 def tydiqa_prompt(bench: Benchmark, ex: Example) -> str:
-    shots = _others(bench.shots.get(ex.task, ()), ex, SHOTS["tydiqa"])
+    shots = _others(bench.shots.get(ex.task, ()), ex, benchmarks.get(bench.name).shots)
     body = "".join(f"{_tydiqa_block(s.context, s.question)} {s.answer}\n\n" for s in shots)
     return body + _tydiqa_block(ex.context, ex.question)
 
@@ -100,23 +90,22 @@ def tydiqa_prompt(bench: Benchmark, ex: Example) -> str:
 
 def mgsm_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
     if cot and ex.task in bench.cot_shots:
-        shots = _others(bench.cot_shots[ex.task], ex, SHOTS["mgsm"])
+        shots = _others(bench.cot_shots[ex.task], ex, benchmarks.get(bench.name).shots)
         body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
     else:
-        shots = _others(bench.shots.get(ex.task, ()), ex, SHOTS["mgsm"])
+        shots = _others(bench.shots.get(ex.task, ()), ex, benchmarks.get(bench.name).shots)
         body = "".join(f"Q: {s.question}\nA: The answer is {s.answer}.\n\n" for s in shots)
     return body + f"Q: {ex.question}\nA:" + (f" {COT_TRIGGER}" if cot else "")
 
 
 def prompt(bench: Benchmark, ex: Example, mode: str) -> str:
-    """The full prompt for one example; `mode` "sc" uses the CoT prompt."""
+    """The full prompt for one example; "sc" uses the CoT prompt and "rc" the direct one
+    (the options are scored as continuations of the direct answer slot)."""
     cot = mode in ("cot", "sc")
-    if bench.name == "mmlu":
+    if bench.shape == "mmlu":
         return mmlu_prompt(bench, ex, cot)
-    if bench.name == "bbh":
+    if bench.shape == "bbh":
         return bbh_prompt(bench, ex, cot)
-    if bench.name == "tydiqa":
+    if bench.shape == "tydiqa":
         return tydiqa_prompt(bench, ex)
-    if bench.name == "mgsm":
-        return mgsm_prompt(bench, ex, cot)
-    raise ValueError(f"unknown benchmark {bench.name!r}")
+    return mgsm_prompt(bench, ex, cot)

@@ -1,21 +1,23 @@
 """Scores: exact match per task, the unweighted benchmark mean, the normalized score against
-each benchmark's random baseline, and the paper's normalized average of six scores."""
+each benchmark's random baseline, and the paper's normalized average of six scores.
+
+Every generative score comes with its flexible-extract twin (`Score.flex`, mode
+"<mode>_flex"), read from the same outputs by `extract.flex`: an example counts for it when
+the strict reading or the flexible one finds a gold answer, so it is never below the strict
+score. The normalized averages use the strict scores, as the paper's tables do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from trainers.eval.extract import extract, gold, majority_vote
-from trainers.eval.loaders import BBH_BASELINES, Benchmark, Example
+from trainers.eval.extract import extract, flex, flex_gold, gold, majority_vote
+from trainers.eval import benchmarks
+from trainers.eval.loaders import Benchmark, Example
 from trainers.spec import UserError
 
-# Random baselines in percent (PAPER.md section 5); BBH's are per subtask.
-BASELINES = {"mmlu": 25.0, "tydiqa": 0.0, "mgsm": 0.0}
 # The six scores of the paper's normalized average.
-NORMALIZED_AVERAGE_OF = (
-    ("mmlu", "direct"), ("mmlu", "cot"), ("bbh", "direct"), ("bbh", "cot"), ("tydiqa", "direct"), ("mgsm", "cot"),
-)
+NORMALIZED_AVERAGE_OF = benchmarks.average_members("paper")
 
 
 def normalize(score: float, baseline: float) -> float:
@@ -24,11 +26,8 @@ def normalize(score: float, baseline: float) -> float:
 
 
 def baseline(benchmark: str, task: str) -> float:
-    if benchmark == "bbh":
-        if task not in BBH_BASELINES:
-            raise UserError(f"BBH: no random baseline for task {task!r}; known: {', '.join(sorted(BBH_BASELINES))}")
-        return BBH_BASELINES[task]
-    return BASELINES[benchmark]
+    """Random baseline in percent of one task of a registered benchmark."""
+    return benchmarks.get(benchmark).baseline(task)
 
 
 @dataclass(frozen=True)
@@ -39,10 +38,14 @@ class Score:
     score: float  # unweighted mean over tasks, percent
     normalized: float
     missing: int = 0  # examples without a prediction (counted wrong)
+    flex: Score | None = None  # the flexible-extract score of the same outputs
 
     def to_json(self) -> dict:
-        return {"benchmark": self.benchmark, "mode": self.mode, "tasks": self.tasks,
-                "score": self.score, "normalized": self.normalized}
+        out = {"benchmark": self.benchmark, "mode": self.mode, "tasks": self.tasks,
+               "score": self.score, "normalized": self.normalized}
+        if self.flex is not None:
+            out["flex"] = {"tasks": self.flex.tasks, "score": self.flex.score, "normalized": self.flex.normalized}
+        return out
 
 
 def aggregate(benchmark: str, mode: str, task_scores: Mapping[str, float], missing: int = 0) -> Score:
@@ -57,59 +60,88 @@ def aggregate(benchmark: str, mode: str, task_scores: Mapping[str, float], missi
     return Score(benchmark, mode, tasks, mean, normalized, missing)
 
 
-def is_correct(benchmark: str, ex: Example, answer: str | None) -> bool:
-    return answer is not None and answer in gold(benchmark, ex.answers)
+def is_correct(shape: str, ex: Example, answer: str | None) -> bool:
+    return answer is not None and answer in gold(shape, ex.answers, ex.task)
 
 
-def answer_of(benchmark: str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
+def answer_of(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
     """One output -> its extracted answer; several samples -> the majority vote."""
-    answers = [extract(benchmark, mode, o, ex.answers[0]) for o in outputs]
+    answers = [extract(shape, mode, o, ex.answers[0], ex.task) for o in outputs]
     return answers[0] if len(answers) == 1 else majority_vote(answers)
+
+
+def flex_answer_of(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
+    """`answer_of` with the flexible reading."""
+    answers = [flex(shape, mode, o, ex) for o in outputs]
+    return answers[0] if len(answers) == 1 else majority_vote(answers)
+
+
+def judge(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> tuple[bool, bool]:
+    """(strict, flexible) correctness of one example's outputs. The flexible one also holds
+    whenever the strict one does: a self-consistency vote over lenient readings can move
+    away from the answer the strict vote found, and a lenient score must not fall below
+    the strict one."""
+    strict = is_correct(shape, ex, answer_of(shape, mode, ex, outputs))
+    lenient = flex_answer_of(shape, mode, ex, outputs)
+    return strict, strict or (lenient is not None and lenient in flex_gold(shape, ex))
 
 
 def score_outputs(bench: Benchmark, mode: str, outputs: Mapping[str, Sequence[str]]) -> Score:
     """Score raw model outputs keyed by example id (a list of samples each; one for greedy
-    decoding). Examples without outputs count as wrong and are reported in `missing`."""
+    decoding). Examples without outputs count as wrong and are reported in `missing`. The
+    strict score carries the flexible-extract score of the same outputs in `.flex`."""
     known = bench.by_id()
     unknown = [i for i in outputs if i not in known]
     if unknown:
         sample = ", ".join(repr(u) for u in unknown[:3])
         raise UserError(f"predictions: {len(unknown)} id(s) not in the {bench.name} data, e.g. {sample}; "
                         f"ids look like {_id_hint(bench)}")
-    task_scores, missing = {}, 0
+    task_scores, flex_scores, missing = {}, {}, 0
     for task, examples in bench.tasks.items():
-        right = 0
+        right = lenient = 0
         for ex in examples:
             if ex.id not in outputs or not outputs[ex.id]:
                 missing += 1
                 continue
-            right += is_correct(bench.name, ex, answer_of(bench.name, mode, ex, outputs[ex.id]))
+            strict_ok, flex_ok = judge(bench.shape, mode, ex, outputs[ex.id])
+            right += strict_ok
+            lenient += flex_ok
         task_scores[task] = 100.0 * right / len(examples) if examples else 0.0
-    return aggregate(bench.name, mode, task_scores, missing)
+        flex_scores[task] = 100.0 * lenient / len(examples) if examples else 0.0
+    flexible = aggregate(bench.name, f"{mode}_flex", flex_scores, missing)
+    return replace(aggregate(bench.name, mode, task_scores, missing), flex=flexible)
 
 
 def _id_hint(bench: Benchmark) -> str:
     first = next((ex[0].id for ex in bench.tasks.values() if ex), "")
     form = {"mmlu": "{subject}/{split}/{row}", "bbh": "{task}/{index}", "mgsm": "{lang}/{index}",
-            "tydiqa": "the question's id"}[bench.name]
+            "tydiqa": "the question's id"}[bench.shape]
     return f"{form} ({first!r})"
 
 
 def metrics(scores: Sequence[Score]) -> dict[str, float]:
-    """Flat metric dict: eval/<benchmark>/<mode> and .../normalized, plus
-    eval/normalized_average when all six of the paper's scores are present."""
+    """Flat metric dict: eval/<benchmark>/<mode> and .../normalized, the same for each
+    score's flexible twin (eval/<benchmark>/<mode>_flex), plus each suite's normalized
+    average (eval/normalized_average for the paper's) when all six of its strict scores
+    are present."""
     out: dict[str, float] = {}
     for s in scores:
-        out[f"eval/{s.benchmark}/{s.mode}"] = s.score
-        out[f"eval/{s.benchmark}/{s.mode}/normalized"] = s.normalized
-    avg = normalized_average({(s.benchmark, s.mode): s.normalized for s in scores})
-    if avg is not None:
-        out["eval/normalized_average"] = avg
+        for part in (s, s.flex):
+            if part is not None:
+                out[f"eval/{part.benchmark}/{part.mode}"] = part.score
+                out[f"eval/{part.benchmark}/{part.mode}/normalized"] = part.normalized
+    normalized = {(s.benchmark, s.mode): s.normalized for s in scores}
+    for suite in benchmarks.SUITES:
+        avg = normalized_average(normalized, suite)
+        if avg is not None:
+            out[benchmarks.average_metric(suite)] = avg
     return out
 
 
-def normalized_average(normalized: Mapping[tuple[str, str], float]) -> float | None:
-    """Macro-average of the six normalized scores; None unless all six are given."""
-    if not all(k in normalized for k in NORMALIZED_AVERAGE_OF):
+def normalized_average(normalized: Mapping[tuple[str, str], float], suite: str = "paper") -> float | None:
+    """Macro-average of a suite's six normalized scores (the paper's: MMLU and BBH direct
+    and CoT, TyDiQA direct, MGSM CoT); None unless all six are given."""
+    members = benchmarks.average_members(suite)
+    if not all(k in normalized for k in members):
         return None
-    return sum(normalized[k] for k in NORMALIZED_AVERAGE_OF) / len(NORMALIZED_AVERAGE_OF)
+    return sum(normalized[k] for k in members) / len(members)

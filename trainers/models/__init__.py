@@ -1,7 +1,8 @@
 """Models of both families behind one small API.
 
 build(cfg) -> flax module; init_params / param_shapes / logical_axes for the parameter
-tree; prefill / decode_step for incremental decoding with a fixed-size cache; and
+tree; prefill / decode_step for incremental decoding with a fixed-size cache;
+option_logits for scoring several targets of one prompt encoded once; and
 save_pretrained / load_pretrained for base-model checkpoints (orbax params + model.json).
 """
 
@@ -136,6 +137,25 @@ def prefill(cfg: ModelConfig, params, input_tokens, max_decode_len: int):
 def decode_step(cfg: ModelConfig, params, state, tokens):
     """Feed one token per row [B] -> (logits [B, V] float32, new state)."""
     return _decode_step(cfg, params, state, jnp.asarray(tokens, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
+    module = build(cfg)
+    return module.apply({"params": params}, prompts, prompt_index, tokens, method=type(module).option_logits)
+
+
+def option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
+    """Teacher-forced logits [N, Lt, V] (float32) of N target rows continuing P prompts, each
+    prompt encoded once however many rows continue it (rank classification's options).
+
+    prompts [P, Li]: right-padded prompt rows (pad 0), as for prefill; prompt_index [N]: the
+    prompt each row continues; tokens [N, Lt]: 0 then the row's target shifted right,
+    right-padded. Position t of a row gives the logits of its target token t, exactly as a
+    training batch of (prompt, target) examples would (both families).
+    """
+    return _option_logits(cfg, params, jnp.asarray(prompts, jnp.int32), jnp.asarray(prompt_index, jnp.int32),
+                          jnp.asarray(tokens, jnp.int32))
 
 
 def repeat_state(state, times: int):

@@ -35,9 +35,15 @@ class DecoderOnlyLayer(nn.Module):
         self.mlp = GatedMLP(cfg.d_ff, "silu", cfg.dropout_rate, dt, pdt)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x, bias, positions, deterministic, cache=None, write_pos=None):
+    def __call__(self, x, bias, positions, deterministic, cache=None, write_pos=None, prefix_kv=None):
+        """`prefix_kv` (keys, values [B, Lp, G, D]) puts a prefix's keys/values, computed once,
+        before the row's own: the bias then spans [Lp + L] keys."""
         h = self.pre_attention_norm(x)
-        a, kv, new_cache = self.attention(h, h, bias, deterministic, positions, positions, cache=cache, write_pos=write_pos)
+        kv = None
+        if prefix_kv is not None:
+            k, v = self.attention.project_kv(h, positions)
+            kv = (jnp.concatenate([prefix_kv[0], k], axis=1), jnp.concatenate([prefix_kv[1], v], axis=1))
+        a, kv, new_cache = self.attention(h, h, bias, deterministic, positions, positions, cache=cache, write_pos=write_pos, kv=kv)
         if self.cfg.parallel_block:
             # PaLM: attention and MLP read the same normed input; their outputs are summed.
             m = self.mlp(h, deterministic)
@@ -84,33 +90,59 @@ class DecoderOnly(nn.Module):
     def __call__(self, batch, deterministic=True):
         tokens = jnp.asarray(batch["decoder_input_tokens"])
         segments = jnp.asarray(batch["decoder_segment_ids"]) if "decoder_segment_ids" in batch else (tokens != 0).astype(jnp.int32)
-        if "decoder_positions" in batch:
-            positions = jnp.asarray(batch["decoder_positions"])
-        else:
-            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
+        positions = jnp.asarray(batch["decoder_positions"]) if "decoder_positions" in batch else _arange_like(tokens)
         x, _ = self._run(tokens, segments, positions, deterministic)
         return self._logits(x)
+
+    def option_logits(self, prompts, prompt_index, tokens):
+        """Teacher-forced logits of N target rows that continue P prompts, each prompt run once.
+
+        The layout is training's: [0, prompt, target]. prompts [P, Li] right-padded (pad 0);
+        prompt_index [N] the prompt each row continues; tokens [N, Lt] as for T5's decoder (0,
+        then the target shifted right), right-padded. Each prompt but its last token runs
+        once as a prefix; every row attends to its prompt's cached keys/values and then its
+        own tokens, whose first (fed 0, as in decode_step) becomes the prompt's last token,
+        so row position t predicts target token t. -> logits [N, Lt, V] float32.
+        """
+        P, L = prompts.shape
+        length = jnp.sum(prompts != 0, axis=1)  # [P]
+        prefix = jnp.concatenate([jnp.zeros((P, 1), prompts.dtype), prompts[:, :-1]], axis=1)  # [P, L]
+        in_prefix = (jnp.arange(L)[None, :] < length[:, None]).astype(jnp.int32)  # 0 and prompt[:-1]
+        _, kvs = self._run(prefix, in_prefix, _arange_like(prefix), True)
+        rows = lambda a: jnp.take(a, prompt_index, axis=0)  # noqa: E731  [P, ...] -> [N, ...]
+        last = jnp.take_along_axis(prompts, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
+        tokens = tokens.astype(jnp.int32).at[:, 0].set(rows(last))
+        N, T = tokens.shape
+        positions = rows(length)[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [N, T]
+        sees_prefix = jnp.broadcast_to(rows(in_prefix)[:, None, None, :] > 0, (N, 1, T, L))
+        sees_own = jnp.broadcast_to(masks.causal_mask(T), (N, 1, T, T))
+        bias = masks.mask_to_bias(jnp.concatenate([sees_prefix, sees_own], axis=-1))  # [N, 1, T, L + T]
+        x = self.token_embed(tokens)
+        for layer, (k, v) in zip(self.layers, kvs):
+            x, _, _ = layer(x, bias, positions, True, None, None, (rows(k), rows(v)))
+        return self._logits(self.final_norm(x))
 
     def prefill(self, tokens, max_decode_len: int):
         """Run the right-padded prompt, keep its keys/values in a cache of L + max_decode_len.
 
-        The last real prompt token is held back as `pending`: the first decode_step feeds it
-        (whatever token the caller passes, conventionally 0, as for T5) and so returns the
-        logits of the first new token; it rewrites that token's cache slot with equal values.
+        The layout is training's, [0, prompt, ...] (inputs shifted right behind a 0): the
+        prefix run here is 0 and the prompt but its last token, which is held back as
+        `pending`; the first decode_step feeds it (whatever token the caller passes,
+        conventionally 0, as for T5) and so returns the logits of the first new token.
         """
         B, L = tokens.shape
-        segments = (tokens != 0).astype(jnp.int32)
-        positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32)[None, :], tokens.shape)
-        _, kvs = self._run(tokens, segments, positions, True)
+        length = jnp.sum(tokens != 0, axis=1)  # [B]
+        prefix = jnp.concatenate([jnp.zeros((B, 1), tokens.dtype), tokens[:, :-1]], axis=1)  # [B, L]
+        segments = (jnp.arange(L)[None, :] < length[:, None]).astype(jnp.int32)
+        _, kvs = self._run(prefix, segments, _arange_like(prefix), True)
         T = L + max_decode_len
         dt = dtype_of(self.cfg.dtype)
         pad = ((0, 0), (0, T - L), (0, 0), (0, 0))
         cache = [{"k": jnp.pad(k.astype(dt), pad), "v": jnp.pad(v.astype(dt), pad)} for k, v in kvs]
-        length = jnp.sum(segments, axis=1)
         last = jnp.maximum(length - 1, 0)
         return {
             "cache": cache,
-            "pos": last.astype(jnp.int32),
+            "pos": length.astype(jnp.int32),  # the held-back token sits behind the leading 0
             "pending": jnp.take_along_axis(tokens, last[:, None], axis=1)[:, 0].astype(jnp.int32),
             "fresh": length > 0,
         }
@@ -128,3 +160,7 @@ class DecoderOnly(nn.Module):
             caches.append(cache)
         logits = self._logits(self.final_norm(x))[:, 0]
         return logits, {**state, "cache": caches, "pos": pos + 1, "fresh": jnp.zeros_like(state["fresh"])}
+
+
+def _arange_like(tokens):
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)

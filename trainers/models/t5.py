@@ -164,12 +164,15 @@ class Decoder(nn.Module):
         self.final_norm = _norm(self.cfg, "final_norm")
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
-    def __call__(self, x, encoded, segments, positions, encoder_segments, deterministic):
+    def __call__(self, x, encoded, segments, positions, encoder_segments, deterministic, cross_kvs=None):
+        """`cross_kvs` (one (keys, values) pair per layer) replaces `encoded` when the rows'
+        cross-attention keys/values were projected once for several rows."""
         self_bias = self.relpos_bias(positions, positions) + masks.mask_to_bias(masks.decoder_mask(segments))
         cross_bias = masks.mask_to_bias(masks.cross_mask(segments, encoder_segments))
         x = self.dropout(x, deterministic=deterministic)
-        for layer in self.layers:
-            x, _ = layer(x, encoded, self_bias, cross_bias, deterministic)
+        for i, layer in enumerate(self.layers):
+            kv = None if cross_kvs is None else cross_kvs[i]
+            x, _ = layer(x, encoded, self_bias, cross_bias, deterministic, None, None, kv)
         return self.dropout(self.final_norm(x), deterministic=deterministic)
 
     def cross_kvs(self, encoded):
@@ -222,6 +225,22 @@ class T5(nn.Module):
         encoded = self.encode(enc_tokens, enc_seg, enc_pos, deterministic)
         encoded = nn.with_logical_constraint(encoded, ACT_EMBED)
         return self.decode(dec_tokens, encoded, dec_seg, dec_pos, enc_seg, deterministic)
+
+    def option_logits(self, prompts, prompt_index, tokens):
+        """Teacher-forced logits of N target rows that continue P prompts, each prompt encoded once.
+
+        prompts [P, Li] right-padded (pad 0); prompt_index [N] the prompt each row continues;
+        tokens [N, Lt] the decoder inputs (0, then the target shifted right), right-padded.
+        The encoder runs once per prompt and the cross-attention keys/values are projected
+        once per prompt and gathered per row. -> logits [N, Lt, V] float32.
+        """
+        segments = (prompts != 0).astype(jnp.int32)
+        encoded = nn.with_logical_constraint(self.encode(prompts, segments, _arange_like(prompts), True), ACT_EMBED)
+        rows = lambda a: jnp.take(a, prompt_index, axis=0)  # noqa: E731  [P, ...] -> [N, ...]
+        cross = [(rows(k), rows(v)) for k, v in self.decoder.cross_kvs(encoded)]
+        x = self.decoder(self.shared(tokens), None, jnp.ones_like(tokens), _arange_like(tokens), rows(segments),
+                         True, cross_kvs=cross)
+        return nn.with_logical_constraint(self.lm_head(x).astype(jnp.float32), ACT_VOCAB)
 
     def prefill(self, tokens, max_decode_len: int):
         segments = (tokens != 0).astype(jnp.int32)

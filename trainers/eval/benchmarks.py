@@ -1,0 +1,164 @@
+"""The benchmark registry: one entry per benchmark, read by spec validation, the CLI, the
+evaluation runner and the reports. JAX-free.
+
+An entry names its *shape* (`mmlu`, `bbh`, `tydiqa`, `mgsm`): the release file format its
+loader reads, the few-shot prompt builder and the answer extraction. The paper's four
+benchmarks are one shape each; the built-in unseen-task benchmark reuses the same four shapes
+on tasks that no finetuning mixture contains (`trainers/data/heldout.py`), so both are
+loaded, prompted, extracted and scored by the same code. Adding a benchmark is one module
+(its data or loader) and one `register` call here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from trainers.data.heldout import REASONING_BASELINES
+from trainers.spec import UserError, did_you_mean
+
+SHAPES = ("mmlu", "bbh", "tydiqa", "mgsm")
+# Every prompting mode the runner knows. rc (rank classification) scores each answer option
+# by its log-probability instead of generating, so it only applies to multiple-choice shapes.
+MODES = ("direct", "cot", "sc", "rc")
+RC_SHAPES = ("mmlu", "bbh")
+MMLU_SPLITS = ("dev", "val", "test")  # files of an MMLU-shaped release; dev supplies the shots
+_EVAL_DIR = Path(__file__).resolve().parent
+STANDINS = _EVAL_DIR / "standins"
+UNSEEN = _EVAL_DIR / "unseen"
+
+# The six (benchmark, mode) scores of the paper's normalized average, by shape; each suite
+# averages its own benchmarks of these shapes the same way.
+AVERAGE_OF_SHAPES = (("mmlu", "direct"), ("mmlu", "cot"), ("bbh", "direct"), ("bbh", "cot"),
+                     ("tydiqa", "direct"), ("mgsm", "cot"))
+
+# The 27 BBH subtasks (file names of the release) with their random baselines in percent
+# (PAPER.md section 5; the values as the paper lists them).
+BBH_BASELINES: dict[str, float] = {
+    **{t: 50.0 for t in (
+        "boolean_expressions", "causal_judgement", "formal_fallacies", "hyperbaton",
+        "navigate", "snarks", "sports_understanding", "web_of_lies")},
+    "date_understanding": 100 / 6,
+    "disambiguation_qa": 33.3,
+    "movie_recommendation": 25.0,
+    "ruin_names": 25.0,
+    "temporal_sequences": 25.0,
+    "salient_translation_error_detection": 100 / 6,
+    "penguins_in_a_table": 20.0,
+    "logical_deduction_three_objects": 33.3,
+    "logical_deduction_five_objects": 20.0,
+    "logical_deduction_seven_objects": 14.3,
+    "tracking_shuffled_objects_three_objects": 33.3,
+    "tracking_shuffled_objects_five_objects": 20.0,
+    "tracking_shuffled_objects_seven_objects": 14.3,
+    "reasoning_about_colored_objects": 100 / 18,
+    **{t: 0.0 for t in (
+        "dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting",
+        "geometric_shapes")},
+}
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    """What every part of flanscale needs to know about one benchmark."""
+
+    name: str
+    shape: str
+    suite: str  # "paper" | "unseen": which normalized average it enters
+    modes: tuple[str, ...]
+    default_mode: str
+    shots: int
+    # Random baseline in percent: one number, or one per task (BBH-shaped subtasks).
+    baselines: float | Mapping[str, float]
+    shipped: Path  # the data flanscale ships for it (stand-ins, or the benchmark itself)
+    description: str = ""
+
+    def baseline(self, task: str) -> float:
+        if isinstance(self.baselines, Mapping):
+            if task not in self.baselines:
+                raise UserError(f"{self.name}: no random baseline for task {task!r}{did_you_mean(task, self.baselines)}; "
+                                f"known: {', '.join(sorted(self.baselines))}")
+            return float(self.baselines[task])
+        return float(self.baselines)
+
+    @property
+    def chance(self) -> float:
+        """The benchmark-level random baseline in percent (the mean over subtasks for BBH)."""
+        if isinstance(self.baselines, Mapping):
+            return sum(self.baselines.values()) / len(self.baselines)
+        return float(self.baselines)
+
+
+_REGISTRY: dict[str, BenchmarkInfo] = {}
+# suite -> {shape: benchmark name}: the benchmarks whose scores make up the suite's average.
+SUITES: dict[str, dict[str, str]] = {}
+
+
+def register(info: BenchmarkInfo) -> BenchmarkInfo:
+    if info.name in _REGISTRY:
+        raise ValueError(f"benchmark {info.name!r} is already registered")
+    if info.shape not in SHAPES:
+        raise ValueError(f"benchmark {info.name!r}: shape {info.shape!r} not in {SHAPES}")
+    unknown = [m for m in info.modes if m not in MODES]
+    if unknown or info.default_mode not in info.modes:
+        raise ValueError(f"benchmark {info.name!r}: modes {info.modes} / default {info.default_mode!r} not in {MODES}")
+    if "rc" in info.modes and info.shape not in RC_SHAPES:
+        raise ValueError(f"benchmark {info.name!r}: rc needs a multiple-choice shape {RC_SHAPES}")
+    suite = SUITES.setdefault(info.suite, {})
+    if info.shape in suite:
+        raise ValueError(f"suite {info.suite!r} already has a {info.shape}-shaped benchmark ({suite[info.shape]})")
+    suite[info.shape] = info.name
+    _REGISTRY[info.name] = info
+    return info
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str, field_name: str = "benchmark") -> BenchmarkInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"{field_name}: unknown {name!r}{did_you_mean(name, _REGISTRY)}; "
+                        f"allowed: {', '.join(_REGISTRY)}") from None
+
+
+def suite_of(names_: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
+    """suite -> the given benchmarks in it, in registry order."""
+    out: dict[str, list[str]] = {}
+    for n in _REGISTRY:
+        if n in names_:
+            out.setdefault(_REGISTRY[n].suite, []).append(n)
+    return out
+
+
+def average_members(suite: str) -> tuple[tuple[str, str], ...]:
+    """The six (benchmark, mode) pairs whose normalized scores make up `suite`'s average."""
+    shapes = SUITES[suite]
+    return tuple((shapes[s], m) for s, m in AVERAGE_OF_SHAPES if s in shapes)
+
+
+def average_metric(suite: str) -> str:
+    """The metric name of a suite's normalized average."""
+    return "eval/normalized_average" if suite == "paper" else f"eval/{suite}/normalized_average"
+
+
+register(BenchmarkInfo("mmlu", "mmlu", "paper", ("direct", "cot", "sc", "rc"), "direct", 5, 25.0, STANDINS / "mmlu",
+                       "MMLU, 57 subjects, 5-shot from dev"))
+register(BenchmarkInfo("bbh", "bbh", "paper", ("direct", "cot", "sc", "rc"), "direct", 3, BBH_BASELINES, STANDINS / "bbh",
+                       "BIG-Bench Hard, 27 subtasks, 3-shot CoT prompts"))
+register(BenchmarkInfo("tydiqa", "tydiqa", "paper", ("direct",), "direct", 1, 0.0, STANDINS / "tydiqa",
+                       "TyDiQA GoldP, 8 languages, 1-shot"))
+register(BenchmarkInfo("mgsm", "mgsm", "paper", ("direct", "cot", "sc"), "cot", 8, 0.0, STANDINS / "mgsm",
+                       "MGSM, 10 languages, 8-shot CoT"))
+register(BenchmarkInfo("unseen_mc", "mmlu", "unseen", ("direct", "cot", "sc", "rc"), "direct", 5, 25.0, UNSEEN / "mc",
+                       "held-out multiple-choice knowledge questions (MMLU-shaped)"))
+register(BenchmarkInfo("unseen_reasoning", "bbh", "unseen", ("direct", "cot", "sc", "rc"), "direct", 3,
+                       REASONING_BASELINES, UNSEEN / "reasoning",
+                       "held-out multi-step reasoning with CoT rationales (BBH-shaped)"))
+register(BenchmarkInfo("unseen_qa", "tydiqa", "unseen", ("direct",), "direct", 1, 0.0, UNSEEN / "qa",
+                       "held-out extractive question answering (TyDiQA-shaped)"))
+register(BenchmarkInfo("unseen_arith", "mgsm", "unseen", ("direct", "cot", "sc"), "cot", 8, 0.0, UNSEEN / "arith",
+                       "held-out arithmetic word problems with rationales (MGSM-shaped)"))
