@@ -4,11 +4,14 @@
 Pure: (SweepSpec, planned cells, options) -> list of plain dicts, so `flanscale k8s render`
 and `flanscale k8s submit` send exactly the same objects, and tests validate them against
 the KubeRay CRD schemas. The pods follow k8s/base (same Secrets, ServiceAccounts, security
-contexts, non-preemptible head), which must be applied to the namespace first.
+contexts, non-preemptible head, API token for the autoscaler sidecar only), which must be
+applied to the namespace first; they take MLflow's address from its ConfigMap flanscale-env,
+so a namespace with k8s/components/tls gets HTTPS RayJobs too.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +26,12 @@ OVERLAYS = ("gpu", "tpu", "cpu")
 # Image tag suffix per overlay (the Dockerfile's ACCELERATOR build argument).
 IMAGE_VARIANT = {"gpu": "cuda", "tpu": "tpu", "cpu": "cpu"}
 
-# Names created by k8s/base (and the Secrets its README creates).
+# Names created by k8s/base (and the Secrets its README creates). Ray pods log to MLflow as
+# the sweep user; the admin's Secret (flanscale-mlflow-auth) stays with the MLflow pod.
 RAY_AUTH_SECRET = "flanscale-ray-auth"
-MLFLOW_AUTH_SECRET = "flanscale-mlflow-auth"
+MLFLOW_SWEEP_SECRET = "flanscale-mlflow-sweeps"
+MLFLOW_TLS_SECRET = "mlflow-tls"
+MLFLOW_CA_MOUNT = "/etc/flanscale/mlflow-ca"
 ENV_CONFIGMAP = "flanscale-env"
 HEAD_SERVICE_ACCOUNT = "flanscale-ray-head"
 WORKLOAD_SERVICE_ACCOUNT = "flanscale-workload"
@@ -33,6 +39,7 @@ SWEEP_LABEL = "flanscale.io/sweep"
 SPEC_MOUNT = "/config"
 SPEC_FILE = "sweep.yaml"
 RUN_AS = 1000  # the image's numeric user
+METRICS_PORT = 8080  # Ray's metrics agent, KubeRay's default; k8s/components/prometheus scrapes it
 
 
 SPOT_TOLERATION = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
@@ -85,9 +92,25 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 def _ray_env() -> list[dict[str, Any]]:
     return [
         {"name": "HOME", "value": "/tmp"},
-        _secret_env("MLFLOW_TRACKING_USERNAME", MLFLOW_AUTH_SECRET, "username"),
-        _secret_env("MLFLOW_TRACKING_PASSWORD", MLFLOW_AUTH_SECRET, "password"),
+        _secret_env("MLFLOW_TRACKING_USERNAME", MLFLOW_SWEEP_SECRET, "username"),
+        _secret_env("MLFLOW_TRACKING_PASSWORD", MLFLOW_SWEEP_SECRET, "password"),
     ]
+
+
+def _mlflow_ca_volume() -> dict[str, Any]:
+    """The CA of MLflow's certificate where k8s/components/tls is on; nothing otherwise. Only
+    ca.crt of the Secret is projected, never its key."""
+    return {"name": "mlflow-ca", "secret": {"secretName": MLFLOW_TLS_SECRET, "optional": True,
+                                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+
+
+def _api_token_volume() -> dict[str, Any]:
+    """What automounting the service account would give, mounted by the autoscaler alone."""
+    return {"name": "kube-api-access", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+    ]}}
 
 
 def _volumes(scratch_gib: int, shm_gib: int, storage: Storage) -> list[dict[str, Any]]:
@@ -97,6 +120,7 @@ def _volumes(scratch_gib: int, shm_gib: int, storage: Storage) -> list[dict[str,
         {"name": "tmp", "emptyDir": {"sizeLimit": f"{scratch_gib}Gi"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
         {"name": "flanscale-home", **home},
+        _mlflow_ca_volume(),
     ]
     if storage.data_claim:
         volumes.append({"name": "datasets", "persistentVolumeClaim": {"claimName": storage.data_claim, "readOnly": True}})
@@ -105,7 +129,8 @@ def _volumes(scratch_gib: int, shm_gib: int, storage: Storage) -> list[dict[str,
 
 def _mounts(storage: Storage) -> list[dict[str, Any]]:
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"},
-              {"name": "flanscale-home", "mountPath": "/data"}]
+              {"name": "flanscale-home", "mountPath": "/data"},
+              {"name": "mlflow-ca", "mountPath": MLFLOW_CA_MOUNT, "readOnly": True}]
     if storage.data_claim:
         mounts.append({"name": "datasets", "mountPath": storage.data_mount, "readOnly": True})
     return mounts
@@ -129,7 +154,7 @@ def head_group(overlay: str, image: str, spec_configmap: str, storage: Storage =
     container = {
         "name": "ray-head", "image": image,
         "ports": [{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
-                  {"name": "client", "containerPort": 10001}],
+                  {"name": "client", "containerPort": 10001}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "envFrom": [{"configMapRef": {"name": ENV_CONFIGMAP}}],
         "env": _ray_env() + [{"name": "RAY_enable_autoscaler_v2", "value": "1"}],
         "resources": _resources(cpu, memory),
@@ -138,17 +163,20 @@ def head_group(overlay: str, image: str, spec_configmap: str, storage: Storage =
     }
     return {
         "serviceType": "ClusterIP",
-        # The controller's own tasks fit in one CPU; cells ask for accelerators or more CPUs.
-        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "1"},
+        # No cell on the head: cells ask for CPUs or accelerators and it offers none (the
+        # controller's own actor asks for 0 CPUs).
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": {
             "metadata": {"labels": _pod_labels("ray-head")},
             "spec": {
                 "serviceAccountName": HEAD_SERVICE_ACCOUNT,
+                # The token goes to the autoscaler sidecar only (_autoscaler_options).
+                "automountServiceAccountToken": False,
                 "restartPolicy": "Never",
                 "securityContext": _pod_security(),
                 "affinity": non_preemptible_affinity(),
                 "containers": [container],
-                "volumes": _volumes(max(4, memory), max(1, memory // 8), storage)
+                "volumes": [_api_token_volume()] + _volumes(max(4, memory), max(1, memory // 8), storage)
                 + [{"name": "sweep-spec", "configMap": {"name": spec_configmap}}],
             },
         },
@@ -174,6 +202,7 @@ def worker_group(shape: WorkerShape, image: str, storage: Storage = Storage()) -
         pod["tolerations"] = [{"key": pool.resource, "operator": "Exists", "effect": "NoSchedule"}, SPOT_TOLERATION]
     pod["containers"] = [{
         "name": "ray-worker", "image": image,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         "envFrom": [{"configMapRef": {"name": ENV_CONFIGMAP}}],
         "env": _ray_env(),
         "resources": _resources(shape.cpu, shape.memory_gib, extra),
@@ -208,7 +237,7 @@ def _json(obj: Any) -> str:
 
 
 # Paths the pods already use; a dataset mount must not shadow them.
-_RESERVED_MOUNTS = ("/tmp", "/dev/shm", "/data", SPEC_MOUNT)
+_RESERVED_MOUNTS = ("/tmp", "/dev/shm", "/data", SPEC_MOUNT, MLFLOW_CA_MOUNT)
 
 
 def _check_storage(storage: Storage) -> None:
@@ -226,14 +255,18 @@ def _autoscaler_options() -> dict[str, Any]:
         "version": "v2", "upscalingMode": "Default", "idleTimeoutSeconds": 600,
         # Root filesystem is read-only; KubeRay mounts its log volume at /tmp/ray here.
         "env": [{"name": "HOME", "value": "/tmp/ray"}],
+        # The one process of the cluster that talks to the API server.
+        "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                          "readOnly": True}],
         "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
         "securityContext": {**_container_security(), "seccompProfile": {"type": "RuntimeDefault"}},
     }
 
 
 def _submitter_template(image: str) -> dict[str, Any]:
-    """The pod KubeRay starts to run `ray job submit` (it fills in the command)."""
-    return {"spec": {
+    """The pod KubeRay starts to run `ray job submit` (it fills in the command). Its labels
+    are what k8s/base's egress policy for submitters selects."""
+    return {"metadata": {"labels": _pod_labels("ray-job-submitter")}, "spec": {
         "restartPolicy": "Never",
         "serviceAccountName": WORKLOAD_SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,
@@ -260,18 +293,31 @@ def default_image(overlay: str) -> str:
     return f"{DEFAULT_IMAGE_REPO}:{tag}-{IMAGE_VARIANT[overlay]}"
 
 
-def tracking_uri(namespace: str) -> str:
-    return f"http://mlflow.{namespace}.svc:5000"
+# NAME[:TAG][@sha256:DIGEST] as `docker pull` and kustomize's `images:` take it: an optional
+# registry host (with port), lowercase path components, a tag, a digest.
+_IMAGE_REF = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
 
 
-def spec_document(spec: Any, namespace: str) -> dict[str, Any]:
+def check_image(ref: str) -> str:
+    """`ref` if it is an image reference; a digest pins the image, a tag alone does not."""
+    if not _IMAGE_REF.fullmatch(ref):
+        raise UserError(f"--image: {ref!r} is not an image reference; expected NAME[:TAG] or NAME[:TAG]@sha256:<64 hex "
+                        "digits>, e.g. REGISTRY/flanscale@sha256:...")
+    return ref
+
+
+def spec_document(spec: Any) -> dict[str, Any]:
     """The composed sweep (overrides applied) as the cluster will load it.
 
     Shipping the composed spec rather than the user's file means Hydra defaults and
     command-line overrides resolve here, once, and the cluster plans the very same cells.
+    Its tracking URI is dropped: in the cluster, MLflow's address (http or https) comes from
+    the pods' environment (ConfigMap flanscale-env), never from the user's machine.
     """
     doc = spec.to_dict()
-    doc["tracking_uri"] = tracking_uri(namespace)
+    doc.pop("tracking_uri", None)
     return doc
 
 
@@ -294,7 +340,7 @@ def render(spec: Any, cells: list[Any], options: RenderOptions) -> list[dict[str
     name = k8s_name(options.name or spec.name)
     if options.name and name != options.name:
         raise UserError(f"--name: {options.name!r} is not a valid name; try {name!r}")
-    image = options.image or default_image(options.overlay)
+    image = check_image(options.image) if options.image else default_image(options.overlay)
     labels = {"app.kubernetes.io/part-of": "flanscale", "app.kubernetes.io/managed-by": "flanscale",
               SWEEP_LABEL: k8s_name(spec.name, 63)}
     annotations = {"flanscale.io/sweep-name": spec.name,
@@ -303,11 +349,11 @@ def render(spec: Any, cells: list[Any], options: RenderOptions) -> list[dict[str
     configmap = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": config_name, "namespace": namespace, "labels": labels, "annotations": annotations},
-        "data": {SPEC_FILE: yaml.safe_dump(spec_document(spec, namespace), sort_keys=False)},
+        "data": {SPEC_FILE: yaml.safe_dump(spec_document(spec), sort_keys=False)},
     }
+    # No --tracking-uri: the driver takes MLFLOW_TRACKING_URI (and the CA) from flanscale-env.
     entrypoint = " ".join(shlex.quote(a) for a in (
-        "flanscale", "sweep", "run", f"{SPEC_MOUNT}/{SPEC_FILE}", "--tracking-uri", tracking_uri(namespace),
-        "--ray-address", "auto", "--no-progress"))
+        "flanscale", "sweep", "run", f"{SPEC_MOUNT}/{SPEC_FILE}", "--ray-address", "auto", "--no-progress"))
     rayjob = {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},

@@ -3,10 +3,11 @@
 A sweep file is a Hydra config whose schema is `SweepSpec` (registered in Hydra's
 ConfigStore as `flanscale_sweep`), so YAML and command-line overrides are type-checked
 against these dataclasses and use Hydra's override grammar (`task_counts=[9,89]`,
-`optim.learning_rate=1e-3`, `+init_checkpoint.tiny-1=PATH`, `eval=quick` to pick a config
-group option from sweeps/eval/, ...). Every error a user can make is found
-here, before anything is planned or scheduled, and reported as one line naming the file, the
-field, the bad value and what is allowed.
+`optim.learning_rate=1e-3`, `+init_checkpoint.tiny-1=PATH`, `eval=quick` or `data=flan` to
+pick an option of a config group in orchestrator/groups/, ...; orchestrator/compose.py does
+the composing). Every error a user can make is found here, before anything is planned or
+scheduled, and reported as one line naming the file, the field, the bad value and what is
+allowed.
 
 Defaults live once: in these dataclasses for sweep-level settings, in the catalog for
 per-model finetuning hyperparameters (Table 22), in trainers.spec for everything else. Fields
@@ -16,12 +17,12 @@ left `None` here mean "the preset's / trainers.spec's default".
 from __future__ import annotations
 
 import re
-import threading
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY
+from orchestrator.compose import compose
 from trainers.accounting import ACCELERATORS, DTYPE_BYTES
 from trainers.eval import benchmarks
 from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, did_you_mean, from_dict
@@ -153,29 +154,6 @@ class SweepSpec:
 # ---------------------------------------------------------------------------------------------
 
 SCHEMA_NAME = "flanscale_sweep"
-_ENTRY_NAME = "_flanscale_sweep_entry"
-_LOCK = threading.Lock()
-# Shared config groups (eval/, data/) that any sweep file may name in its defaults list;
-# the sweep file's own directory is searched first.
-SHARED_GROUPS = Path(__file__).resolve().parents[1] / "sweeps"
-
-
-def _schema_node():
-    """The SweepSpec schema as a mutable structured config (Hydra merges into it)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    def unfreeze(node) -> None:
-        # Frozen dataclasses become read-only nodes; composition needs to write into them.
-        OmegaConf.set_readonly(node, False)
-        if isinstance(node, DictConfig):
-            for key in node:
-                child = node._get_node(key)
-                if OmegaConf.is_config(child):
-                    unfreeze(child)
-
-    node = OmegaConf.structured(SweepSpec)
-    unfreeze(node)
-    return node
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
@@ -188,26 +166,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     for ov in overrides:
         if ov.lstrip("+~").split("=", 1)[0] == "seed":
             raise UserError(f"{path}: override {ov!r}: the seed is a grid axis; use seeds=[0,1] (one cell per seed)")
-    from hydra import compose, initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    with _LOCK:
-        store = ConfigStore.instance()
-        store.store(name=SCHEMA_NAME, node=_schema_node())
-        # Schema first, then the user's file, then the file's own body: the file only overrides.
-        entry: dict[str, Any] = {"defaults": [SCHEMA_NAME, p.stem, "_self_"]}
-        if SHARED_GROUPS.is_dir():
-            entry["hydra"] = {"searchpath": [f"file://{SHARED_GROUPS}"]}
-        store.store(name=_ENTRY_NAME, node=entry)
-        try:
-            with initialize_config_dir(config_dir=str(p.resolve().parent), version_base=None):
-                cfg = compose(config_name=_ENTRY_NAME, overrides=list(overrides))
-            raw = OmegaConf.to_container(cfg, resolve=True)
-        except UserError:
-            raise
-        except Exception as e:  # Hydra/OmegaConf errors carry the field in their text
-            raise UserError(_explain(e, str(path), list(overrides))) from None
+    raw = compose(p, list(overrides), SweepSpec, SCHEMA_NAME)
     try:
         spec = from_dict(SweepSpec, raw)
     except UserError as e:  # keys added with '+' that the schema does not have
@@ -216,68 +175,12 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return spec
 
 
-def _fields_at(dotted: str) -> list[str] | None:
-    """Field names of the dataclass at a dotted path of SweepSpec (None if not a dataclass)."""
-    cls: Any = SweepSpec
-    for part in [x for x in dotted.split(".") if x]:
-        hints = get_type_hints(cls)
-        if part not in hints or not is_dataclass(hints[part]):
-            return None
-        cls = hints[part]
-    return [f.name for f in fields(cls)]
+def dump_spec(spec: SweepSpec) -> str:
+    """The composed spec as a sweep file: no defaults list, every group and override already
+    applied, so load_spec reads it back to an equal spec wherever it is sent."""
+    import yaml
 
-
-def _explain(exc: BaseException, path: str, overrides: list[str]) -> str:
-    texts, e = [], exc
-    while e is not None and len(texts) < 5:
-        texts.append(str(e))
-        e = e.__cause__ or e.__context__
-    text = "\n".join(texts)
-    where = path
-    for ov in overrides:
-        key = ov.lstrip("+~").split("=", 1)[0]
-        if f"'{key}'" in text or f"override {ov}" in text or f"full_key: {key}\n" in text + "\n":
-            where = f"{path} (override {ov!r})"
-            break
-    m = re.search(r'in "([^"]+)", line (\d+), column (\d+)', text)
-    if m and type(exc).__name__ in ("ParserError", "ScannerError", "ComposerError"):
-        lines = [ln.strip() for ln in texts[0].splitlines() if ln.strip() and not ln.startswith("  in ")]
-        return f"{m.group(1)}:{m.group(2)}:{m.group(3)}: invalid YAML: {lines[-1]} ({lines[0]})"
-    if "Cannot merge DictConfig with ListConfig" in text:
-        return f"{where}: a sweep file must be a mapping of fields (name: ..., models: [...]), not a list"
-    m = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
-    if m:  # a config-group option (e.g. eval=quick) that has no file
-        group, option = m.groups()
-        options = re.findall(r"^\t(\S+)$", text.split("Available options", 1)[-1].split("Config search path", 1)[0], re.M)
-        return (f"{where}: {group}: no config {option!r} in group {group!r}{did_you_mean(option, options)}; "
-                f"available: {', '.join(options) or 'none'}")
-    m = re.search(r"full_key: (\S+)", text)
-    key = m.group(1) if m else None
-    if key is None:
-        m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
-        key = m.group(1) if m else None
-    if re.search(r"Key '[^']+' (is )?not in|Could not override|ConfigKeyError|ConfigAttributeError", text) and key:
-        parent, _, leaf = key.rpartition(".")
-        allowed = _fields_at(parent)
-        if allowed is None and parent:  # a mapping field (init_checkpoint, data.caps, ...)
-            return f"{where}: {key!r} is a new entry of {parent}; add it with '+{key}=VALUE'"
-        allowed = allowed or []
-        return (f"{where}: unknown field {key!r}{did_you_mean(leaf, allowed)}; allowed"
-                f"{' in ' + parent if parent else ''}: {', '.join(allowed)}")
-    m = re.search(r"Value '([^']*)' of type '(\w+)' could not be converted to (\w+)", text)
-    if m and key:
-        return f"{where}: field {key!r}: {m.group(1)!r} is not a valid {m.group(3).lower()}"
-    m = re.search(r"Invalid type assigned: (\w+) is not a subclass of (\w+)", text)
-    if m and key:
-        return f"{where}: field {key!r}: got a {m.group(1)}, expected a {m.group(2)} section"
-    m = re.search(r"Invalid value assigned: (\w+) is not a ListConfig", text)
-    if m and key:
-        return f"{where}: field {key!r}: got a {m.group(1)}, expected a list such as {key}=[a,b]"
-    if "OverrideParseException" in text or "override_grammar" in text:
-        bad = next((ov for ov in overrides if ov.split("=", 1)[0] in text or ov in text), " ".join(overrides))
-        return f"{path}: override {bad!r} is not valid; use key=value (Hydra override syntax, e.g. task_counts=[9,89])"
-    first = next((ln.strip() for t in texts for ln in t.splitlines() if ln.strip()), type(exc).__name__)
-    return f"{where}: {first}" + (f" (field {key!r})" if key else "")
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,6 +39,32 @@ def build(target: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def built() -> dict[str, list[dict[str, Any]]]:
     return {name: build(KUSTOMIZE_DIR / "overlays" / name) for name in OVERLAYS}
+
+
+# Opt-in pieces under k8s/components (tls-cert-manager includes tls).
+COMPONENTS = ("tls-cert-manager", "egress-object-storage", "egress-package-sources", "prometheus")
+
+
+def build_with(folder: Path, overlay: str, components=(), **fields: Any) -> list[dict[str, Any]]:
+    """Build an overlay of one's own, as k8s/README.md tells users to write it: a shipped
+    overlay plus components (and other kustomization fields, e.g. images)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(KUSTOMIZE_DIR / "overlays" / overlay, folder)],
+        **({"components": [os.path.relpath(KUSTOMIZE_DIR / "components" / c, folder) for c in components]}
+           if components else {}),
+        **fields,
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return build(folder)
+
+
+@pytest.fixture(scope="session")
+def built_with_components(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
+    """Every overlay with every component on."""
+    root = tmp_path_factory.mktemp("with-components")
+    return {name: build_with(root / name, name, COMPONENTS) for name in OVERLAYS}
 
 
 def _close(schema: Any) -> Any:

@@ -165,7 +165,9 @@ def test_submit_creates_the_rayjob_then_its_configmap(kube, sweep_file, capsys, 
     assert {r["authorization"] for r in kube.requests} == {f"Bearer {TOKEN}"}
     rayjob = kube.requests[1]["body"]
     assert crd_errors(crd_validators, rayjob) == []
-    assert "--tracking-uri http://mlflow.team-a.svc:5000" in rayjob["spec"]["entrypoint"]
+    # MLflow's address (http or https) comes from the cluster's flanscale-env ConfigMap, never
+    # from the submitting machine.
+    assert rayjob["spec"]["entrypoint"] == "flanscale sweep run /config/sweep.yaml --ray-address auto --no-progress"
     configmap = kube.requests[2]["body"]
     uid = kube.objects[("rayjobs", "team-a", "submit-me")]["metadata"]["uid"]
     # Owned by the RayJob: deleting the job deletes its spec.

@@ -52,12 +52,14 @@ def test_cpu_sweep_renders_a_valid_rayjob(sweep_file, crd_validators):
     assert rayjob["metadata"]["name"] == "demo-sweep" and rayjob["metadata"]["namespace"] == "research"
     assert rayjob["metadata"]["annotations"]["flanscale.io/sweep-name"] == "Demo_Sweep"
     job = rayjob["spec"]
-    assert job["entrypoint"].startswith("flanscale sweep run /config/sweep.yaml --tracking-uri http://mlflow.research.svc:5000")
+    # MLflow's address (http, or https with k8s/components/tls) comes from ConfigMap flanscale-env.
+    assert job["entrypoint"] == "flanscale sweep run /config/sweep.yaml --ray-address auto --no-progress"
     assert job["shutdownAfterJobFinishes"] is True
     cluster = job["rayClusterSpec"]
     assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["version"] == "v2"
     assert cluster["authOptions"] == {"mode": "token", "secretName": "flanscale-ray-auth"}
     head = cluster["headGroupSpec"]["template"]["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no cell on the controller's node
     assert {"name": "sweep-spec", "configMap": {"name": configmap["metadata"]["name"]}} in head["volumes"]
     assert head["affinity"] == k8s_render.non_preemptible_affinity() and not head.get("tolerations")
     [group] = cluster["workerGroupSpecs"]
@@ -69,14 +71,16 @@ def test_cpu_sweep_renders_a_valid_rayjob(sweep_file, crd_validators):
 
 
 def test_configmap_holds_the_composed_sweep(sweep_file, tmp_path):
-    path = sweep_file("roundtrip", models=["tiny-1"], task_counts=[9])
+    # A tracking URI of the user's machine must not follow the sweep into the cluster.
+    path = sweep_file("roundtrip", models=["tiny-1"], task_counts=[9], tracking_uri="http://localhost:5000")
     spec, cells, docs = _render(path, "cpu", overrides=["task_counts=[9,18]", "optim.steps=3"])
     shipped = tmp_path / "cluster" / "sweep.yaml"
     shipped.parent.mkdir()
     shipped.write_text(docs[0]["data"]["sweep.yaml"])
     # What the cluster loads (no overrides given there) is what was planned here.
     again = load_spec(str(shipped), [])
-    assert again == dataclasses.replace(spec, tracking_uri="http://mlflow.flanscale.svc:5000")
+    assert spec.tracking_uri == "http://localhost:5000" and "tracking_uri" not in yaml.safe_load(shipped.read_text())
+    assert again == dataclasses.replace(spec, tracking_uri=None)
     assert [c.key for c in plan(again)] == [c.key for c in cells]
     assert len(cells) == 2
 
@@ -219,8 +223,60 @@ def test_shared_home_and_dataset_volumes_reach_every_ray_pod(sweep_file, capsys,
     ("--data-pvc", "flan:/tmp/flan", "apart from /tmp"),
     ("--data-pvc", "flan:relative", "must be absolute"),
     ("--data-pvc", "flan:/", "must be absolute and apart"),
+    ("--data-pvc", "flan:/etc/flanscale", "apart from"),
     ("--home-pvc", "Home_PVC", "not a valid PersistentVolumeClaim name"),
 ])
 def test_bad_volume_flags_are_refused(sweep_file, flag, value, message):
     with pytest.raises(UserError, match=message):
         _cli(["k8s", "render", str(sweep_file("vol")), flag, value])
+
+
+DIGEST = "sha256:" + "89abcdef01234567" * 4
+
+
+def test_render_pins_every_container_to_an_image_digest(sweep_file, capsys, crd_validators):
+    image = f"europe-docker.pkg.dev/proj/repo/flanscale@{DIGEST}"
+    assert _cli(["k8s", "render", str(sweep_file("pinned")), "--image", image]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    _check(docs, crd_validators)
+    images = {c["image"] for _, p in pod_specs(docs[1]) for c in p["containers"]}
+    assert images == {image}
+    tagged_and_pinned = f"localhost:5000/flanscale:0.1.0-cpu@{DIGEST}"
+    _, _, docs = _render(sweep_file("both"), "cpu", image=tagged_and_pinned)
+    assert {c["image"] for _, p in pod_specs(docs[1]) for c in p["containers"]} == {tagged_and_pinned}
+
+
+@pytest.mark.parametrize("image", ["Flanscale:latest", "flanscale@sha256:abc", "flanscale:", "flan scale:1",
+                                   "flanscale@" + DIGEST.replace("sha256", "md5")])
+def test_render_refuses_what_is_no_image_reference(sweep_file, image):
+    with pytest.raises(UserError, match=r"--image: .* is not an image reference; expected NAME\[:TAG\]"):
+        _cli(["k8s", "render", str(sweep_file("bad-image")), "--image", image])
+
+
+def _security_view(pod: dict, autoscaler: dict | None) -> dict:
+    """What the base RayCluster and a rendered RayJob must agree on, per pod."""
+    c = pod["containers"][0]
+    keep = ("mlflow-ca", "kube-api-access")
+    return {
+        "serviceAccountName": pod["serviceAccountName"],
+        "automountServiceAccountToken": pod.get("automountServiceAccountToken"),
+        "secrets": sorted((e["name"], e["valueFrom"]["secretKeyRef"]["name"]) for e in c["env"] if "valueFrom" in e),
+        "envFrom": c["envFrom"],
+        "volumes": sorted((v for v in pod["volumes"] if v["name"] in keep), key=lambda v: v["name"]),
+        "mounts": sorted((m for m in c["volumeMounts"] if m["name"] in keep), key=lambda m: m["name"]),
+        "metrics": [p for p in c.get("ports", []) if p["name"] == "metrics"],
+        "securityContext": (pod["securityContext"], c["securityContext"]),
+        "autoscalerMounts": (autoscaler or {}).get("volumeMounts"),
+    }
+
+
+def test_rayjob_pods_mirror_the_base_cluster(sweep_file, built):
+    _, _, docs = _render(sweep_file("mirror"), "cpu")
+    job = docs[1]["spec"]["rayClusterSpec"]
+    [base] = [d["spec"] for d in built["cpu"] if d["kind"] == "RayCluster"]
+    for cluster in (base, job):
+        assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert _security_view(job["headGroupSpec"]["template"]["spec"], job["autoscalerOptions"]) == _security_view(
+        base["headGroupSpec"]["template"]["spec"], base["autoscalerOptions"])
+    assert _security_view(job["workerGroupSpecs"][0]["template"]["spec"], None) == _security_view(
+        base["workerGroupSpecs"][0]["template"]["spec"], None)
