@@ -2,13 +2,22 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two installs, two stamps: the demo needs the runtime dependencies only; the tests add the
+# test extra (pytest, torch and transformers for the Hugging Face parity tests, ...).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+STAMP         := $(VENV)/.installed
 
 .PHONY: demo test venv clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "flanscale needs $(PYTHON)"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): pyproject.toml $(RUNTIME_STAMP)
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -20,7 +29,7 @@ venv: $(STAMP)
 DEMO_MODELS := tiny-1 tiny-2 tiny-3
 DEMO_BASE   := $(abspath $(or $(FLANSCALE_HOME),.flanscale))/base
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	@for m in $(DEMO_MODELS); do \
 	  test -f $(DEMO_BASE)/$$m/pretrain.json || \
 	  $(BIN)/flanscale pretrain --model $$m --out $(DEMO_BASE)/$$m --steps 200 --every 50 || exit 1; \

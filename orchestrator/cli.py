@@ -11,7 +11,7 @@ from trainers.spec import UserError
 
 # Command groups, each a module in orchestrator/commands/ with `register(subparsers)`;
 # a handler is stored as `func` on the parsed namespace.
-COMMAND_MODULES = ("plan", "sweep", "report", "fit", "train", "pretrain", "eval", "convert", "k8s")
+COMMAND_MODULES = ("plan", "sweep", "report", "fit", "train", "pretrain", "eval", "export", "convert", "k8s")
 
 
 def build_parser() -> argparse.ArgumentParser:

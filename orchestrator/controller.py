@@ -26,7 +26,7 @@ from orchestrator.placement import CellFn, Launcher, Running, connect_ray
 from orchestrator.scheduling import (HEARTBEAT_S, CellView, Retries, Start, SweepSummary, after_outcome, classify,
                                      initial_state, next_actions, other_controller, sweep_state)
 from orchestrator.store import (TAG_ATTEMPTS, TAG_CANCEL, TAG_CONTROLLER, TAG_ERROR, TAG_MAX_CONCURRENT,
-                                TAG_PREEMPTIONS, SweepStore, records_by_key, resolve_home)
+                                TAG_PREEMPTIONS, TAG_SYSTEM_METRICS, SweepStore, records_by_key, resolve_home)
 from trainers.spec import UserError
 
 CANCEL_POLL_S = 2.0
@@ -54,11 +54,12 @@ def _claim() -> str:
 
 def run_sweep(spec: Any, cells: Sequence[Any], *, ray_address: str | None = None, tracking_uri: str | None = None,
               home: str | os.PathLike[str] | None = None, retry_failed: bool = False, progress: bool = True,
-              cell_fn: CellFn | None = None, poll_s: float = 0.5) -> SweepSummary:
+              cell_fn: CellFn | None = None, poll_s: float = 0.5, system_metrics: bool = True) -> SweepSummary:
     """Run every feasible, unfinished cell of a planned sweep on Ray; return what happened.
 
     `cell_fn` (default: trainers.job.run_cell with the Ray metrics exporter) runs inside the Ray
     worker; tests and benchmarks inject small ones. Safe to call again after any interruption.
+    `system_metrics=False` asks the cells started now not to log MLflow's system metrics.
     """
     t0 = time.monotonic()
     home_path = resolve_home(home)
@@ -117,6 +118,7 @@ def run_sweep(spec: Any, cells: Sequence[Any], *, ray_address: str | None = None
 
     running: dict[str, Running] = {}
     if not any(v.state == "pending" for v in views.values()):
+        store.log_summary(name, parent)
         store.set_state(parent, sweep_state([v.state for v in views.values()], False))
         store.delete_tag(parent, TAG_CONTROLLER)
         summary.states = {k: v.state for k, v in views.items()}
@@ -152,10 +154,12 @@ def run_sweep(spec: Any, cells: Sequence[Any], *, ray_address: str | None = None
                 store.delete_tag(handle.run_id, TAG_ERROR)
             summary.errors.pop(key, None)
             summary.results[key] = result
+            store.log_summary(name, parent)
 
     def start(key: str) -> None:
         attempts[key] += 1
-        store.set_state(run_ids[key], "running", **{TAG_ATTEMPTS: attempts[key]})
+        store.set_state(run_ids[key], "running", **{TAG_ATTEMPTS: attempts[key],
+                                                    TAG_SYSTEM_METRICS: "on" if system_metrics else "off"})
         views[key] = replace(views[key], state="running")
         handle = launcher.start(by_key[key], run_ids[key])
         running[key] = handle
@@ -231,6 +235,7 @@ def run_sweep(spec: Any, cells: Sequence[Any], *, ray_address: str | None = None
                         on_ready(ref)
             except Exception:  # Ray itself is going away: the next session resumes these cells
                 pass
+        store.log_summary(name, parent)  # failures and cancels since the last finished cell count too
         store.set_state(parent, sweep_state([v.state for v in views.values()], cancel))
         store.delete_tag(parent, TAG_CONTROLLER)
         if started_ray:

@@ -13,6 +13,7 @@ MLflow stays the record; these series are for watching a sweep while it runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,17 @@ class RayMetricsTracker:
         g = self._m["state"]  # type: ignore[index]
         for s in STATES:
             g.set(1.0 if s == state else 0.0, tags={**self.tags, "flanscale_state": s})
+
+
+def end_state(result: Any, stop_requested: Callable[[], bool]) -> str:
+    """The state a cell's gauge ends in once run_cell has returned: finished, or stopped before
+    its last step, by the controller (cancelled) or by a preemption notice (preempted), as
+    orchestrator.scheduling.classify records it. A cell that raised ends "failed"
+    (orchestrator.placement.default_cell_fn)."""
+    status = result.get("status", "finished") if isinstance(result, dict) else "finished"
+    if status == "finished":
+        return "finished"
+    return "cancelled" if stop_requested() else "preempted"
 
 
 def _finite(v: Any) -> bool:

@@ -33,14 +33,23 @@ STOP_POLL_S = 2.0  # a running cell asks whether it should stop at most this oft
 
 def default_cell_fn(spec: dict, run_id: str | None, tracking_uri: str, home: str,
                     should_stop: Callable[[], bool]) -> dict:
-    """trainers.job.run_cell, also exporting the cell's metrics as Ray metrics (Grafana)."""
-    from orchestrator.metrics import RayMetricsTracker
+    """trainers.job.run_cell, also exporting the cell's metrics as Ray metrics (Grafana),
+    whose state gauge ends finished, failed, preempted or cancelled with the cell."""
+    from orchestrator.metrics import RayMetricsTracker, end_state
     from trainers.job import run_cell
     from trainers.spec import CellSpec
 
     cell = CellSpec.from_dict(spec)
-    extra = (RayMetricsTracker(sweep=cell.sweep, cell_key=cell.key(), model=cell.model.name),) if run_id else ()
-    return run_cell(spec, run_id, tracking_uri, home, extra_trackers=extra, should_stop=should_stop)
+    if not run_id:  # a multi-host cell's other processes: process 0 reports
+        return run_cell(spec, run_id, tracking_uri, home, should_stop=should_stop)
+    tracker = RayMetricsTracker(sweep=cell.sweep, cell_key=cell.key(), model=cell.model.name)
+    try:
+        result = run_cell(spec, run_id, tracking_uri, home, extra_trackers=(tracker,), should_stop=should_stop)
+    except Exception:
+        tracker.set_state("failed")
+        raise
+    tracker.set_state(end_state(result, lambda: bool(should_stop())))
+    return result
 
 
 class _StopPoller:

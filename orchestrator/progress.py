@@ -64,29 +64,27 @@ def summary_line(rows: Sequence[CellRow], slots: int, fallback_step_s: float | N
     return f"{done}/{len(rows)} cells done, {running} running, about {format_duration(eta)} left"
 
 
-def render_table(title: str, rows: Sequence[CellRow], caption: str = "") -> Any:
-    from rich.table import Table
+def render_table(title: str, rows: Sequence[CellRow], caption: str = "", wide: bool = False) -> Any:
+    """The cells as a table that fits the console it is printed on (orchestrator.termtable):
+    the run id goes first, then attempts and loss; `wide` keeps every column. Errors of
+    failed and infeasible cells follow the table as wrapped lines."""
+    from rich.markup import escape
 
-    table = Table(title=title, caption=caption, expand=False)
-    table.add_column("cell", no_wrap=True, min_width=len(rows[0].name) if rows else 4)
-    table.add_column("state", no_wrap=True, min_width=9)
-    table.add_column("step", no_wrap=True, justify="right", min_width=5)
-    table.add_column("loss", no_wrap=True, justify="right", min_width=6)
-    table.add_column("attempts", no_wrap=True, justify="right")
-    table.add_column("run id", no_wrap=True, min_width=32)
+    from orchestrator.termtable import Column, FittedTable
+
     style = {"finished": "green", "running": "cyan", "failed": "red", "preempted": "yellow",
              "cancelled": "magenta", "infeasible": "dim"}
-    for r in rows:
-        table.add_row(
-            r.name, f"[{style.get(r.state, 'white')}]{r.state}[/]", f"{r.step}/{r.total_steps}",
-            "" if r.loss is None else f"{r.loss:.4f}", str(r.attempts), r.run_id,
-        )
-    errors = [r for r in rows if r.error and r.state in ("failed", "infeasible")]
-    if errors:
-        table.add_section()
-        for r in errors:
-            table.add_row(r.name, f"[red]{r.state}[/]", "", "", "", r.error[:200])
-    return table
+    columns = [
+        Column("cell", [escape(r.name) for r in rows]),
+        Column("state", [f"[{style.get(r.state, 'white')}]{r.state}[/]" for r in rows]),
+        Column("step", [f"{r.step}/{r.total_steps}" for r in rows], justify="right"),
+        Column("loss", ["" if r.loss is None else f"{r.loss:.4f}" for r in rows], rank=3, justify="right"),
+        Column("attempts", [str(r.attempts) for r in rows], rank=2, justify="right", short="tries"),
+        Column("run id", [r.run_id for r in rows], rank=1),
+    ]
+    notes = [f"[red]{r.state}[/] {escape(r.name)}: {escape(r.error[:500])}"
+             for r in rows if r.error and r.state in ("failed", "infeasible")]
+    return FittedTable(columns, wide=wide, notes=notes, title=title, caption=caption, expand=False)
 
 
 class LiveProgress:

@@ -1,7 +1,9 @@
 """MLflow as the durable store of a sweep: what ran, what is running, what is left.
 
-Layout (DESIGN.md section 3): experiment = sweep name; one parent run per sweep (tag
-`flanscale.sweep`, run name = sweep name); one child run per cell, found again by its tag
+Layout (DESIGN.md section 3, names in trainers/run_layout.py): experiment = sweep name, a
+model-training experiment; one parent run per sweep (tag `flanscale.sweep`, run name = sweep
+name) that also carries the sweep's summary metrics (`sweep/...`); one child run per cell,
+named for a person and tagged with its grid coordinates, found again by its tag
 `flanscale.cell_key`, so re-running a sweep resumes the same runs instead of making new ones.
 Everything goes through `MlflowClient` (never the global active run), because the controller
 writes into many runs at once and Ray workers write into the same ones.
@@ -27,18 +29,13 @@ from typing import Any, TypeVar
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
-TAG_SWEEP = "flanscale.sweep"
-TAG_KIND = "flanscale.kind"  # "sweep" (parent) | "cell" (child)
-TAG_CELL_KEY = "flanscale.cell_key"
-TAG_STATE = "flanscale.state"
-TAG_ATTEMPTS = "flanscale.attempts"
-TAG_PREEMPTIONS = "flanscale.preemptions"
-TAG_ERROR = "flanscale.error"
-TAG_WORKER = "flanscale.worker"  # "<node ip>:<pid>" of the process running the cell now
-TAG_CANCEL = "flanscale.cancel_requested"  # on the parent run; polled by the controller
-TAG_CONTROLLER = "flanscale.controller"  # on the parent run: "<host>:<pid>:<unix time>" heartbeat
-TAG_MAX_CONCURRENT = "flanscale.max_concurrent"  # on the parent run, for time-left estimates
-TAG_PARENT = "mlflow.parentRunId"
+# The names live in trainers.run_layout, which the job imports too; they are re-exported here
+# for the control plane and the reports.
+from trainers.run_layout import (EXPERIMENT_KIND, TAG_ATTEMPTS, TAG_BEST, TAG_CANCEL, TAG_CELL_KEY,  # noqa: F401
+                                 TAG_CONTROLLER, TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_FAMILY, TAG_FORMATS, TAG_KIND,
+                                 TAG_MAX_CONCURRENT, TAG_MODEL, TAG_PARENT, TAG_PREEMPTIONS, TAG_SEED, TAG_STATE,
+                                 TAG_SWEEP, TAG_SYSTEM_METRICS, TAG_TASK_COUNT, TAG_WORKER, run_name)
+from trainers.run_layout import cell_tags as layout_tags
 
 STATES = ("pending", "running", "finished", "failed", "preempted", "cancelled", "infeasible")
 
@@ -103,8 +100,13 @@ class CellRecord:
 
 
 def cell_name(cell: Any) -> str:
-    """The run name of a planner Cell: model, task count, seed and key."""
-    return f"{cell.model}-{cell.task_count}t-s{cell.seed}-{cell.key}"
+    """The run name of a planner Cell (trainers.run_layout.run_name)."""
+    return run_name(cell.model, cell.task_count, cell.formats, cell.seed)
+
+
+def cell_tags(cell: Any) -> dict[str, str]:
+    """The tags of a planner Cell's run that people group and filter by."""
+    return layout_tags(cell.model, cell.task_count, cell.formats, cell.seed, cell.spec.model.family)
 
 
 def cell_params(cell: Any) -> dict[str, Any]:
@@ -170,13 +172,15 @@ class SweepStore:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 with_retry(self.client.restore_experiment, exp.experiment_id)
+            if create and TAG_EXPERIMENT_KIND not in exp.tags:  # a sweep stored before experiments had a kind
+                with_retry(self.client.set_experiment_tag, exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return exp.experiment_id
         if not create:
             return None
         try:
             return with_retry(
                 self.client.create_experiment, sweep, artifact_location=self._artifact_location(),
-                tags={TAG_SWEEP: sweep},
+                tags={TAG_SWEEP: sweep, TAG_EXPERIMENT_KIND: EXPERIMENT_KIND},
             )
         except Exception as exc:  # another process created it first
             if "already exists" not in str(exc).lower() and "unique" not in str(exc).lower():
@@ -229,16 +233,18 @@ class SweepStore:
         `known` is the record from a `list_cells` just made, which saves a search.
         """
         if known is not None:
+            self._relabel(known.run_id, known.name, known.tags, cell)
             return known.run_id, False
         existing = self.find_cell_run(sweep, cell.key)
         if existing is not None:
             self.log_params(existing.info.run_id, cell_params(cell))
+            self._relabel(existing.info.run_id, existing.info.run_name or "", existing.data.tags, cell)
             return existing.info.run_id, False
         parent = self.sweep_run(sweep)
         exp_id = self.experiment_id(sweep)
         tags = {
             TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
-            TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0",
+            TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0", **cell_tags(cell),
         }
         run = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
         run_id = run.info.run_id
@@ -249,6 +255,15 @@ class SweepStore:
         if to_json is not None:
             self.log_json(run_id, "cell.json", to_json())
         return run_id, True
+
+    def _relabel(self, run_id: str, name: str, tags: dict[str, str], cell: Any) -> None:
+        """Name and tag a run stored before cell runs had people's names and tags. A name given
+        by hand in the UI stays: only runs without the tags are touched."""
+        if TAG_MODEL in tags:
+            return
+        self.set_tags(run_id, cell_tags(cell))
+        if name != cell_name(cell):
+            with_retry(self.client.update_run, run_id, name=cell_name(cell))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -336,6 +351,17 @@ class SweepStore:
         history = self.cell_history(run_id, metric)
         return history[-1] if history else None
 
+    def log_summary(self, sweep: str, parent_run_id: str) -> dict[str, float]:
+        """Write the sweep's summary (see `sweep_summary`) on its parent run, at step = cells
+        finished, so the parent's charts follow the sweep as it fills in."""
+        from mlflow.entities import Metric, RunTag
+
+        metrics, best = sweep_summary(self.list_cells(sweep))
+        step, now = int(metrics["sweep/cells_finished"]), int(time.time() * 1000)
+        with_retry(self.client.log_batch, parent_run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
+                   tags=[RunTag(TAG_BEST + k, v) for k, v in best.items()])
+        return metrics
+
     # ---- cancel requests (written by `flanscale sweep cancel`, polled by the controller) ----
 
     def request_cancel(self, sweep: str) -> str | None:
@@ -363,3 +389,33 @@ def latest_steps(run: Any) -> dict[str, int]:
 
 def records_by_key(records: Iterable[CellRecord]) -> dict[str, CellRecord]:
     return {r.key: r for r in records}
+
+
+def _lower_is_better(metric: str) -> bool | None:
+    """Direction of a held-out metric worth a sweep-level best; None for the others."""
+    if metric == "eval/loss":
+        return True
+    return False if metric.endswith("normalized_average") else None
+
+
+def sweep_summary(records: Iterable[CellRecord]) -> tuple[dict[str, float], dict[str, str]]:
+    """The sweep's summary metrics from its cells' records, and the run name of the cell
+    holding each best. `sweep/flops_spent` counts finished cells' finetuning compute as
+    measured (planned where a cell has no measurement); the bests are over finished cells:
+    the lowest `eval/loss`, the highest of each normalized average."""
+    records = list(records)
+    finished = [r for r in records if r.state == "finished"]
+    metrics = {
+        "sweep/cells": float(len(records)),
+        "sweep/cells_finished": float(len(finished)),
+        "sweep/cells_failed": float(sum(r.state == "failed" for r in records)),
+        "sweep/flops_spent": sum(r.metrics.get("flops/finetune_measured", r.metrics.get("flops/finetune", 0.0))
+                                 for r in finished),
+    }
+    best: dict[str, str] = {}
+    for name in sorted({m for r in finished for m in r.metrics if _lower_is_better(m) is not None}):
+        sign = 1.0 if _lower_is_better(name) else -1.0
+        holder = min((r for r in finished if name in r.metrics), key=lambda r: sign * r.metrics[name])
+        metrics[f"sweep/best/{name}"] = holder.metrics[name]
+        best[name] = holder.name or holder.key
+    return metrics, best

@@ -33,15 +33,20 @@ def checkpoint_dir(home: str | os.PathLike, key: str) -> Path:
 
 
 class Checkpointer:
-    """Saves and restores one cell's train state; keeps the newest `keep` checkpoints."""
+    """Saves and restores one cell's train state; keeps the newest `keep` checkpoints.
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
+    `create=False` opens an existing directory for reading (evaluation, export) and never
+    creates one where a user mistyped a path.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, create: bool = True) -> None:
         self.directory = Path(directory).absolute()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = max(int(keep), 1)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep,
-            create=True,
+            create=create,
             # Synchronous: a save is complete (and its manifest written) before training
             # continues or the process exits on preemption.
             enable_async_checkpointing=False,
@@ -100,6 +105,29 @@ class Checkpointer:
             )
             damaged.append(step)
         self._discard(damaged)
+        return None
+
+    def restore_params(self, abstract_params: Any) -> tuple[int, Any] | None:
+        """The params of the newest intact checkpoint as (step, params), or None when none is.
+
+        Only the params are read (not the optimizer state, RNG or data state), into the
+        layout of `abstract_params` (ShapeDtypeStructs with shardings). A reader does not own
+        the directory, so a damaged step is skipped with a warning, never deleted.
+        """
+        target = {"params": abstract_params}
+        for step in reversed(self.steps()):
+            problem = self._check_manifest(step)
+            if problem is None:
+                try:
+                    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                        partial_restore=True)))
+                except Exception as e:  # orbax/tensorstore raise many types for damaged data
+                    problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                else:
+                    return step, restored["state"]["params"]
+            log.warning("checkpoint %s step %d is unreadable (%s); trying the previous one",
+                        self.directory, step, problem)
         return None
 
     def _discard(self, steps: list[int]) -> None:

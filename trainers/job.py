@@ -17,37 +17,15 @@ from typing import Any
 
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
+from trainers.run_layout import TAG_CELL_KEY
 from trainers.spec import CellSpec, UserError
-from trainers.tracking import MLflowTracker, NullTracker, Tracker
+from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "FLANSCALE_COORDINATOR"
 ENV_NUM_PROCESSES = "FLANSCALE_NUM_PROCESSES"
 ENV_PROCESS_ID = "FLANSCALE_PROCESS_ID"
-
-
-class FanOutTracker:
-    """Sends every call to several trackers (MLflow plus, say, a console printer)."""
-
-    def __init__(self, trackers: Sequence[Tracker]) -> None:
-        self.trackers = list(trackers)
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        for t in self.trackers:
-            t.log_params(params)
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for t in self.trackers:
-            t.log_metrics(metrics, step)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for t in self.trackers:
-            t.set_tags(tags)
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        for t in self.trackers:
-            t.log_artifact(path, artifact_path)
 
 
 def init_distributed(
@@ -182,7 +160,8 @@ def run_cell(
     stop = _StopFlag(should_stop)
     stop.install()
     try:
-        return _run(cell, home_path, tracker, stop, steps)
+        with tracker.system_metrics():
+            return _run(cell, home_path, tracker, stop, steps)
     finally:
         stop.uninstall()
 
@@ -195,6 +174,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
     import jax
 
     from trainers import accounting, models
+    from trainers.cell_logging import log_evaluation, log_training_data
     from trainers.checkpoint import Checkpointer, checkpoint_dir
     from trainers.data import pipeline
     from trainers.train import abstract_initial_state, init_state, train_loop
@@ -230,6 +210,10 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
 
     setup = make_setup(model_cfg, cell.optim, cell.mesh, li, lt, pipeline.packing_efficiency)
     ckpt = Checkpointer(checkpoint_dir(home, key), keep=cell.checkpoint.keep)
+    if pid == 0:  # the directory alone then evaluates and exports (trainers/export.py)
+        from trainers.export import write_cell_record
+
+        write_cell_record(ckpt.directory, cell, model_cfg, batches.tokenizer)
     counters = {"input_tokens": 0.0, "target_tokens": 0.0}
     restored = None
     if ckpt.latest_step() is not None:
@@ -249,8 +233,9 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
     finetune_flops = accounting.train_flops(model_cfg, planned_in, planned_tgt)
     pretrain_flops = _pretrain_flops(cell)
     fraction = flops_fraction(finetune_flops, pretrain_flops)
-    tracker.set_tags({"flanscale.cell_key": key})
+    tracker.set_tags({TAG_CELL_KEY: key})
     tracker.log_params(_params_to_log(cell, n_params))
+    log_training_data(tracker, cell.data, batches.stream.mixture)
     once = {"flops/finetune": finetune_flops, "flops/pretrain": pretrain_flops}
     if fraction is not None:
         once["flops/fraction"] = fraction
@@ -265,7 +250,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
 
         def on_step(step: int, st: Any) -> None:
             if step % cell.eval.every_steps == 0 and step != total_steps:
-                tracker.log_metrics(evaluate(st["params"]), step)
+                tracker.log_metrics(evaluate(st["params"])[0], step)
 
     try:
         result = train_loop(
@@ -288,8 +273,9 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
     if result.status == "finished":
         tracker.log_metrics({"flops/finetune_measured": measured}, result.steps)
         if evaluate is not None:
-            eval_metrics = evaluate(result.state["params"])
+            eval_metrics, details = evaluate(result.state["params"])
             tracker.log_metrics(eval_metrics, result.steps)
+            log_evaluation(tracker, details, result.steps)
     return {
         "key": key,
         "steps": result.steps,
@@ -310,6 +296,7 @@ def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any)
     the same params and FLOPs metrics (finetune compute 0) as a trained cell.
     """
     from trainers import accounting, models
+    from trainers.cell_logging import log_evaluation
     from trainers.data.tokenizer import load_tokenizer
 
     key = cell.key()
@@ -317,13 +304,14 @@ def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any)
     setup = make_setup(model_cfg, cell.optim, cell.mesh, cell.data.input_length, cell.data.target_length)
     params = _initial_params(cell, model_cfg, setup, models)
     pretrain_flops = _pretrain_flops(cell)
-    tracker.set_tags({"flanscale.cell_key": key})
+    tracker.set_tags({TAG_CELL_KEY: key})
     tracker.log_params(_params_to_log(cell, accounting.param_count(model_cfg)))
     tracker.log_metrics({"flops/finetune": 0.0, "flops/pretrain": pretrain_flops}, 0)
     evaluate = _evaluator(cell, model_cfg, tokenizer)
-    eval_metrics = evaluate(params) if evaluate is not None else {}
+    eval_metrics, details = evaluate(params) if evaluate is not None else ({}, None)
     if eval_metrics:
         tracker.log_metrics(eval_metrics, 0)
+        log_evaluation(tracker, details, 0)
     return {
         "key": key,
         "steps": 0,
@@ -411,29 +399,32 @@ def param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
     )
 
 
-def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any], dict[str, float]] | None:
-    """params -> the held-out metrics: eval/loss (when cell.eval.loss) and the benchmarks."""
+def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any], tuple[dict[str, float], Any]] | None:
+    """params -> (the held-out metrics: eval/loss (when cell.eval.loss) and the benchmarks;
+    the benchmarks' trainers.eval.runner.EvalRun, None without benchmarks)."""
     e = cell.eval
     if not e.benchmarks and not e.loss:
         return None
     import jax
 
-    from trainers.eval.runner import evaluate
+    from trainers.cell_logging import PREDICTIONS_PER_MODE
     from trainers.eval.heldout_loss import HeldoutLoss
+    from trainers.eval.runner import evaluate_run
 
     li, lt = cell.data.input_length, cell.data.target_length
     loss = HeldoutLoss(model_cfg, tokenizer, li, lt, e.loss_examples) if e.loss else None
 
-    def run(params: Any) -> dict[str, float]:
+    def run(params: Any) -> tuple[dict[str, float], Any]:
         if jax.process_count() > 1:
             # Decoding runs on each host's own devices: gather the full parameters there.
             from jax.experimental import multihost_utils
 
             params = multihost_utils.process_allgather(params, tiled=True)
         out = loss(params) if loss is not None else {}
-        if e.benchmarks:
-            # Prompts longer than the trained input length are cut from the left, as in training.
-            out.update(evaluate(e, model_cfg, params, tokenizer, max_prompt_tokens=li))
-        return out
+        if not e.benchmarks:
+            return out, None
+        # Prompts longer than the trained input length are cut from the left, as in training.
+        details = evaluate_run(e, model_cfg, params, tokenizer, max_prompt_tokens=li, predictions=PREDICTIONS_PER_MODE)
+        return {**out, **details.metrics}, details
 
     return run

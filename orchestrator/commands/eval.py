@@ -1,6 +1,6 @@
 """`flanscale eval`: evaluate a checkpoint on the held-out benchmarks, or score predictions.
 
-  flanscale eval --checkpoint CKPT --benchmark mmlu [--mode direct|cot|sc] [--data-dir D]
+  flanscale eval --checkpoint CKPT [--sweep NAME] --benchmark mmlu [--mode direct|cot|sc] [--data-dir D]
                  [--max-examples N] [--predictions-out P.jsonl]
   flanscale eval score --benchmark mmlu --data-dir D --predictions P.jsonl [--mode M]
                  [--format json|table]
@@ -30,7 +30,12 @@ def register(subparsers) -> None:
               "       flanscale eval score --benchmark B --predictions P.jsonl [--data-dir D] [--mode M] [options]",
         description="Evaluate a checkpoint on the held-out benchmarks (direct, CoT, self-consistency). "
                     "`flanscale eval score ...` scores a predictions file from any model instead.")
-    p.add_argument("--checkpoint", help="checkpoint directory (loaded with trainers.models.load_pretrained)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="a cell's checkpoint directory (finished or interrupted), a cell key (with --sweep, or "
+                        "found under the home's checkpoints), a base-model directory (model.json + params/) or a "
+                        "Hugging Face T5 directory (config.json + model.safetensors)")
+    p.add_argument("--sweep", help="the sweep whose cell --checkpoint names by key (looked up in MLflow)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --sweep (default: sqlite under FLANSCALE_HOME)")
     p.add_argument("--benchmark", default="mmlu",
                    help=f"{' | '.join(benchmarks.names())}, comma-separated for several, or 'all' (default mmlu)")
     p.add_argument("--mode", choices=benchmarks.MODES, help="prompting mode: direct, cot, sc (self-consistency) or "
@@ -153,32 +158,6 @@ def score_predictions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tokenizer_config(checkpoint: Path):
-    """The DataConfig a checkpoint's tokenizer is described by, if a JSON next to it records
-    one (a cell spec with a "data" section, a DataConfig, or pretrain.json's "tokenizer");
-    else the byte tokenizer."""
-    from dataclasses import fields
-
-    from trainers.spec import DataConfig, from_dict
-
-    known = {f.name for f in fields(DataConfig)}
-    for folder in (checkpoint, checkpoint.parent):
-        for name in ("cell.json", "spec.json", "data_config.json", "pretrain.json"):
-            path = folder / name
-            if not path.is_file():
-                continue
-            try:
-                obj = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-            spec = obj.get("spec") if isinstance(obj, dict) else None
-            for candidate in ((spec or {}).get("data") if isinstance(spec, dict) else None,
-                              obj.get("data") if isinstance(obj, dict) else None, obj):
-                if isinstance(candidate, dict) and isinstance(candidate.get("tokenizer"), str):
-                    return from_dict(DataConfig, {k: v for k, v in candidate.items() if k in known})
-    return DataConfig(tokenizer="byte")
-
-
 def run_model(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise UserError("eval: --checkpoint is required (or use `flanscale eval score` to score predictions)")
@@ -193,21 +172,22 @@ def run_model(args: argparse.Namespace) -> int:
     if args.mode:
         for b in names:
             runner.check_mode(b, args.mode)
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        raise UserError(f"--checkpoint: {str(checkpoint)!r} does not exist")
+    from orchestrator.commands.export import resolve_model_dir
+    from trainers import export
+
+    checkpoint, record = resolve_model_dir(args.checkpoint, args.sweep, args.tracking_uri, "--checkpoint")
     # Bad data is reported before the model is loaded.
     benches = {b: loaders.load(b, args.data_dir, args.mmlu_split).limited(args.max_examples) for b in names}
 
-    from trainers import models
     from trainers.data.tokenizer import load_tokenizer
     from trainers.eval import rc
     from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
     from trainers.eval.rank import OptionScorer
     from trainers.spec import EvalConfig
 
-    model_cfg, params = models.load_pretrained(str(checkpoint))
-    tokenizer = load_tokenizer(_tokenizer_config(checkpoint), flanscale_home(), vocab_size=model_cfg.vocab_size)
+    loaded = export.load(checkpoint, record)
+    model_cfg, params = loaded.model, loaded.params
+    tokenizer = load_tokenizer(loaded.data, flanscale_home(), vocab_size=model_cfg.vocab_size)
     cfg = EvalConfig(benchmarks=tuple(names), data_dir=args.data_dir, max_examples=args.max_examples,
                      max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples, mmlu_split=args.mmlu_split)
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from orchestrator.termtable import KEEP
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -24,6 +26,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="Hydra-style overrides, e.g. task_counts=[9,89] models=[tiny-1] optim.learning_rate=1e-3")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column, however wide; by default columns that do not fit the terminal are left out "
+                        "(mesh, hosts, micro-batches and pretraining FLOPs first)")
     p.set_defaults(func=run)
 
 
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump([c.to_json() for c in cells], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_table(spec, cells, totals(cells))
+        _print_table(spec, cells, totals(cells), wide=args.wide)
     return 0
 
 
@@ -53,42 +58,46 @@ def human(x: float | None, unit: str = "") -> str:
     return f"{x:.3g}{unit}"
 
 
-def _print_table(spec: Any, cells: list, tot: dict) -> None:
-    import shutil
+# Columns in the order shown, with the rank that decides which go first when the terminal is
+# too narrow (lower first; termtable.KEEP never): what a cell is, whether it runs and what it
+# costs stay; how it is laid out goes.
+_RANKS = {"#": 2, "key": KEEP, "model": KEEP, "tasks": KEEP, "formats": KEEP, "params": 10, "ft tokens": 4,
+          "ft FLOPs": 14, "pt FLOPs": 3, "ft/pt": 8, "dev": 13, "hosts": 1, "mesh d/f/t": 5, "micro": 0,
+          "GiB/dev": 9, "est h": 12, "dev-h": 6, "cost": 15, "ok": KEEP}
 
+
+def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False) -> None:
     from rich import box
-    from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"sweep {spec.name}: {len(cells)} cells on {spec.accelerator}", show_footer=True,
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    from orchestrator.termtable import Column, FittedTable, wide_console
+
     footers = {
         "model": "total",
         "ft FLOPs": human(tot["finetune_flops"]),
         "dev-h": f"{tot['est_device_hours']:,.3g}",
-        "est h": "",
         "cost": f"{tot['est_cost']:,.2f}",
         "ok": f"{tot['feasible']}/{tot['cells']}",
     }
     left = {"key", "model", "formats", "mesh d/f/t", "ok"}
-    for col in ("#", "key", "model", "tasks", "formats", "params", "ft tokens", "ft FLOPs", "pt FLOPs", "ft/pt",
-                "dev", "hosts", "mesh d/f/t", "micro", "GiB/dev", "est h", "dev-h", "cost", "ok"):
-        table.add_column(col, footer=footers.get(col, ""), justify="left" if col in left else "right", no_wrap=True)
+    values: dict[str, list[str]] = {col: [] for col in _RANKS}
     notes = []
     for c in cells:
         mesh = "/".join(str(c.mesh.get(k, "-")) for k in ("data", "fsdp", "tensor")) if c.mesh else "-"
-        frac = f"{100 * c.flops_fraction:.3g}%" if c.flops_fraction is not None else "-"
         if not c.feasible:
-            notes.append(f"[{len(notes) + 1}] {c.model} tasks={c.task_count} {c.formats}: {c.reason}")
-        table.add_row(
-            str(c.priority), c.key, c.model, str(c.task_count), c.formats, human(c.params), human(c.finetune_tokens),
-            human(c.finetune_flops), human(c.pretrain_flops), frac, str(c.devices), str(c.hosts), mesh,
-            str(c.micro_batches), f"{c.memory_per_device_gib:.3g}", f"{c.est_hours:.3g}",
-            f"{c.est_device_hours:.3g}", f"{c.est_cost:,.2f}",
-            "yes" if c.feasible else f"[red]no [{len(notes)}][/red]",
-        )
-    # Wide enough for every column even when piped (rich assumes 80 columns then).
-    console = Console(width=max(200, shutil.get_terminal_size((200, 24)).columns))
+            notes.append(f"[red]infeasible[/red] [{len(notes) + 1}] {c.model} tasks={c.task_count} {c.formats}: {c.reason}")
+        row = (str(c.priority), c.key, c.model, str(c.task_count), c.formats, human(c.params), human(c.finetune_tokens),
+               human(c.finetune_flops), human(c.pretrain_flops),
+               f"{100 * c.flops_fraction:.3g}%" if c.flops_fraction is not None else "-", str(c.devices), str(c.hosts),
+               mesh, str(c.micro_batches), f"{c.memory_per_device_gib:.3g}", f"{c.est_hours:.3g}",
+               f"{c.est_device_hours:.3g}", f"{c.est_cost:,.2f}", "yes" if c.feasible else f"[red]no [{len(notes)}][/red]")
+        for col, value in zip(_RANKS, row):
+            values[col].append(value)
+    columns = [Column(col, values[col], rank=rank, footer=footers.get(col, ""),
+                      justify="left" if col in left else "right") for col, rank in _RANKS.items()]
+    table = FittedTable(columns, wide=wide, title=f"sweep {spec.name}: {len(cells)} cells on {spec.accelerator}",
+                        show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    console = wide_console(table)
     console.print(table)
     for note in notes:
-        console.print(f"[red]infeasible[/red] {note}", highlight=False, soft_wrap=True)
+        # Whole lines (a terminal wraps them), so a refusal can be searched for as printed.
+        console.print(note, highlight=False, soft_wrap=True)

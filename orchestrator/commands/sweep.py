@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE, cell_name
 from trainers.spec import UserError
 
 JOB_METADATA_KEY = "flanscale_sweep"
+# What a submitted job's working directory holds besides the --upload paths.
+SPEC_FILE = "sweep.yaml"
+# Ray ships the working directory through its GCS in one message; data and checkpoints belong
+# on storage the cluster mounts, so this stays well below that transport's limit.
+UPLOAD_LIMIT = 100 * 2**20
+# Ray's packaging skips what these files list; an upload travels whole.
+_IGNORE_FILES = (".gitignore", ".rayignore")
 
 
 def register(subparsers: Any) -> None:
@@ -27,12 +36,17 @@ def register(subparsers: Any) -> None:
     _spec_args(run)
     _run_args(run)
     run.add_argument("--no-progress", action="store_true", help="no live table (for logs and CI)")
+    run.add_argument("--no-system-metrics", action="store_true",
+                     help="cells log no CPU/memory/GPU metrics into their MLflow runs (also: FLANSCALE_SYSTEM_METRICS=0)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="state, step, loss and time left of every cell")
     status.add_argument("sweep", metavar="SPEC_OR_NAME", help="a sweep file (.yaml) or a sweep name")
     status.add_argument("overrides", nargs="*", help="Hydra overrides when SPEC is a file")
     status.add_argument("--format", choices=("table", "json"), default="table")
+    status.add_argument("--wide", action="store_true",
+                        help="every column (run id, attempts, loss), however wide; by default columns that do not "
+                             "fit the terminal are left out")
     status.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
     status.set_defaults(func=cmd_status)
 
@@ -43,10 +57,17 @@ def register(subparsers: Any) -> None:
                         help="wait up to this long for the controller to stop every cell")
     cancel.set_defaults(func=cmd_cancel)
 
-    submit = sub.add_parser("submit", help="run the controller itself as a Ray Job on a cluster")
+    submit = sub.add_parser(
+        "submit", help="run the controller itself as a Ray Job on a cluster",
+        description="Compose and plan the sweep here, then run `flanscale sweep run` on the composed spec as a Ray "
+        "Job. The job's working directory holds that spec and the --upload paths, nothing else from this machine.")
     _spec_args(submit)
     _run_args(submit)
     submit.add_argument("--home", help="FLANSCALE_HOME on the cluster (default: the cluster's own)")
+    submit.add_argument("--upload", action="append", default=[], metavar="PATH",
+                        help="a file or folder the job needs (e.g. a tokenizer), put under its own name in the job's "
+                        "working directory, where relative paths in the spec are read; repeatable; at most "
+                        f"{UPLOAD_LIMIT >> 20} MiB in all (default: only the composed spec is sent)")
     submit.set_defaults(func=cmd_submit)
 
     logs = sub.add_parser("logs", help="print (and follow) the logs of a submitted sweep")
@@ -66,6 +87,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
     p.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="cells running at once (overrides the spec)")
+    p.add_argument("--register-models", action="store_true",
+                   help="register each finished cell's model in the MLflow model registry as <sweep>-<model>, "
+                        "its export (Hugging Face T5, or flanscale's layout for decoders) as the version's files")
 
 
 def load_and_plan(path: str, overrides: list[str], max_concurrent: int | None = None) -> tuple[Any, list[Any]]:
@@ -85,10 +109,19 @@ def load_and_plan(path: str, overrides: list[str], max_concurrent: int | None = 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.controller import run_sweep
+    from orchestrator.store import SweepStore
+    from trainers.run_layout import ui_runs_url
+    from trainers.tracking import system_metrics_enabled
 
     spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
+    cell_fn = None
+    if args.register_models:
+        from orchestrator.model_registry import RegisteringCellFn
+
+        cell_fn = RegisteringCellFn()
     summary = run_sweep(spec, cells, ray_address=args.ray_address, tracking_uri=args.tracking_uri,
-                        retry_failed=args.retry_failed, progress=not args.no_progress)
+                        retry_failed=args.retry_failed, progress=not args.no_progress, cell_fn=cell_fn,
+                        system_metrics=not args.no_system_metrics and system_metrics_enabled())
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts().items()))
     print(f"sweep {spec.name}: {counts} ({len(summary.started)} started in {summary.wall_s:.1f}s)")
     for key, error in sorted(summary.errors.items()):
@@ -96,6 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"MLflow: {summary.tracking_uri} (experiment {spec.name!r}, parent run {summary.parent_run_id})")
     if summary.tracking_uri.startswith("sqlite:"):
         print(f"  browse: mlflow ui --backend-store-uri {summary.tracking_uri}")
+        experiment = SweepStore(summary.tracking_uri).experiment_id(spec.name, create=False)
+        print(f"  then open {ui_runs_url('http://127.0.0.1:5000', experiment)}")
     if summary.cancelled:
         return 3
     return 1 if summary.errors else 0
@@ -145,13 +180,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "total": len(rows), "eta_s": eta, "tracking_uri": store.tracking_uri,
                           "cells": [r.__dict__ for r in rows]}, indent=2))
         return 0
-    from rich.console import Console
+    from orchestrator.termtable import wide_console
 
     state = tags.get(TAG_STATE, "not started")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # piped or logged: do not squeeze columns to 80
-    console.print(render_table(f"sweep {name} ({state})", rows, summary_line(rows, slots)))
+    table = render_table(f"sweep {name} ({state})", rows, summary_line(rows, slots), wide=args.wide)
+    wide_console(table).print(table)
     return 0
 
 
@@ -175,34 +208,97 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def submit_entrypoint(spec_name: str, overrides: list[str], args: argparse.Namespace) -> str:
-    parts = ["flanscale", "sweep", "run", spec_name, *overrides, "--no-progress"]
+def submit_entrypoint(args: argparse.Namespace) -> str:
+    # The spec is composed already (overrides and --max-concurrent applied): none travel again.
+    parts = ["flanscale", "sweep", "run", SPEC_FILE, "--no-progress"]
     if args.tracking_uri:
         parts += ["--tracking-uri", args.tracking_uri]
     if args.retry_failed:
         parts.append("--retry-failed")
-    if args.max_concurrent:
-        parts += ["--max-concurrent", str(args.max_concurrent)]
+    if args.register_models:
+        parts.append("--register-models")
     return shlex.join(parts)
 
 
+def fill_working_dir(workdir: Path, spec: Any, uploads: list[str], limit: int) -> int:
+    """Write the composed spec and copy the --upload paths into `workdir`; returns the bytes
+    copied. Every problem is a UserError before anything is sent."""
+    from orchestrator.spec import dump_spec
+
+    (workdir / SPEC_FILE).write_text(dump_spec(spec))
+    taken = {SPEC_FILE: "the composed spec"}
+    total = 0
+    for given in uploads:
+        src = Path(os.path.abspath(given))  # abspath, not resolve: a symlink keeps its own name
+        if not src.exists():
+            raise UserError(f"--upload {given}: no such file or directory")
+        if src.name in taken:
+            raise UserError(f"--upload {given}: the job's working directory already has {src.name!r} "
+                            f"({taken[src.name]}); rename one of them")
+        taken[src.name] = f"--upload {given}"
+        for path, rel in _upload_files(given, src):
+            try:
+                total += path.stat().st_size
+                if total > limit:
+                    raise UserError(f"--upload {given}: the uploads come to more than {limit >> 20} MiB; put large "
+                                    "inputs (data, checkpoints) on storage the cluster mounts and point the spec there")
+                dest = workdir / src.name / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest)
+            except OSError as e:
+                raise UserError(f"--upload {given}: cannot read {path} ({e.strerror or e})") from None
+    return total
+
+
+def _upload_files(given: str, src: Path) -> Iterator[tuple[Path, Path]]:
+    """(file, path under the upload) for each file of an upload, which is a file or a folder."""
+    if src.is_file():
+        yield src, Path()
+        return
+    if not src.is_dir():
+        raise UserError(f"--upload {given}: not a regular file or folder")
+
+    def unreadable(e: OSError) -> None:
+        raise UserError(f"--upload {given}: cannot read {e.filename} ({e.strerror or e})")
+
+    for root, dirs, files in os.walk(src, onerror=unreadable):
+        here = Path(root)
+        for d in dirs:
+            if (here / d).is_symlink():  # os.walk would skip it silently
+                raise UserError(f"--upload {given}: {here / d} is a link to a folder; upload that folder itself")
+        for f in files:
+            path = here / f
+            if f in _IGNORE_FILES:
+                continue
+            if path.exists() and not path.is_file():
+                raise UserError(f"--upload {given}: {path} is not a regular file")
+            yield path, path.relative_to(src)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    import tempfile
+
     if not args.ray_address:
         raise UserError("--ray-address: required for submit; give the Ray dashboard address, e.g. http://HEAD:8265")
     spec, _ = load_and_plan(args.spec, args.overrides, args.max_concurrent)  # refuse bad input here, not remotely
-    path = Path(args.spec).resolve()
-    # The spec's directory is its Hydra config root, so it travels whole (group files included).
-    runtime_env: dict[str, Any] = {"working_dir": str(path.parent)}
-    if args.home:
-        runtime_env["env_vars"] = {"FLANSCALE_HOME": args.home}
-    client = job_client(args.ray_address)
-    job_id = client.submit_job(
-        entrypoint=submit_entrypoint(path.name, args.overrides, args),
-        runtime_env=runtime_env,
-        submission_id=f"flanscale-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        metadata={JOB_METADATA_KEY: spec.name},
-    )
+    with tempfile.TemporaryDirectory(prefix="flanscale-submit-") as workdir:
+        uploaded = fill_working_dir(Path(workdir), spec, args.upload, UPLOAD_LIMIT)
+        runtime_env: dict[str, Any] = {"working_dir": workdir}
+        if args.home:
+            runtime_env["env_vars"] = {"FLANSCALE_HOME": args.home}
+        client = job_client(args.ray_address)
+        # Ray packs and uploads the working directory before submit_job returns.
+        job_id = client.submit_job(
+            entrypoint=submit_entrypoint(args),
+            runtime_env=runtime_env,
+            submission_id=f"flanscale-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            metadata={JOB_METADATA_KEY: spec.name},
+        )
     print(f"submitted sweep {spec.name} as Ray job {job_id}")
+    sent = f"the composed spec ({SPEC_FILE})"
+    if args.upload:
+        sent += f" and {len(args.upload)} upload(s), {uploaded / 2**20:.1f} MiB"
+    print(f"  sent: {sent}")
     print(f"  follow: flanscale sweep logs {spec.name} --ray-address {args.ray_address}")
     return 0
 
@@ -219,7 +315,12 @@ def job_client(address: str) -> Any:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--ray-address {address}: no Ray dashboard answers there ({reason}); "
+                        "give the head's dashboard address, e.g. http://HEAD:8265") from None
 
 
 def latest_job(client: Any, name: str) -> Any:

@@ -1,6 +1,6 @@
-"""Live metrics path: a real tiny cell in a Ray task reports through RayMetricsTracker, a real
-Prometheus scrapes Ray's metrics agent, and every PromQL query of the Grafana dashboard
-returns the cell's series."""
+"""Live metrics path: a real tiny sweep on Ray reports through RayMetricsTracker, a real
+Prometheus scrapes Ray's metrics agent, every PromQL query of the Grafana dashboard returns
+the sweep's series, and the cell-state gauge ends where the cells end."""
 
 from __future__ import annotations
 
@@ -67,23 +67,113 @@ def test_dashboard_model_is_consistent_with_the_tracker():
     assert used == known, used ^ known  # every series the tracker exports is charted, and nothing else
 
 
+class _Recorder:
+    """Stands in for RayMetricsTracker: records the states the real path sets."""
+
+    made: list["_Recorder"] = []
+
+    def __init__(self, sweep, cell_key, model=""):
+        self.states: list[str] = []
+        _Recorder.made.append(self)
+
+    def set_state(self, state):
+        self.states.append(state)
+
+
+@pytest.mark.parametrize("outcome,stop,expected", [
+    ({"status": "finished"}, False, "finished"),
+    ({"status": "preempted"}, False, "preempted"),  # SIGTERM: a preemption notice
+    ({"status": "preempted"}, True, "cancelled"),  # the controller asked the cell to stop
+    (RuntimeError("boom"), False, "failed"),
+])
+def test_default_cell_fn_ends_the_state_gauge_with_the_cell(monkeypatch, outcome, stop, expected):
+    from orchestrator import metrics, placement
+    from trainers import job
+    from trainers.spec import CellSpec
+
+    def run_cell(*args, **kwargs):
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(metrics, "RayMetricsTracker", _Recorder)
+    monkeypatch.setattr(job, "run_cell", run_cell)
+    _Recorder.made.clear()
+    spec = CellSpec(sweep="s").to_dict()
+    if isinstance(outcome, Exception):
+        with pytest.raises(RuntimeError):
+            placement.default_cell_fn(spec, "run", "uri", "home", lambda: stop)
+    else:
+        assert placement.default_cell_fn(spec, "run", "uri", "home", lambda: stop) is outcome
+    assert [r.states for r in _Recorder.made] == [[expected]]
+
+
+def setup_module(module):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)  # the cell function below runs in Ray workers
+
+
+SWEEP = """\
+name: {name}
+models: [tiny-1]
+task_counts: [9, 89]
+formats: [mixed]
+max_concurrent: 2
+seeds: [0]
+data:
+  input_length: 32
+  target_length: 16
+  examples_per_task: 4
+optim:
+  batch_size: 2
+  steps: 3
+eval:
+  benchmarks: [mmlu]
+  modes: [direct]
+  max_examples: 1
+  max_new_tokens: 4
+  loss: false
+retries:
+  failure: 0
+"""
+
+
+def fail_89_at_step_2(spec, run_id, tracking_uri, home, should_stop):
+    """The real cell function; the 89-task cell's job raises during its second step, as a
+    broken data shard would."""
+    from orchestrator.placement import default_cell_fn
+
+    calls = []
+
+    def stop():
+        calls.append(1)
+        if spec["data"]["task_count"] == 89 and len(calls) >= 2:
+            raise RuntimeError("shard 89 unreadable")
+        return should_stop()
+
+    return default_cell_fn(spec, run_id, tracking_uri, home, stop)
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary (Debian package 'prometheus')")
-def test_grafana_queries_return_a_live_cells_metrics(tmp_path):
+def test_grafana_queries_return_a_live_sweeps_metrics(tmp_path, monkeypatch):
+    """A real sweep (controller, Ray tasks, default_cell_fn, run_cell): nothing but the cells
+    themselves moves the state gauge, to finished for one cell and failed for the other."""
     ray = pytest.importorskip("ray")
-    from trainers.spec import CellSpec, DataConfig, EvalConfig, ModelConfig, OptimConfig
+    from orchestrator import controller
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
 
+    monkeypatch.setenv("FLANSCALE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     sweep = f"prom-{uuid.uuid4().hex[:6]}"
-    spec = CellSpec(
-        sweep=sweep,
-        model=ModelConfig(name="tiny-1", vocab_size=384, d_model=32, d_ff=64, num_heads=2, d_kv=16,
-                          num_encoder_layers=1, num_decoder_layers=1),
-        data=DataConfig(task_count=9, input_length=64, target_length=32, examples_per_task=8),
-        optim=OptimConfig(batch_size=4, steps=3),
-        eval=EvalConfig(benchmarks=("mmlu",), modes=("direct",), max_examples=1, max_new_tokens=4),
-    )
-    key = spec.key()
+    (tmp_path / "sweep.yaml").write_text(SWEEP.format(name=sweep))
+    spec = load_spec(str(tmp_path / "sweep.yaml"), [])
+    cells = {c.task_count: c for c in plan(spec)}
+    key, failing = cells[9].key, cells[89].key
     metrics_port, prom_port = _free_port(), _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -98,21 +188,14 @@ def test_grafana_queries_return_a_live_cells_metrics(tmp_path):
     )
     base = f"http://127.0.0.1:{prom_port}"
     # address="local": a fresh cluster of our own even when RAY_ADDRESS points elsewhere, so the
-    # metrics port is the one Prometheus scrapes.
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=metrics_port,
+    # metrics port is the one Prometheus scrapes; the controller uses the Ray it finds running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 500})
     try:
-        @ray.remote(num_cpus=1)
-        def cell_task(spec_dict: dict, home: str) -> dict:
-            from orchestrator.metrics import RayMetricsTracker
-            from trainers.job import run_cell
-
-            tracker = RayMetricsTracker(spec_dict["sweep"], CellSpec.from_dict(spec_dict).key())
-            result = run_cell(spec_dict, home=home, extra_trackers=[tracker])
-            tracker.set_state(result["status"])
-            return result
-
-        result = ray.get(cell_task.remote(spec.to_dict(), str(tmp_path / "home")), timeout=240)
+        summary = controller.run_sweep(spec, list(cells.values()), home=tmp_path / "home", progress=False,
+                                       cell_fn=fail_89_at_step_2)
+        assert summary.states == {key: "finished", failing: "failed"}, summary.errors
+        result = summary.results[key]
         assert result["status"] == "finished" and result["steps"] == 3
 
         queries = [(p["title"], _expand(t["expr"], sweep)) for p in _panels() for t in p["targets"]]
@@ -138,8 +221,16 @@ def test_grafana_queries_return_a_live_cells_metrics(tmp_path):
         assert list(value(f"max(ray_flanscale_loss{{{sel}}})").values()) == [pytest.approx(result["final_loss"], rel=1e-5)]
         assert list(value(f"max(ray_flanscale_steps_total{{{sel}}})").values()) == [3.0]
         assert list(value(f"max(ray_flanscale_step{{{sel}}})").values()) == [3.0]
-        states = value(f"max by (flanscale_state) (ray_flanscale_cell_state{{{sel}}})")
-        assert {json.loads(k)["flanscale_state"]: v for k, v in states.items() if v == 1.0} == {"finished": 1.0}
+
+        def state_of(cell: str) -> dict[str, float]:
+            q = f'max by (flanscale_state) (ray_flanscale_cell_state{{flanscale_sweep="{sweep}", flanscale_cell="{cell}"}})'
+            return {json.loads(k)["flanscale_state"]: v for k, v in value(q).items() if v == 1.0}
+
+        deadline = time.monotonic() + 30  # the failed cell's last report may trail the finished one's
+        while state_of(failing) != {"failed": 1.0} and time.monotonic() < deadline:
+            time.sleep(1)
+        assert state_of(key) == {"finished": 1.0}
+        assert state_of(failing) == {"failed": 1.0}
         mfu = list(value(f"max(ray_flanscale_mfu{{{sel}}})").values())[0]
         assert 0.0 < mfu < 1.0
         eff = list(value(f"max(ray_flanscale_packing_efficiency{{{sel}}})").values())[0]

@@ -11,8 +11,8 @@ import pytest
 
 from orchestrator.planner import plan
 from orchestrator.spec import load_spec
-from orchestrator.store import (TAG_CELL_KEY, TAG_KIND, TAG_PARENT, TAG_STATE, TAG_SWEEP, SweepStore, cell_params,
-                                resolve_tracking_uri)
+from orchestrator.store import (TAG_BEST, TAG_CELL_KEY, TAG_EXPERIMENT_KIND, TAG_KIND, TAG_PARENT, TAG_STATE,
+                                TAG_SWEEP, SweepStore, cell_name, cell_params, resolve_tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,12 @@ def test_runs_are_found_again_never_duplicated(shared_home, make_sweep):
         assert rec.tags[TAG_CELL_KEY] == cell.key and rec.state == "pending" and rec.attempts == 0
         assert rec.params == {k: str(v) for k, v in cell_params(cell).items()}
         assert rec.params["task_count"] == str(cell.task_count) and rec.total_steps == 12
+        # Named and tagged for people: the UI groups and filters by these tags.
+        assert rec.name == cell_name(cell) == f"tiny-1 · {cell.task_count} tasks · mixed · seed 0"
+        assert {k: rec.tags[k] for k in ("model", "task_count", "formats", "seed", "family")} == {
+            "model": "tiny-1", "task_count": str(cell.task_count), "formats": "mixed", "seed": "0", "family": "t5"}
     exp = store.client.get_experiment_by_name("store")
+    assert exp.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"  # MLflow's model-training kind
     assert exp.artifact_location == (home / "mlartifacts").as_uri()
     artifact = Path(store.client.download_artifacts(ids[0][0], "cell.json", str(home / "dl")))
     assert json.loads(artifact.read_text())["key"] == cells[0].key
@@ -111,3 +116,50 @@ def test_concurrent_writers_never_lose_a_write(shared_home, make_sweep):
         assert [s for s, _ in store.cell_history(run_id, f"w{w}")] == list(range(1, 21))
     with sqlite3.connect(home / "mlflow.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_runs_stored_before_names_and_tags_get_them(shared_home, make_sweep):
+    """A sweep stored by an earlier layout (run name = key, no people's tags, experiment
+    without a kind) is relabelled when it is run again; a name given by hand stays."""
+    cells = _cells(make_sweep, "old")
+    store = SweepStore(home=shared_home)
+    exp = store.client.create_experiment("old", tags={TAG_SWEEP: "old"})
+    parent = store.client.create_run(exp, run_name="old", tags={TAG_SWEEP: "old", TAG_KIND: "sweep"}).info.run_id
+    for cell in cells:
+        store.client.create_run(exp, run_name=cell.key, tags={
+            TAG_PARENT: parent, TAG_SWEEP: "old", TAG_KIND: "cell", TAG_CELL_KEY: cell.key, TAG_STATE: "finished"})
+    assert store.sweep_run("old") == parent
+    assert store.client.get_experiment(exp).tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+    records = {r.key: r for r in store.list_cells("old")}
+    for cell in cells:
+        store.cell_run("old", cell, known=records[cell.key])
+    renamed = {r.key: r for r in store.list_cells("old")}
+    assert {k: r.name for k, r in renamed.items()} == {c.key: cell_name(c) for c in cells}
+    assert all(r.tags["model"] == "tiny-1" for r in renamed.values())
+    first = cells[0]
+    store.client.update_run(renamed[first.key].run_id, name="my favourite")
+    store.cell_run("old", first, known={r.key: r for r in store.list_cells("old")}[first.key])
+    assert store.client.get_run(renamed[first.key].run_id).info.run_name == "my favourite"
+
+
+def test_sweep_summary_on_the_parent_run(shared_home, make_sweep):
+    cells = _cells(make_sweep, "summary")
+    store = SweepStore(home=shared_home)
+    parent = store.sweep_run("summary")
+    ids = [store.cell_run("summary", c)[0] for c in cells]
+    for run_id, loss, flops in zip(ids, (2.5, 1.5), (3e12, 5e12)):
+        store.client.log_metric(run_id, "eval/loss", loss)
+        store.client.log_metric(run_id, "flops/finetune_measured", flops)
+    store.set_state(ids[0], "finished")
+    first = store.log_summary("summary", parent)
+    assert first["sweep/cells_finished"] == 1 and first["sweep/best/eval/loss"] == 2.5
+    store.set_state(ids[1], "finished")
+    store.log_summary("summary", parent)
+    run = store.client.get_run(parent)
+    assert run.data.metrics["sweep/cells_finished"] == 2 and run.data.metrics["sweep/cells"] == 2
+    assert run.data.metrics["sweep/flops_spent"] == pytest.approx(8e12)
+    assert run.data.metrics["sweep/best/eval/loss"] == 1.5
+    assert run.data.tags[TAG_BEST + "eval/loss"] == cell_name(cells[1])
+    # One point per cell finished: the parent's charts follow the sweep as it fills in.
+    assert [(m.step, m.value) for m in store.client.get_metric_history(parent, "sweep/best/eval/loss")] == [
+        (1, 2.5), (2, 1.5)]

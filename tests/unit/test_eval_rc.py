@@ -17,12 +17,15 @@ class Scored:
     num_chars: int
 
 
-def _gold_by_prompt(bench):
-    return {prompts.prompt(bench, ex, "rc"): ex.answers[0] for task in bench.tasks.values() for ex in task}
-
-
 def _oracle(bench):
-    gold = _gold_by_prompt(bench)
+    """Knows every answer: the right option gets log-probability 0, the others -5."""
+    gold = {}
+    for task, examples in bench.tasks.items():
+        choices = rc.task_options(bench, task) or {}
+        for ex in examples:
+            if ex.id in choices:
+                c = choices[ex.id]
+                gold[prompts.prompt(bench, ex, "rc")] = c.options[c.gold]
 
     def score(texts, options):
         return [[Scored(0.0 if o == gold[t] else -5.0, 1, len(o)) for o in opts] for t, opts in zip(texts, options)]
@@ -48,15 +51,14 @@ def test_oracle_scores_100_and_uniform_scores_chance(name):
     ranked = {t for t in bench.tasks if rc.task_options(bench, t) is not None}
     assert ranked and set(flat.rc.tasks) == ranked
     for task, score in flat.rc.tasks.items():
-        opts = rc.task_options(bench, task)
-        equal_length = all(len({len(o) for o in v}) == 1 for v in opts.values())
-        if equal_length:  # every option ties: exactly 1/k credit per question
-            expected = 100.0 * sum(1 / len(v) for v in opts.values()) / len(opts)
-            assert score == pytest.approx(expected), task
-        assert flat.rc_norm.tasks[task] == pytest.approx(
-            100.0 * sum(1 / len(v) for v in opts.values()) / len(opts)), task
+        choices = rc.task_options(bench, task).values()
+        expected = 100.0 * sum(1 / len(c.options) for c in choices) / len(choices)
+        if all(len({len(o) for o in c.options}) == 1 for c in choices):
+            assert score == pytest.approx(expected), task  # every option ties: 1/k credit each
+        # Per character every option of a uniform model scores the same: exactly chance.
+        assert flat.rc_norm.tasks[task] == pytest.approx(expected), task
     if name in ("mmlu", "unseen_mc"):
-        assert flat.rc.score == pytest.approx(info.chance) and flat.rc.normalized == pytest.approx(0.0)
+        assert flat.rc_norm.score == pytest.approx(info.chance) and flat.rc_norm.normalized == pytest.approx(0.0)
     assert set(flat.metrics()) == {f"eval/{name}/{m}" for m in
                                    ("rc", "rc/normalized", "rc_norm", "rc_norm/normalized", "rc_logprob")}
 
@@ -64,14 +66,29 @@ def test_oracle_scores_100_and_uniform_scores_chance(name):
 def test_options_per_shape():
     mmlu = loaders.load("mmlu")
     task = next(iter(mmlu.tasks))
-    assert set(rc.task_options(mmlu, task).values()) == {("A", "B", "C", "D")}
+    for ex in mmlu.tasks[task]:  # the four choice texts, labelled by letter
+        c = rc.task_options(mmlu, task)[ex.id]
+        assert c.options == ex.choices and c.labels == ("A", "B", "C", "D") and c.labels[c.gold] == ex.answers[0]
     bbh = loaders.load("bbh")
-    assert set(rc.task_options(bbh, "boolean_expressions").values()) == {("False", "True")}
-    letters = rc.task_options(bbh, "date_understanding")
-    assert all(v[0] == "(A)" and len(v) >= 2 for v in letters.values())
+    assert {c.options for c in rc.task_options(bbh, "boolean_expressions").values()} == {("False", "True")}
+    for ex in bbh.tasks["date_understanding"]:
+        c = rc.task_options(bbh, "date_understanding")[ex.id]
+        assert c.labels[0] == "(A)" and c.labels[c.gold] == ex.answers[0]
+        assert all(f"{label} {text}" in ex.question for label, text in zip(c.labels, c.options))
     for free_form in ("word_sorting", "multistep_arithmetic_two"):
         assert rc.task_options(bbh, free_form) is None
-    assert rc.task_options(loaders.load("tydiqa"), next(iter(loaders.load("tydiqa").tasks))) is None
+    tydiqa = loaders.load("tydiqa")
+    assert rc.task_options(tydiqa, next(iter(tydiqa.tasks))) is None
+
+
+def test_rc_prompts_answer_exemplars_by_text():
+    mmlu = loaders.load("unseen_mc")
+    ex = mmlu.tasks["addition"][0]
+    direct, ranked = prompts.prompt(mmlu, ex, "direct"), prompts.prompt(mmlu, ex, "rc")
+    shot = mmlu.shots["addition"][0]
+    assert f"Answer: {shot.answer}\n" in direct
+    assert f"Answer: {shot.choices['ABCD'.index(shot.answer)]}\n" in ranked
+    assert direct.endswith("Answer:") and ranked.endswith("Answer:")
 
 
 def test_rc_is_refused_where_there_are_no_options():

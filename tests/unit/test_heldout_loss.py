@@ -38,7 +38,7 @@ def test_the_set_depends_on_nothing_a_cell_varies(tokenizer):
         cell = CellSpec(model=T5, data=DataConfig(task_count=task_count, formats=formats, input_length=LI,
                                                   target_length=LT), seed=seed,
                         eval=EvalConfig(loss_examples=4))
-        values.append(_evaluator(cell, T5, tokenizer)(params))
+        values.append(_evaluator(cell, T5, tokenizer)(params)[0])
     assert values[0] == values[1]
     assert set(values[0]) == {"eval/loss", "eval/loss/mc", "eval/loss/reasoning", "eval/loss/qa", "eval/loss/arith"}
     assert all(v > 0 for v in values[0].values())

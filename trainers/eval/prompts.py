@@ -15,6 +15,8 @@ CoT queries end with the zero-shot CoT trigger "Let's think step by step."
 
 from __future__ import annotations
 
+import re
+
 from trainers.eval.extract import COT_TRIGGER
 from trainers.eval import benchmarks
 from trainers.eval.loaders import MMLU_LETTERS, Benchmark, Example, Shot
@@ -46,11 +48,18 @@ def _mmlu_cot_question(question: str, choices: tuple[str, ...]) -> str:
     return question + "\nAnswer Choices: " + " ".join(f"({l}) {c}" for l, c in zip(MMLU_LETTERS, choices))
 
 
-def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
+def _choice_text(shot: Shot) -> str:
+    return shot.choices[MMLU_LETTERS.index(shot.answer)]
+
+
+def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool, answer_text: bool = False) -> str:
+    """`answer_text`: the exemplars answer with the option's text instead of its letter (the
+    rank-classification prompt, whose options are the texts)."""
     header = f"The following are multiple choice questions (with answers) about {_subject(ex.task)}.\n\n"
     if not cot:
         shots = bench.shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
-        body = "".join(f"{_mmlu_block(s.question, s.choices)}\nAnswer: {s.answer}\n\n" for s in shots)
+        body = "".join(f"{_mmlu_block(s.question, s.choices)}\nAnswer: {_choice_text(s) if answer_text else s.answer}\n\n"
+                       for s in shots)
         return header + body + _mmlu_block(ex.question, ex.choices) + "\nAnswer:"
     if ex.task in bench.cot_shots:
         shots = bench.cot_shots[ex.task][: benchmarks.get(bench.name).shots]
@@ -64,12 +73,23 @@ def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
 
 # ------------------------------------------------------------------------------------ BBH
 
-def bbh_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
+_OPTION_LINE = re.compile(r"^\(([A-R])\)\s*(.*?)\s*$", re.MULTILINE)
+
+
+def option_texts(question: str) -> dict[str, str]:
+    """The options a BBH-style question lists, "(A) text" lines -> {"(A)": "text"}."""
+    return {f"({letter})": text for letter, text in _OPTION_LINE.findall(question)}
+
+
+def bbh_prompt(bench: Benchmark, ex: Example, cot: bool, answer_text: bool = False) -> str:
+    """`answer_text`: direct exemplar answers "(X)" are written as the option's text (the
+    rank-classification prompt of subtasks whose options are listed in the question)."""
     shots = bench.cot_shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
     head = bench.descriptions.get(ex.task, "")
     parts = [head] if head else []
     for s in shots:
-        parts.append(f"Q: {s.question}\nA: {s.rationale if cot else s.answer}")
+        answer = option_texts(s.question).get(s.answer, s.answer) if answer_text else s.answer
+        parts.append(f"Q: {s.question}\nA: {s.rationale if cot else answer}")
     parts.append(f"Q: {ex.question}\nA:" + (f" {COT_TRIGGER}" if cot else ""))
     return "\n\n".join(parts)
 
@@ -99,13 +119,14 @@ def mgsm_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
 
 
 def prompt(bench: Benchmark, ex: Example, mode: str) -> str:
-    """The full prompt for one example; "sc" uses the CoT prompt and "rc" the direct one
-    (the options are scored as continuations of the direct answer slot)."""
+    """The full prompt for one example; "sc" uses the CoT prompt and "rc" the direct one with
+    exemplars answered by the option's text (the options are scored as continuations of the
+    direct answer slot)."""
     cot = mode in ("cot", "sc")
     if bench.shape == "mmlu":
-        return mmlu_prompt(bench, ex, cot)
+        return mmlu_prompt(bench, ex, cot, answer_text=mode == "rc")
     if bench.shape == "bbh":
-        return bbh_prompt(bench, ex, cot)
+        return bbh_prompt(bench, ex, cot, answer_text=mode == "rc")
     if bench.shape == "tydiqa":
         return tydiqa_prompt(bench, ex)
     return mgsm_prompt(bench, ex, cot)

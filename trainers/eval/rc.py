@@ -2,11 +2,16 @@
 scores read from their log-probabilities. JAX-free; the log-probabilities come from
 `trainers.eval.rank.OptionScorer` (or anything with its signature).
 
-Options are what a model fine-tuned on direct answers would write after the direct prompt:
-MMLU's letters A-D; for BBH-shaped subtasks whose targets are option letters, the "(X)"
-letters listed in the question's "Options:" block; for subtasks with a small fixed answer set
-(True/False, Yes/No, valid/invalid, ...) that set. Free-form subtasks (word sorting, Dyck
-languages, arithmetic, counting) have no options and are left out of rc.
+Options are scored by their content, as Flan's `*_opt` formats train a model to answer (the
+option's text, never a letter): MMLU's four choice texts; for BBH-shaped subtasks whose targets
+are option letters, the texts of the "(X) ..." lines listed in the question; for subtasks with
+a small fixed answer set (True/False, Yes/No, valid/invalid, ...) that set. The prompt is the
+direct few-shot prompt with its exemplars answered by text too (`prompts.prompt(..., "rc")`).
+Scoring letters instead measures little below the scale where models map letters to options:
+a small model prefers one letter whatever the question, which on balanced answers is exactly
+chance. A choice is still reported by its label (letter), so rc predictions score as direct
+answers. Free-form subtasks (word sorting, Dyck languages, arithmetic, counting) have no
+options and are left out of rc.
 
 Three scores, as lm-evaluation-harness reports them: `rc` (accuracy of the option with the
 highest summed log-probability), `rc_norm` (accuracy after dividing each option's
@@ -28,7 +33,6 @@ from trainers.spec import UserError
 
 # A subtask whose targets take more distinct values than this is free-form, not multiple choice.
 MAX_FIXED_OPTIONS = 8
-_OPTION_LINE = re.compile(r"^\(([A-R])\)", re.MULTILINE)
 _LETTER_TARGET = re.compile(r"^\(([A-R])\)$")
 
 
@@ -42,27 +46,38 @@ class ScoreOptions(Protocol):
     def __call__(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[OptionScores]]: ...
 
 
-def task_options(bench: Benchmark, task: str) -> dict[str, tuple[str, ...]] | None:
-    """Example id -> its answer options, for every example of `task`; None when the task is
-    not multiple choice (then rc skips it)."""
+@dataclass(frozen=True)
+class Choices:
+    """One question's options: the texts scored as continuations, how each is written as an
+    answer (MMLU's letter, BBH's "(X)"), and which one is right."""
+
+    options: tuple[str, ...]
+    labels: tuple[str, ...]
+    gold: int
+
+
+def task_options(bench: Benchmark, task: str) -> dict[str, Choices] | None:
+    """Example id -> its choices, for every example of `task`; None when the task is not
+    multiple choice (then rc skips it)."""
     examples = bench.tasks[task]
     if bench.shape == "mmlu":
-        return {ex.id: MMLU_LETTERS[: len(ex.choices)] for ex in examples}
+        return {ex.id: Choices(tuple(ex.choices), MMLU_LETTERS[: len(ex.choices)],
+                               MMLU_LETTERS.index(ex.answers[0])) for ex in examples}
     if bench.shape != "bbh" or not examples:
         return None
     targets = [ex.answers[0].strip() for ex in examples]
     if all(_LETTER_TARGET.match(t) for t in targets):
         out = {}
-        for ex in examples:
-            letters = tuple(dict.fromkeys(_OPTION_LINE.findall(ex.question)))
-            if ex.answers[0].strip()[1] not in letters:
+        for ex, target in zip(examples, targets):
+            listed = prompts.option_texts(ex.question)
+            if target not in listed:
                 return None  # the question does not list its options: not rankable
-            out[ex.id] = tuple(f"({x})" for x in letters)
+            out[ex.id] = Choices(tuple(listed.values()), tuple(listed), list(listed).index(target))
         return out
-    fixed = sorted(set(targets))
+    fixed = tuple(sorted(set(targets)))
     if len(fixed) > MAX_FIXED_OPTIONS or benchmarks.get(bench.name).baseline(task) == 0.0:
         return None
-    return {ex.id: tuple(fixed) for ex in examples}
+    return {ex.id: Choices(fixed, fixed, fixed.index(t)) for ex, t in zip(examples, targets)}
 
 
 def _credit(values: list[float], gold: int) -> float:
@@ -79,7 +94,7 @@ class RankResult:
     rc: Score
     rc_norm: Score
     logprob: float  # mean over tasks of the mean log-probability of the correct option
-    chosen: dict[str, tuple[str, str]]  # example id -> (rc choice, rc_norm choice)
+    chosen: dict[str, tuple[str, str]]  # example id -> labels of the (rc, rc_norm) choices
 
     def metrics(self) -> dict[str, float]:
         b = self.rc.benchmark
@@ -95,27 +110,26 @@ def run_rank(bench: Benchmark, score_options: ScoreOptions) -> RankResult:
     (unweighted over tasks, BBH-shaped subtasks normalized by their own baselines)."""
     if "rc" not in benchmarks.get(bench.name).modes:
         raise UserError(f"mode: 'rc' is not evaluated for {bench.name}; it needs multiple-choice answers")
-    items: list[tuple[str, Example, tuple[str, ...]]] = []
+    items: list[tuple[str, Example, Choices]] = []
     for task in bench.tasks:
-        opts = task_options(bench, task)
-        if opts is not None:
-            items.extend((task, ex, opts[ex.id]) for ex in bench.tasks[task])
+        choices = task_options(bench, task)
+        if choices is not None:
+            items.extend((task, ex, choices[ex.id]) for ex in bench.tasks[task])
     if not items:
         raise UserError(f"{bench.name}: no multiple-choice task to rank-classify")
     texts = [prompts.prompt(bench, ex, "rc") for _, ex, _ in items]
-    scored = score_options(texts, [o for _, _, o in items])
+    scored = score_options(texts, [c.options for _, _, c in items])
     right: dict[str, list[float]] = {}
     right_norm: dict[str, list[float]] = {}
     logprobs: dict[str, list[float]] = {}
     chosen: dict[str, tuple[str, str]] = {}
-    for (task, ex, opts), scores in zip(items, scored):
-        gold = opts.index(ex.answers[0].strip())
+    for (task, ex, c), scores in zip(items, scored):
         summed = [s.logprob for s in scores]
         per_char = [s.logprob / max(s.num_chars, 1) for s in scores]
-        right.setdefault(task, []).append(_credit(summed, gold))
-        right_norm.setdefault(task, []).append(_credit(per_char, gold))
-        logprobs.setdefault(task, []).append(scores[gold].logprob)
-        chosen[ex.id] = (opts[summed.index(max(summed))], opts[per_char.index(max(per_char))])
+        right.setdefault(task, []).append(_credit(summed, c.gold))
+        right_norm.setdefault(task, []).append(_credit(per_char, c.gold))
+        logprobs.setdefault(task, []).append(scores[c.gold].logprob)
+        chosen[ex.id] = (c.labels[summed.index(max(summed))], c.labels[per_char.index(max(per_char))])
     pct = lambda xs: 100.0 * sum(xs) / len(xs)  # noqa: E731
     rc = aggregate(bench.name, "rc", {t: pct(v) for t, v in right.items()})
     rc_norm = aggregate(bench.name, "rc_norm", {t: pct(v) for t, v in right_norm.items()})

@@ -3,12 +3,16 @@
 `run_benchmark` takes any generate function (prompts -> continuations) and `run_rank` any
 option scorer (prompts, options -> log-probabilities), so the same path scores a JAX model, a
 fake in tests, or is bypassed by `score_outputs` for predictions made elsewhere.
+
+`run_eval` / `evaluate_run` return, beside the metrics, the scores they were computed from
+and a sample of the predictions (prompt, output, extracted answer, gold, correct) for people
+to read; `run_all` / `evaluate` return the metrics alone, which are the same either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Container, Protocol, Sequence
 
 from trainers.eval import benchmarks, loaders, prompts, rc, scoring
 from trainers.spec import EvalConfig, UserError
@@ -23,6 +27,31 @@ class Generate(Protocol):
 class BenchmarkRun:
     score: scoring.Score
     outputs: dict[str, list[str]]  # example id -> raw continuations (one, or the SC samples)
+    prompts: dict[str, str] = field(default_factory=dict)  # example id -> the prompt it was given
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One evaluated example as a person reads it. For self-consistency `output` is the first
+    sample and `answer` the vote; for rank classification both are the chosen option."""
+
+    benchmark: str
+    mode: str
+    task: str
+    id: str
+    prompt: str
+    output: str
+    answer: str
+    gold: str  # the accepted answers, " | "-separated
+    correct: bool
+    correct_flex: bool  # under the flexible reading (= correct for rc)
+
+
+@dataclass(frozen=True)
+class EvalRun:
+    metrics: dict[str, float]
+    scores: tuple[scoring.Score, ...]  # strict generative scores (flexible twin inside), rc and rc_norm
+    predictions: tuple[Prediction, ...]  # up to `predictions` per benchmark and mode
 
 
 def check_mode(benchmark: str, mode: str) -> None:
@@ -47,7 +76,8 @@ def run_benchmark(bench: loaders.Benchmark, mode: str, generate: Generate, cfg: 
     else:
         samples = generate(texts)
     outputs = {ex.id: list(s) for ex, s in zip(examples, samples)}
-    return BenchmarkRun(scoring.score_outputs(bench, mode, outputs), outputs)
+    return BenchmarkRun(scoring.score_outputs(bench, mode, outputs), outputs,
+                        {ex.id: text for ex, text in zip(examples, texts)})
 
 
 def modes_for(cfg: EvalConfig, benchmark: str) -> list[str]:
@@ -72,31 +102,89 @@ def load_all(cfg: EvalConfig) -> dict[str, loaders.Benchmark]:
     return {b: loaders.load(b, cfg.data_dir, cfg.mmlu_split).limited(cfg.max_examples) for b in cfg.benchmarks}
 
 
-def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,
-            seed: int = 0) -> dict[str, float]:
-    """Every configured benchmark in every configured mode it supports -> the metrics dict
-    (see `evaluate`). rc runs only when an option scorer is given."""
+def sample_examples(bench: loaders.Benchmark, n: int, ids: Container[str] | None = None) -> list[loaders.Example]:
+    """Up to `n` examples (of those in `ids`, when given) taken from the tasks in turn: the
+    first of each task, then the second, ..., so a sample of a many-task benchmark shows many
+    tasks. Deterministic."""
+    if n <= 0:
+        return []
+    columns = [[e for e in ex if ids is None or e.id in ids] for ex in bench.tasks.values()]
+    out: list[loaders.Example] = []
+    for i in range(max((len(c) for c in columns), default=0)):
+        out += [c[i] for c in columns if i < len(c)]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def generated_predictions(bench: loaders.Benchmark, run: BenchmarkRun, n: int) -> list[Prediction]:
+    mode = run.score.mode
+    out = []
+    for ex in sample_examples(bench, n):
+        outputs = run.outputs.get(ex.id) or []
+        answer = scoring.answer_of(bench.shape, mode, ex, outputs) if outputs else None
+        strict, lenient = scoring.judge(bench.shape, mode, ex, outputs) if outputs else (False, False)
+        out.append(Prediction(bench.name, mode, ex.task, ex.id, run.prompts.get(ex.id, ""),
+                              outputs[0] if outputs else "", answer or "", " | ".join(ex.answers), strict, lenient))
+    return out
+
+
+def ranked_predictions(bench: loaders.Benchmark, ranked: rc.RankResult, n: int) -> list[Prediction]:
+    out = []
+    for ex in sample_examples(bench, n, ranked.chosen):  # free-form tasks have no options to rank
+        choice = ranked.chosen[ex.id][0]
+        right = choice == ex.answers[0].strip()
+        out.append(Prediction(bench.name, "rc", ex.task, ex.id, prompts.prompt(bench, ex, "rc"), choice, choice,
+                              ex.answers[0].strip(), right, right))
+    return out
+
+
+def run_eval(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,
+             seed: int = 0, predictions: int = 0) -> EvalRun:
+    """Every configured benchmark in every configured mode it supports: the metrics dict (see
+    `evaluate`), the scores and up to `predictions` predictions per benchmark and mode. rc
+    runs only when an option scorer is given."""
     data = load_all(cfg)
     scores: list[scoring.Score] = []
+    ranked: list[scoring.Score] = []
+    sample: list[Prediction] = []
     out: dict[str, float] = {}
     for b in cfg.benchmarks:
         for mode in modes_for(cfg, b):
             if mode == "rc":
                 if score_options is not None:
-                    out.update(rc.run_rank(data[b], score_options).metrics())
+                    result = rc.run_rank(data[b], score_options)
+                    out.update(result.metrics())
+                    ranked += [result.rc, result.rc_norm]
+                    sample += ranked_predictions(data[b], result, predictions)
                 continue
-            scores.append(run_benchmark(data[b], mode, generate, cfg, seed).score)
-    return {**scoring.metrics(scores), **out}
+            run = run_benchmark(data[b], mode, generate, cfg, seed)
+            scores.append(run.score)
+            sample += generated_predictions(data[b], run, predictions)
+    return EvalRun({**scoring.metrics(scores), **out}, (*scores, *ranked), tuple(sample))
 
 
-def evaluate(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
-             max_prompt_tokens: int = 0, seed: int = 0) -> dict[str, float]:
-    """Metrics eval/<benchmark>/<mode> (percent), eval/<benchmark>/<mode>/normalized, the rc
-    scores, and each suite's normalized average when its six scores were all run."""
+def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,
+            seed: int = 0) -> dict[str, float]:
+    """The metrics of `run_eval`."""
+    return run_eval(cfg, generate, score_options, seed).metrics
+
+
+def evaluate_run(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
+                 max_prompt_tokens: int = 0, seed: int = 0, predictions: int = 0) -> EvalRun:
+    """`evaluate`, with the scores and a sample of predictions (see `run_eval`)."""
     from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
     from trainers.eval.rank import OptionScorer
 
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=cfg.max_new_tokens,
                              batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, stop_sequences=DEFAULT_STOP)
     scorer = OptionScorer(model_cfg, params, tokenizer, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
-    return run_all(cfg, generate, scorer, seed)
+    return run_eval(cfg, generate, scorer, seed, predictions)
+
+
+def evaluate(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
+             max_prompt_tokens: int = 0, seed: int = 0) -> dict[str, float]:
+    """Metrics eval/<benchmark>/<mode> (percent), eval/<benchmark>/<mode>/normalized, the rc
+    scores, and each suite's normalized average when its six scores were all run."""
+    return evaluate_run(cfg, model_cfg, params, tokenizer, batch_size=batch_size,
+                        max_prompt_tokens=max_prompt_tokens, seed=seed).metrics
