@@ -30,9 +30,15 @@ retries:
 """
 
 
-def write_sweep(directory: Path, name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2) -> Path:
+def tiny_sweep(name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2, extra: str = "") -> str:
+    """The text of a tiny sweep file; `extra` adds sections (an eval: block, say)."""
+    return TINY_SWEEP.format(name=name, task_counts=task_counts, steps=steps, every=every) + extra
+
+
+def write_sweep(directory: Path, name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2,
+                extra: str = "") -> Path:
     path = directory / f"{name}.yaml"
-    path.write_text(TINY_SWEEP.format(name=name, task_counts=task_counts, steps=steps, every=every))
+    path.write_text(tiny_sweep(name, task_counts, steps, every, extra))
     return path
 
 

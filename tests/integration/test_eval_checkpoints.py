@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+from conftest import tiny_sweep
 
 from orchestrator import cli
 from orchestrator.planner import plan
@@ -18,20 +19,7 @@ from orchestrator.store import SweepStore
 pytestmark = pytest.mark.slow
 
 SWEEP = "evalckpt"
-SPEC = f"""\
-name: {SWEEP}
-models: [tiny-1]
-task_counts: [9]
-formats: [mixed]
-seeds: [0]
-data:
-  input_length: 32
-  target_length: 16
-  examples_per_task: 4
-optim:
-  batch_size: 2
-  steps: 6
-"""
+SPEC = tiny_sweep(SWEEP, task_counts="[9]", steps=6)
 EVAL = ["--benchmark", "mmlu", "--max-examples", "1", "--max-new-tokens", "4", "--max-prompt-tokens", "256",
         "--format", "json"]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_sweep
+
 DASHBOARD = Path(__file__).parents[2] / "dashboards" / "grafana" / "flanscale.json"
 PROMETHEUS = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
 
@@ -114,28 +116,13 @@ def setup_module(module):
     cloudpickle.register_pickle_by_value(module)  # the cell function below runs in Ray workers
 
 
-SWEEP = """\
-name: {name}
-models: [tiny-1]
-task_counts: [9, 89]
-formats: [mixed]
-max_concurrent: 2
-seeds: [0]
-data:
-  input_length: 32
-  target_length: 16
-  examples_per_task: 4
-optim:
-  batch_size: 2
-  steps: 3
+EVAL = """\
 eval:
   benchmarks: [mmlu]
   modes: [direct]
   max_examples: 1
   max_new_tokens: 4
   loss: false
-retries:
-  failure: 0
 """
 
 
@@ -170,7 +157,7 @@ def test_grafana_queries_return_a_live_sweeps_metrics(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     sweep = f"prom-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "sweep.yaml").write_text(SWEEP.format(name=sweep))
+    (tmp_path / "sweep.yaml").write_text(tiny_sweep(sweep, steps=3, extra=EVAL))
     spec = load_spec(str(tmp_path / "sweep.yaml"), [])
     cells = {c.task_count: c for c in plan(spec)}
     key, failing = cells[9].key, cells[89].key
