@@ -334,10 +334,17 @@ def _bootstrap(chosen: Law, candidates: Sequence[Law], x: np.ndarray, sem: np.nd
     # at the spread of the points themselves: noise larger than all the points vary by would
     # leave no trend to fit.
     cap = max(float(np.std(z_hat, ddof=1)), math.sqrt(chosen.rss / max(df, 1)))
+    # Points that agree exactly (scores pinned at a bound, seeds that all gave the same answer)
+    # leave no measured noise; a metric is never known better than its resolution, half a
+    # point of a score or 1% of a loss, so the interval never has zero width.
+    y_hat = chosen.predict(x)
+    dom = chosen.domain
+    resolution = _fit_space_slope(dom, y_hat) * (0.01 * np.abs(y_hat) if dom.kind == "loss" else _EDGE)
     reps = []
     for _ in range(n_boot):
         sigma = min(math.sqrt(chosen.rss / rng.chisquare(df)), cap) if df >= 1 else 0.0
         sd = np.maximum(sigma, sem) if sem is not None else np.full(len(x), sigma)
+        sd = np.maximum(sd, resolution)
         z = z_hat + rng.normal(0.0, 1.0, len(x)) * sd
         refits = [_refit(c, u, z) for c in candidates]
         scored = [r for r in refits if r.aicc is not None]

@@ -131,6 +131,18 @@ def test_two_points_have_an_interval_only_from_their_seed_spread():
     assert lo[0] < f.law.predict(1e9) < hi[0]
 
 
+def test_points_that_agree_exactly_still_get_an_interval_of_the_metrics_resolution():
+    """Scores pinned at a bound (every answer wrong) and seeds that agree leave no measured
+    noise; the interval still has the width of the metric's resolution, never zero."""
+    x = [1e6, 1e7, 1e8]
+    pinned = laws.fit(x, [25.0, 25.3, 25.3], MMLU, seed_sd=[0.0, 0.0, 0.0], n_seeds=[2, 2, 2], n_boot=100)
+    lo, hi = pinned.interval([1e9])
+    assert hi[0] - lo[0] > 0.05 and 25.0 <= lo[0] <= hi[0] <= 100.0
+    exact = laws.fit(x, list(loss_law(np.array(x), e=0.0)), domain_for("eval/loss"), n_boot=100)
+    lo, hi = exact.interval([1e9])
+    assert hi[0] - lo[0] > 0.0 and lo[0] > 0.0
+
+
 def test_holdout_predicts_the_largest_point_and_needs_enough_points():
     y = loss_law(X[:5], e=0.0) * np.exp(np.array([0.01, -0.01, 0.005, 0.0, -0.005]))
     h = laws.holdout(X[:5], y, LOSS, n_boot=60)
