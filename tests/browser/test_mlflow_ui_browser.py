@@ -10,21 +10,16 @@ artifact viewer. Screenshots of each page are saved under the test's temporary d
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, Page, chromium, free_port, start, stop, wait_http
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-websocket = pytest.importorskip("websocket", reason="websocket-client is needed to drive Chromium over CDP")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH")]
 
 BIN = Path(sys.executable).parent
@@ -50,94 +45,6 @@ eval:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], log: Path, **kw) -> subprocess.Popen:
-    # Output to a file: a pipe nobody reads would stall a chatty server once it fills.
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{url} never answered: {log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-class Page:
-    """Minimal CDP client over one page target (and, flattened, the frames it embeds)."""
-
-    def __init__(self, ws_url: str) -> None:
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self.next_id += 1
-        my_id = self.next_id
-        msg = {"id": my_id, "method": method, "params": params}
-        if session:
-            msg["sessionId"] = session
-        self.ws.send(json.dumps(msg))
-        while True:
-            reply = json.loads(self.ws.recv())
-            if reply.get("id") == my_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def evaluate(self, expr: str, session: str | None = None):
-        r = self.send("Runtime.evaluate", session, expression=expr, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(r["exceptionDetails"])
-        return r["result"].get("value")
-
-    def wait_for(self, expr: str, timeout: float = 60.0, what: str = ""):
-        """Poll a JS expression until it is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.evaluate(expr)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or expr}")
-            time.sleep(0.5)
-
-    def open(self, url: str) -> None:
-        # From a blank page, so the app loads afresh and reads its state from the URL (a
-        # change of the hash alone keeps the running app's state).
-        for target in ("about:blank", url):
-            self.send("Page.navigate", url=target)
-            self.wait_for("document.readyState === 'complete'", what=f"{target} to load")
-
-    def screenshot(self, path: Path) -> None:
-        png = base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"])
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        path.write_bytes(png)
-
-
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     """A two-cell sweep run by the real controller, with its report logged:
@@ -161,38 +68,24 @@ def finished_sweep(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(finished_sweep):
     home = finished_sweep[0]
-    port = _free_port()
+    port = free_port()
     log = home.parent / "mlflow-server.log"
-    proc = _start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+    proc = start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, cwd=home)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{base}/health", proc, log)
+        wait_http(f"{base}/health", proc, log)
         yield base
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    profile = tmp_path_factory.mktemp("chrome-profile")
-    port = _free_port()
-    log = profile.parent / "chromium.log"
-    proc = _start([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-                   f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--remote-allow-origins=*",
-                   "--window-size=1440,1000", "about:blank"], log)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/json/version", proc, log, timeout=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-            pages = [t for t in json.load(r) if t["type"] == "page"]
-        page = Page(pages[0]["webSocketDebuggerUrl"])
+    with chromium(tmp_path_factory.mktemp("chrome-profile"), window="1440,1000") as page:
         for domain in ("Page", "Runtime"):
             page.send(f"{domain}.enable")
         yield page
-        page.ws.close()
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import json
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-websocket = pytest.importorskip("websocket", reason="websocket-client is needed to drive Chromium over CDP")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH")]
 
 
@@ -30,79 +24,10 @@ def _synthetic_sweep_writer():
     return mod.write_synthetic_sweep
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Page:
-    """Minimal CDP client: send commands, collect events until a condition holds."""
-
-    def __init__(self, ws_url: str) -> None:
-        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
-        self.next_id = 0
-        self.events: list[dict] = []
-
-    def send(self, method: str, **params) -> dict:
-        self.next_id += 1
-        my_id = self.next_id
-        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == my_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
-
-    def wait_event(self, method: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if e.get("method") == method:
-                    return e
-            self.events.append(json.loads(self.ws.recv()))
-        raise TimeoutError(method)
-
-    def evaluate(self, expr: str):
-        r = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        return r["result"].get("value")
-
-
 @pytest.fixture()
 def browser(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-         f"--user-data-dir={tmp_path / 'chrome-profile'}", f"--remote-debugging-port={port}",
-         "--remote-allow-origins=*", "--window-size=1280,900", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
-                    pages = [t for t in json.load(r) if t["type"] == "page"]
-                if pages:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chromium did not start: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'timeout'}")
-            time.sleep(0.2)
-        page = Page(pages[0]["webSocketDebuggerUrl"])
+    with chromium(tmp_path / "chrome-profile") as page:
         yield page
-        page.ws.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_report_renders_in_chromium(tmp_path, browser):

@@ -6,14 +6,12 @@ import json
 import random
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from trainers.data import heldout
 from trainers.data.mixtures import MixtureStream, select_tasks
 from trainers.data.suite import build_suite
-from trainers.data.templates import FORMATS
 from trainers.eval import loaders, make_unseen
 from trainers.spec import DataConfig
 

@@ -125,15 +125,6 @@ def get(name: str, field_name: str = "benchmark") -> BenchmarkInfo:
                         f"allowed: {', '.join(_REGISTRY)}") from None
 
 
-def suite_of(names_: tuple[str, ...] | list[str]) -> dict[str, list[str]]:
-    """suite -> the given benchmarks in it, in registry order."""
-    out: dict[str, list[str]] = {}
-    for n in _REGISTRY:
-        if n in names_:
-            out.setdefault(_REGISTRY[n].suite, []).append(n)
-    return out
-
-
 def average_members(suite: str) -> tuple[tuple[str, str], ...]:
     """The six (benchmark, mode) pairs whose normalized scores make up `suite`'s average."""
     shapes = SUITES[suite]
