@@ -36,8 +36,8 @@ ENV_CONFIGMAP = "flanscale-env"
 HEAD_SERVICE_ACCOUNT = "flanscale-ray-head"
 WORKLOAD_SERVICE_ACCOUNT = "flanscale-workload"
 SWEEP_LABEL = "flanscale.io/sweep"
-SPEC_MOUNT = "/config"
-SPEC_FILE = "sweep.yaml"
+SPEC_MOUNT = "/config"  # the submitter's copy of the job's working directory
+SPEC_FILE = "sweep.yaml"  # the composed spec in a job's working directory
 RUN_AS = 1000  # the image's numeric user
 METRICS_PORT = 8080  # Ray's metrics agent, KubeRay's default; k8s/components/prometheus scrapes it
 
@@ -65,6 +65,10 @@ class RenderOptions:
     backoff_limit: int = 2  # whole-job retries; a resubmitted sweep resumes its cells
     ttl_seconds: int = 3600  # keep the finished cluster's status around this long
     storage: Storage = field(default_factory=Storage)
+    # Files for the job's working directory besides the composed spec: (path under it, bytes).
+    uploads: tuple[tuple[str, bytes], ...] = ()
+    # `flanscale sweep run` flags the driver passes on (e.g. --retry-failed, --register-models).
+    run_flags: tuple[str, ...] = ()
 
 
 # ---- pod pieces (mirroring k8s/base) ----
@@ -149,7 +153,7 @@ def non_preemptible_affinity() -> dict[str, Any]:
         {"matchExpressions": [{"key": k, "operator": "NotIn", "values": [v]} for k, v in exprs]}]}}}
 
 
-def head_group(overlay: str, image: str, spec_configmap: str, storage: Storage = Storage()) -> dict[str, Any]:
+def head_group(overlay: str, image: str, storage: Storage = Storage()) -> dict[str, Any]:
     cpu, memory = HEAD_SIZE[overlay]
     container = {
         "name": "ray-head", "image": image,
@@ -159,7 +163,7 @@ def head_group(overlay: str, image: str, spec_configmap: str, storage: Storage =
         "env": _ray_env() + [{"name": "RAY_enable_autoscaler_v2", "value": "1"}],
         "resources": _resources(cpu, memory),
         "securityContext": _container_security(),
-        "volumeMounts": _mounts(storage) + [{"name": "sweep-spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
+        "volumeMounts": _mounts(storage),
     }
     return {
         "serviceType": "ClusterIP",
@@ -176,8 +180,7 @@ def head_group(overlay: str, image: str, spec_configmap: str, storage: Storage =
                 "securityContext": _pod_security(),
                 "affinity": non_preemptible_affinity(),
                 "containers": [container],
-                "volumes": [_api_token_volume()] + _volumes(max(4, memory), max(1, memory // 8), storage)
-                + [{"name": "sweep-spec", "configMap": {"name": spec_configmap}}],
+                "volumes": [_api_token_volume()] + _volumes(max(4, memory), max(1, memory // 8), storage),
             },
         },
     }
@@ -263,9 +266,12 @@ def _autoscaler_options() -> dict[str, Any]:
     }
 
 
-def _submitter_template(image: str) -> dict[str, Any]:
-    """The pod KubeRay starts to run `ray job submit` (it fills in the command). Its labels
-    are what k8s/base's egress policy for submitters selects."""
+def _submitter_template(image: str, spec_volume: dict[str, Any]) -> dict[str, Any]:
+    """The pod KubeRay starts to run `ray job submit` (it fills in the command). It mounts the
+    job's ConfigMap at SPEC_MOUNT, the runtime environment's working_dir, which `ray job
+    submit` uploads from here to the Ray cluster: the driver and every cell then start in a
+    copy of it, as with `flanscale sweep submit`. Its labels are what k8s/base's egress
+    policy for submitters selects."""
     return {"metadata": {"labels": _pod_labels("ray-job-submitter")}, "spec": {
         "restartPolicy": "Never",
         "serviceAccountName": WORKLOAD_SERVICE_ACCOUNT,
@@ -277,9 +283,10 @@ def _submitter_template(image: str) -> dict[str, Any]:
                     _secret_env("RAY_AUTH_TOKEN", RAY_AUTH_SECRET, "auth_token")],
             "resources": _resources("500m", 1),
             "securityContext": _container_security(),
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                             {"name": spec_volume["name"], "mountPath": SPEC_MOUNT, "readOnly": True}],
         }],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, spec_volume],
     }}
 
 
@@ -346,21 +353,20 @@ def render(spec: Any, cells: list[Any], options: RenderOptions) -> list[dict[str
     annotations = {"flanscale.io/sweep-name": spec.name,
                    "flanscale.io/max-concurrent": str(int(getattr(spec, "max_concurrent", 0) or 1))}
     config_name = f"{name}-sweep"
-    configmap = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": config_name, "namespace": namespace, "labels": labels, "annotations": annotations},
-        "data": {SPEC_FILE: yaml.safe_dump(spec_document(spec), sort_keys=False)},
-    }
+    configmap, spec_volume = _spec_configmap(config_name, spec, options.uploads)
+    configmap["metadata"] = {"name": config_name, "namespace": namespace, "labels": labels, "annotations": annotations}
     # No --tracking-uri: the driver takes MLFLOW_TRACKING_URI (and the CA) from flanscale-env.
-    entrypoint = " ".join(shlex.quote(a) for a in (
-        "flanscale", "sweep", "run", f"{SPEC_MOUNT}/{SPEC_FILE}", "--ray-address", "auto", "--no-progress"))
+    entrypoint = shlex.join(("flanscale", "sweep", "run", SPEC_FILE, "--ray-address", "auto", "--no-progress",
+                             *options.run_flags))
     rayjob = {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
         "spec": {
             "entrypoint": entrypoint,
             "submissionMode": "K8sJobMode",
-            "submitterPodTemplate": _submitter_template(image),
+            "submitterPodTemplate": _submitter_template(image, spec_volume),
+            # The ConfigMap's own bookkeeping entries (..data, ..<timestamp>) stay behind.
+            "runtimeEnvYAML": yaml.safe_dump({"working_dir": SPEC_MOUNT, "excludes": ["..*"]}, sort_keys=False),
             "backoffLimit": options.backoff_limit,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": options.ttl_seconds,
@@ -369,12 +375,38 @@ def render(spec: Any, cells: list[Any], options: RenderOptions) -> list[dict[str
                 "enableInTreeAutoscaling": True,
                 "autoscalerOptions": _autoscaler_options(),
                 "authOptions": {"mode": "token", "secretName": RAY_AUTH_SECRET},
-                "headGroupSpec": head_group(options.overlay, image, config_name, options.storage),
+                "headGroupSpec": head_group(options.overlay, image, options.storage),
                 "workerGroupSpecs": [worker_group(s, image, options.storage) for s in shapes],
             },
         },
     }
     return [configmap, rayjob]
+
+
+# A ConfigMap holds at most 1 MiB; binaryData grows by a third in base64, and the spec
+# and the object's metadata need room too.
+CONFIGMAP_UPLOAD_LIMIT = 700 * 2**10
+
+
+def _spec_configmap(name: str, spec: Any, uploads: tuple[tuple[str, bytes], ...]) -> tuple[dict, dict]:
+    """The ConfigMap with the composed spec and the uploads, and the volume that lays them
+    out as a folder. ConfigMap keys cannot hold '/', so each upload gets a flat key and the
+    volume's items put it back at its path."""
+    import base64
+
+    import yaml
+
+    items = [{"key": SPEC_FILE, "path": SPEC_FILE}]
+    binary: dict[str, str] = {}
+    for i, (path, content) in enumerate(sorted(uploads)):
+        key = f"upload-{i}"
+        binary[key] = base64.b64encode(content).decode()
+        items.append({"key": key, "path": path})
+    configmap: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {},
+                                 "data": {SPEC_FILE: yaml.safe_dump(spec_document(spec), sort_keys=False)}}
+    if binary:
+        configmap["binaryData"] = binary
+    return configmap, {"name": "sweep-spec", "configMap": {"name": name, "items": items}}
 
 
 def _dump(obj: Any) -> str:

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from orchestrator.k8s_render import CONFIGMAP_UPLOAD_LIMIT
+
 DEFAULT_NAMESPACE = "flanscale"
 
 
@@ -50,7 +52,9 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlay", choices=("gpu", "tpu", "cpu"), default=None,
                    help="the k8s/overlays/ the cluster was set up with (default: the kind of the sweep's accelerator)")
     p.add_argument("--namespace", "-n", default=DEFAULT_NAMESPACE, help=f"namespace (default: {DEFAULT_NAMESPACE})")
-    p.add_argument("--image", default="", help="flanscale image (default: flanscale/flanscale:<version>-<cuda|tpu|cpu>)")
+    p.add_argument("--image", default="", metavar="NAME[:TAG][@sha256:DIGEST]",
+                   help="flanscale image; pin it with a digest, e.g. REGISTRY/flanscale@sha256:<64 hex> "
+                   "(default: flanscale/flanscale:<version>-<cuda|tpu|cpu>, a tag)")
     p.add_argument("--name", default="", help="RayJob name (default: the sweep's name)")
     p.add_argument("--backoff-limit", type=int, default=2, metavar="N",
                    help="times KubeRay retries the whole job on a new cluster (default 2; finished cells are kept)")
@@ -60,6 +64,13 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-pvc", default="", metavar="CLAIM[:PATH]",
                    help="PVC with datasets (e.g. Flan exports), mounted read-only at PATH (default /datasets) in "
                    "every Ray pod; point data.paths there")
+    p.add_argument("--upload", action="append", default=[], metavar="PATH",
+                   help="a file or folder to put beside the composed spec in the job's working directory, where "
+                   "relative paths of the spec resolve (repeatable; at most "
+                   f"{CONFIGMAP_UPLOAD_LIMIT >> 10} KiB in all, they travel in the ConfigMap; larger inputs go on "
+                   "--data-pvc; default: only the composed spec is sent)")
+    p.add_argument("--retry-failed", action="store_true", help="passed on to `flanscale sweep run`")
+    p.add_argument("--register-models", action="store_true", help="passed on to `flanscale sweep run`")
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
@@ -81,14 +92,33 @@ def _documents(args: argparse.Namespace) -> list[dict]:
     overlay = args.overlay or get_accelerator(spec.accelerator).kind
     data_claim, _, data_mount = args.data_pvc.partition(":")
     storage = k8s_render.Storage(home_claim=args.home_pvc, data_claim=data_claim, data_mount=data_mount or "/datasets")
+    run_flags = tuple(flag for flag, on in (("--retry-failed", args.retry_failed),
+                                            ("--register-models", args.register_models)) if on)
     options = k8s_render.RenderOptions(
         overlay=overlay, namespace=args.namespace, image=args.image, name=args.name, backoff_limit=args.backoff_limit,
-        storage=storage,
+        storage=storage, uploads=_uploads(spec, args.upload), run_flags=run_flags,
     )
     cells = plan(spec)
     # Refused here, before a cluster is created for a sweep the cluster would refuse too.
     check_budget(spec, cells)
     return k8s_render.render(spec, cells, options)
+
+
+def _uploads(spec, paths: list[str]) -> tuple[tuple[str, bytes], ...]:
+    """(path in the working directory, content) of each --upload file, checked and laid out
+    as `flanscale sweep submit` lays them out."""
+    import tempfile
+    from pathlib import Path
+
+    from orchestrator.commands.sweep import SPEC_FILE, fill_working_dir
+
+    if not paths:
+        return ()
+    with tempfile.TemporaryDirectory(prefix="flanscale-k8s-") as tmp:
+        root = Path(tmp)
+        fill_working_dir(root, spec, paths, CONFIGMAP_UPLOAD_LIMIT)
+        return tuple((f.relative_to(root).as_posix(), f.read_bytes())
+                     for f in sorted(root.rglob("*")) if f.is_file() and f.relative_to(root).as_posix() != SPEC_FILE)
 
 
 def _render(args: argparse.Namespace) -> int:

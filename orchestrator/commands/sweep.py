@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+# What a submitted job's working directory holds besides the --upload paths (one name for
+# `sweep submit` and `k8s submit`).
+from orchestrator.k8s_render import SPEC_FILE
 from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE, cell_name
 from trainers.spec import UserError
 
 JOB_METADATA_KEY = "flanscale_sweep"
-# What a submitted job's working directory holds besides the --upload paths.
-SPEC_FILE = "sweep.yaml"
 # Ray ships the working directory through its GCS in one message; data and checkpoints belong
 # on storage the cluster mounts, so this stays well below that transport's limit.
 UPLOAD_LIMIT = 100 * 2**20
@@ -240,7 +241,8 @@ def fill_working_dir(workdir: Path, spec: Any, uploads: list[str], limit: int) -
             try:
                 total += path.stat().st_size
                 if total > limit:
-                    raise UserError(f"--upload {given}: the uploads come to more than {limit >> 20} MiB; put large "
+                    size = f"{limit >> 20} MiB" if limit >= 2**20 else f"{limit >> 10} KiB"
+                    raise UserError(f"--upload {given}: the uploads come to more than {size}; put large "
                                     "inputs (data, checkpoints) on storage the cluster mounts and point the spec there")
                 dest = workdir / src.name / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -167,7 +167,7 @@ def test_submit_creates_the_rayjob_then_its_configmap(kube, sweep_file, capsys, 
     assert crd_errors(crd_validators, rayjob) == []
     # MLflow's address (http or https) comes from the cluster's flanscale-env ConfigMap, never
     # from the submitting machine.
-    assert rayjob["spec"]["entrypoint"] == "flanscale sweep run /config/sweep.yaml --ray-address auto --no-progress"
+    assert rayjob["spec"]["entrypoint"] == "flanscale sweep run sweep.yaml --ray-address auto --no-progress"
     configmap = kube.requests[2]["body"]
     uid = kube.objects[("rayjobs", "team-a", "submit-me")]["metadata"]["uid"]
     # Owned by the RayJob: deleting the job deletes its spec.

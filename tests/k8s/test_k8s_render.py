@@ -53,14 +53,20 @@ def test_cpu_sweep_renders_a_valid_rayjob(sweep_file, crd_validators):
     assert rayjob["metadata"]["annotations"]["flanscale.io/sweep-name"] == "Demo_Sweep"
     job = rayjob["spec"]
     # MLflow's address (http, or https with k8s/components/tls) comes from ConfigMap flanscale-env.
-    assert job["entrypoint"] == "flanscale sweep run /config/sweep.yaml --ray-address auto --no-progress"
+    # The driver starts in the job's working directory: the submitter's copy of the ConfigMap.
+    assert job["entrypoint"] == "flanscale sweep run sweep.yaml --ray-address auto --no-progress"
+    assert yaml.safe_load(job["runtimeEnvYAML"]) == {"working_dir": "/config", "excludes": ["..*"]}
     assert job["shutdownAfterJobFinishes"] is True
     cluster = job["rayClusterSpec"]
     assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["version"] == "v2"
     assert cluster["authOptions"] == {"mode": "token", "secretName": "flanscale-ray-auth"}
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no cell on the controller's node
-    assert {"name": "sweep-spec", "configMap": {"name": configmap["metadata"]["name"]}} in head["volumes"]
+    submitter = job["submitterPodTemplate"]["spec"]
+    assert {"name": "sweep-spec", "configMap": {"name": configmap["metadata"]["name"], "items": [
+        {"key": "sweep.yaml", "path": "sweep.yaml"}]}} in submitter["volumes"]
+    assert {"name": "sweep-spec", "mountPath": "/config", "readOnly": True} in submitter["containers"][0]["volumeMounts"]
+    assert "binaryData" not in configmap  # nothing else from the user's disk unless named
     assert head["affinity"] == k8s_render.non_preemptible_affinity() and not head.get("tolerations")
     [group] = cluster["workerGroupSpecs"]
     largest = max(cells, key=lambda c: c.devices)
@@ -83,6 +89,40 @@ def test_configmap_holds_the_composed_sweep(sweep_file, tmp_path):
     assert again == dataclasses.replace(spec, tracking_uri=None)
     assert [c.key for c in plan(again)] == [c.key for c in cells]
     assert len(cells) == 2
+
+
+def test_uploads_travel_in_the_configmap_and_land_at_their_paths(sweep_file, tmp_path, monkeypatch, capsys,
+                                                                 crd_validators):
+    import base64
+
+    path = sweep_file("Up", models=["tiny-1"], task_counts=[9])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok" / "nested").mkdir(parents=True)
+    (tmp_path / "tok" / "spiece.model").write_bytes(b"\x00\xffmodel")
+    (tmp_path / "tok" / "nested" / "a.txt").write_text("a")
+    (tmp_path / "extra.jsonl").write_text('{"inputs": "x", "targets": "y"}\n')
+    (tmp_path / "secret.key").write_text("never sent")
+    assert _cli(["k8s", "render", str(path), "--upload", "tok", "--upload", "extra.jsonl", "--register-models"]) == 0
+    configmap, rayjob = _check(list(yaml.safe_load_all(capsys.readouterr().out)), crd_validators)
+    volume = next(v for v in rayjob["spec"]["submitterPodTemplate"]["spec"]["volumes"] if v["name"] == "sweep-spec")
+    # What the submitter's /config holds: the composed spec and exactly the named uploads.
+    laid_out = {item["path"]: (configmap["data"][item["key"]].encode() if item["key"] in configmap.get("data", {})
+                               else base64.b64decode(configmap["binaryData"][item["key"]]))
+                for item in volume["configMap"]["items"]}
+    assert set(laid_out) == {"sweep.yaml", "tok/spiece.model", "tok/nested/a.txt", "extra.jsonl"}
+    assert laid_out["tok/spiece.model"] == b"\x00\xffmodel" and laid_out["extra.jsonl"].startswith(b'{"inputs"')
+    assert rayjob["spec"]["entrypoint"].endswith("--no-progress --register-models")
+    assert builtin_errors(configmap) == []
+
+
+def test_uploads_over_what_a_configmap_holds_are_one_line(sweep_file, tmp_path, monkeypatch):
+    path = sweep_file("Big", models=["tiny-1"], task_counts=[9])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.bin").write_bytes(b"x" * (k8s_render.CONFIGMAP_UPLOAD_LIMIT + 1))
+    with pytest.raises(UserError, match=r"^--upload big.bin: the uploads come to more than .*storage the cluster mounts"):
+        _cli(["k8s", "render", str(path), "--upload", "big.bin"])
+    with pytest.raises(UserError, match="--upload nope: no such file or directory"):
+        _cli(["k8s", "render", str(path), "--upload", "nope"])
 
 
 def test_multi_host_tpu_slice_is_one_group_of_hosts(sweep_file, crd_validators):

@@ -136,7 +136,8 @@ def test_k8s_sends_the_composed_spec_in_its_configmap_and_nothing_else(tmp_path,
 
     monkeypatch.setenv("FLAN_DATA", "/datasets/flan")
     args = types.SimpleNamespace(spec=str(SWEEPS[1]), overrides=["accelerator=h100-80g", "eval=quick"], overlay=None,
-                                 namespace="flanscale", image="", name="", backoff_limit=2, home_pvc="", data_pvc="")
+                                 namespace="flanscale", image="", name="", backoff_limit=2, home_pvc="", data_pvc="",
+                                 upload=[], retry_failed=False, register_models=False)
     planned = load_spec(SWEEPS[1], args.overrides)
     (configmap,) = [d for d in _documents(args) if d["kind"] == "ConfigMap"]
     assert list(configmap["data"]) == ["sweep.yaml"] and "binaryData" not in configmap
