@@ -11,7 +11,10 @@ the largest log-probability difference between them is part of the output.
     python bench/eval_throughput.py [--preset tiny-3] [--family t5|decoder] [--questions 64]
 
 `--family decoder` runs a decoder-only model of the preset's width with as many layers as
-the preset's encoder and decoder together. Prints one JSON object.
+the preset's encoder and decoder together. `--mesh DATA,FSDP,TENSOR` also decodes on that
+mesh of simulated CPU devices (parameters and KV cache sharded, trainers/eval/placement.py)
+and reports its generated tokens/s beside one device's and whether the tokens are the same.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import statistics
 import sys
@@ -32,14 +36,16 @@ WORDS = ("the", "a", "which", "process", "energy", "value", "system", "following
 
 
 def model_config(preset: str, family: str | None = None):
-    """The preset's architecture in float32 without dropout; `family` "decoder" turns a T5
-    preset into a decoder-only model of the same width and total depth."""
+    """The preset's architecture in float32 without dropout; another `family` (a decoder-only
+    one, e.g. "decoder") gets a model of the same width and total depth."""
     from orchestrator.catalog import get_preset
+    from trainers.families import get_family
 
     cfg = dataclasses.replace(get_preset(preset).model, dtype="float32", dropout_rate=0.0)
-    if family == "decoder" and cfg.family == "t5":
-        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-decoder", family="decoder", num_encoder_layers=0,
-                                  num_decoder_layers=cfg.num_encoder_layers + cfg.num_decoder_layers)
+    if family is not None and family != cfg.family:
+        depth = sum(get_family(cfg.family).stacks(cfg).values())
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{family}", family=family, num_encoder_layers=0,
+                                  num_decoder_layers=depth)
     return cfg
 
 
@@ -75,13 +81,21 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny-3", help="catalog model (its architecture, random weights)")
-    ap.add_argument("--family", default=None, choices=("t5", "decoder"), help="default: the preset's")
+    ap.add_argument("--family", default=None, help="a registered model family; default: the preset's")
     ap.add_argument("--questions", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8, help="questions per compiled call")
     ap.add_argument("--new-tokens", type=int, default=16, help="greedy decoding length")
     ap.add_argument("--options", default="letters", choices=("letters", "texts"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mesh", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                    metavar="DATA,FSDP,TENSOR", help="also decode on this mesh of simulated CPU devices")
     args = ap.parse_args(argv)
+    if args.mesh:
+        if len(args.mesh) != 3 or min(args.mesh) < 1:
+            ap.error(f"--mesh: {args.mesh} must be three sizes >= 1, e.g. 4,1,2")
+        # The device count is fixed when JAX starts, so it is set before the import below.
+        devices = args.mesh[0] * args.mesh[1] * args.mesh[2]
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
 
     import jax
     import numpy as np
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s_shared, r_shared = timed(lambda: shared(prompts, options), args.repeats)
     s_per, r_per = timed(lambda: per_option(prompts, options), args.repeats)
-    s_gen, _ = timed(lambda: generate(prompts), args.repeats)
+    s_gen, r_gen = timed(lambda: generate.ids(prompts), args.repeats)
     a = np.array([[s.logprob for s in q] for q in r_shared])
     b = np.array([[s.logprob for s in q] for q in r_per])
     n = len(qs)
@@ -116,13 +130,37 @@ def main(argv: list[str] | None = None) -> int:
                    "option_bytes_mean": statistics.mean(len(o.encode()) for q in options for o in q)},
         "rc_shared_prompt": {"questions_per_s": n / s_shared, "s_per_pass": s_shared},
         "rc_prompt_per_option": {"questions_per_s": n / s_per, "s_per_pass": s_per},
-        "greedy_decoding": {"questions_per_s": n / s_gen, "s_per_pass": s_gen, "new_tokens": args.new_tokens},
+        "greedy_decoding": {"questions_per_s": n / s_gen, "tokens_per_s": generated(r_gen) / s_gen,
+                            "s_per_pass": s_gen, "new_tokens": args.new_tokens},
         "rc_shared_speedup": s_per / s_shared,
         "rc_max_abs_logprob_diff": float(np.abs(a - b).max()),
         "rc_same_choice": float(np.mean(a.argmax(1) == b.argmax(1))),
     }
+    if args.mesh:
+        from trainers import partitioning
+        from trainers.eval.placement import EvalMesh
+        from trainers.spec import MeshConfig
+
+        d, f, t = args.mesh
+        placement = EvalMesh(partitioning.make_mesh(MeshConfig(devices=d * f * t, data=d, fsdp=f, tensor=t)))
+        sharded = TextGenerator(cfg, params, tok, max_new_tokens=args.new_tokens, batch_size=args.batch,
+                                placement=placement)
+        s_sh, r_sh = timed(lambda: sharded.ids(prompts), args.repeats)
+        out["sharded_greedy_decoding"] = {
+            "mesh": {"data": d, "fsdp": f, "tensor": t}, "rows_per_batch": placement.rows(args.batch),
+            "questions_per_s": n / s_sh, "tokens_per_s": generated(r_sh) / s_sh, "s_per_pass": s_sh,
+            "speed_vs_one_device": s_gen / s_sh,
+            "same_tokens_as_one_device": all(np.array_equal(x, y) for x, y in zip(r_sh, r_gen)),
+        }
     print(json.dumps(out, indent=2))
     return 0
+
+
+def generated(rows) -> int:
+    """Tokens a decoding pass produced: each row's up to and including its EOS."""
+    from trainers.eval.decoding import EOS_ID
+
+    return sum(int(list(r).index(EOS_ID)) + 1 if EOS_ID in r else len(r) for prompt in rows for r in prompt)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from trainers.data.packing import PACKERS, build_batch, truncate
 from trainers.data.pipeline import EncodedMixture
 from trainers.data.tokenizer import ByteTokenizer
+from trainers.families import get_family
 from trainers.spec import DataConfig
 
 
@@ -40,10 +41,9 @@ def run(examples: list, family: str, li: int, lt: int, window: int) -> dict:
     exs = [truncate(e, family, li, lt) for e in examples]
     tokens = sum(len(a) + len(b) for a, b in exs)
     # No packer can use fewer rows than the tokens need (per budget for two budgets).
-    if family == "t5":
-        bound = max(sum(len(a) for a, _ in exs) / li, sum(len(b) for _, b in exs) / lt)
-    else:
-        bound = tokens / (li + lt)
+    layout = get_family(family).batch_layout
+    used = [sum(budget) for budget in zip(*layout.sizes(exs))]
+    bound = max(n / cap for n, cap in zip(used, layout.budgets(li, lt)) if cap)
     out = {"min_rows_per_1k_examples": round(1000 * bound / len(exs), 1)}
     for name, packer in PACKERS.items():
         start = time.perf_counter()

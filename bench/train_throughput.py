@@ -6,9 +6,14 @@ its longest one. Both train on the same examples, drawn from the data pipeline's
 length distribution (the packed rows are split back into their examples for the peer), so
 "useful tokens/s" (non-padding tokens per second) compares the two fairly.
 
-    python bench/train_throughput.py [--steps N] [--peer] [--batch 8]
+    python bench/train_throughput.py [--steps N] [--peer] [--batch 8] [--input-work]
     python bench/train_throughput.py --preset t5-large --dtype bfloat16 \
         --input-length 2048 --target-length 512 --accelerator h200-141g   # MFU on a GPU
+
+`--input-work` adds the step time with the input work and without it, side by side: batches
+packed beforehand (no input work), packed by the live pipeline inside the step loop, and
+packed by the live pipeline on its background thread (how a cell trains). When the last
+equals the first, input is hidden.
 
 Prints one JSON object.
 """
@@ -45,13 +50,18 @@ def model_config(preset: str | None = None, dtype: str = "float32", vocab: int =
     return dataclasses.replace(cfg, dtype=dtype, dropout_rate=0.0)
 
 
-def packed_batches(batch: int, steps: int, home: Path, li: int = LI, lt: int = LT) -> list[dict]:
-    """steps + 1 packed batches (one to compile) from the built-in instruction suite."""
+def live_batches(batch: int, home: Path, li: int = LI, lt: int = LT):
+    """The data pipeline over the built-in instruction suite, packing as it is asked."""
     from trainers.data.pipeline import make_batches
     from trainers.spec import DataConfig
 
     data = DataConfig(task_count=89, input_length=li, target_length=lt, tokenizer="byte", examples_per_task=50)
-    it = iter(make_batches(data, "t5", batch, 0, home))
+    return make_batches(data, "t5", batch, 0, home)
+
+
+def packed_batches(batch: int, steps: int, home: Path, li: int = LI, lt: int = LT) -> list[dict]:
+    """steps + 1 packed batches (one to compile) from the built-in instruction suite."""
+    it = live_batches(batch, home, li, lt)
     return [next(it) for _ in range(steps + 1)]
 
 
@@ -70,7 +80,9 @@ def unpack(batches: list[dict]) -> list[tuple[list[int], list[int]]]:
     return examples
 
 
-def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, accelerator: str = "cpu") -> dict:
+def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, accelerator: str = "cpu",
+              total_steps: int | None = None) -> dict:
+    """Step time and throughput over `batches` (an iterator when `total_steps` is given)."""
     import jax
 
     from trainers.data.pipeline import packing_efficiency
@@ -84,7 +96,8 @@ def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, 
     state = init_state(setup, init_params(cfg, jax.random.PRNGKey(0), input_length=li, target_length=lt), 0)
     logs: list[dict] = []
     t0 = time.perf_counter()
-    train_loop(setup, state, iter(batches), total_steps=len(batches), log_metrics=lambda m, s: logs.append(m))
+    train_loop(setup, state, iter(batches), total_steps=total_steps or len(batches),
+               log_metrics=lambda m, s: logs.append(m))
     wall = time.perf_counter() - t0
     steps = [m for m in logs if "train/step_s" in m][1:]  # the first step's buffers are still warming
     step_s = statistics.median(m["train/step_s"] for m in steps)
@@ -98,6 +111,62 @@ def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, 
         "xla_step_flops": next(m["train/xla_step_flops"] for m in logs if "train/xla_step_flops" in m),
         "analytic_step_flops": setup.analytic_step_flops,
         "wall_s_incl_compile": wall,
+    }
+
+
+class _TimedInput:
+    """An iterator that records how long each batch kept the train loop waiting."""
+
+    def __init__(self, it) -> None:
+        self.it, self.waits = it, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        batch = next(self.it)
+        self.waits.append(time.perf_counter() - t0)
+        return batch
+
+
+def bench_input(batch: int, steps: int, cfg, home: Path, li: int, lt: int, accelerator: str,
+                rounds: int = 3) -> dict:
+    """Median step time, and how long the loop waited for a batch, without input work
+    (batches packed beforehand), with the live pipeline packing inside the step loop, and
+    with it packing on its background thread; and the packing time of one batch alone. All
+    train on the same batches; the three run in turn, `rounds` times, so that a machine
+    whose load drifts favours none of them."""
+    from trainers.data.pipeline import Prefetcher
+
+    it = live_batches(batch, home, li, lt)
+    t0 = time.perf_counter()
+    materialized = [next(it) for _ in range(steps + 1)]
+    packing_s = (time.perf_counter() - t0) / (steps + 1)
+    sources = {
+        "materialized": lambda: iter(materialized),
+        "live_inline": lambda: live_batches(batch, home, li, lt),
+        "live_prefetched": lambda: Prefetcher(live_batches(batch, home, li, lt)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    waits: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(rounds):
+        for name, make in sources.items():
+            src = _TimedInput(make())
+            times[name].append(bench_jax(src, batch, cfg, li, lt, accelerator, total_steps=steps + 1)["step_s"])
+            waits[name].extend(src.waits[1:])  # the first batch starts the pipeline
+            if isinstance(src.it, Prefetcher):
+                src.it.close()
+    step_s = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "step_s": step_s,
+        "step_s_per_round": times,
+        # Mean, not median: a window of examples is packed every few batches, in one go.
+        "input_wait_s_per_step": {name: statistics.mean(w) for name, w in waits.items()},
+        "input_wait_s_max": {name: max(w) for name, w in waits.items()},
+        "packing_s_per_batch": packing_s,
+        "prefetched_over_materialized": step_s["live_prefetched"] / step_s["materialized"],
+        "inline_over_materialized": step_s["live_inline"] / step_s["materialized"],
     }
 
 
@@ -160,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-length", type=int, default=LI)
     ap.add_argument("--target-length", type=int, default=LT)
     ap.add_argument("--accelerator", default="cpu", help="whose peak FLOP/s MFU is measured against")
+    ap.add_argument("--input-work", action="store_true",
+                    help="also compare step time with and without the input pipeline's work")
     args = ap.parse_args(argv)
     li, lt = args.input_length, args.target_length
     cfg = model_config(args.preset, args.dtype)
@@ -175,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_example_tokens": statistics.mean(len(x) + len(y) for x, y in examples),
         "flanscale_jax_packed": bench_jax(batches, args.batch, cfg, li, lt, args.accelerator),
     }
+    if args.input_work:
+        out["input_work"] = bench_input(args.batch, args.steps, cfg, home, li, lt, args.accelerator)
     if args.peer:
         # Same examples, in order, batch-size examples per step (the HF recipe's unit).
         peer = bench_torch(examples, args.batch, args.steps, cfg)

@@ -135,6 +135,9 @@ for _p in (
     _palm("cont-palm-62b", "62B", 8192, 32, 64, 1.3e12, 32, 0.05, 3e-3, 60_000, "Flan-cont-PaLM 62B"),
     # U-PaLM: PaLM 540B plus about 0.1% extra compute (UL2R), counted as 0.1% more tokens.
     _palm("u-palm-540b", "540B", 18432, 48, 118, 780e9 * 1.001, 32, 0.1, 1e-3, 30_000, "Flan-U-PaLM 540B"),
+    # Not one of the paper's models: PaLM's architecture at a size one accelerator trains, for
+    # checking plans against XLA and for the GPU benchmark. No pretraining of its own.
+    _palm("palm-1b", "1.5B", 2048, 8, 16, 0.0, 32, 0.05, 3e-3, 40_000, "PaLM-style 1.5B"),
 ):
     REGISTRY.register(_p)
 

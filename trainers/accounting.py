@@ -24,6 +24,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from trainers.families import family_of
 from trainers.spec import MeshConfig, ModelConfig, UserError, did_you_mean
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -134,10 +135,6 @@ def peak_flops(accelerator: str, dtype: str) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _kv_heads(cfg: ModelConfig) -> int:
-    return cfg.num_kv_heads or cfg.num_heads
-
-
 def param_layout(cfg: ModelConfig) -> list[tuple[str, str, tuple[int, ...]]]:
     """(part, name, shape) of every parameter, part in {"embedding", "encoder", "decoder", "head"}.
 
@@ -149,56 +146,7 @@ def param_layout(cfg: ModelConfig) -> list[tuple[str, str, tuple[int, ...]]]:
 
 @functools.lru_cache(maxsize=256)  # ModelConfig is frozen; the planner asks many times per model
 def _param_shapes(cfg: ModelConfig) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-    d, h, kv, dk = cfg.d_model, cfg.num_heads, _kv_heads(cfg), cfg.d_kv
-    out: list[tuple[str, str, tuple[int, ...]]] = [("embedding", "token_embedder", (cfg.vocab_size, d))]
-
-    def attention(part: str, prefix: str) -> None:
-        out.append((part, f"{prefix}.query", (d, h, dk)))
-        out.append((part, f"{prefix}.key", (d, kv, dk)))
-        out.append((part, f"{prefix}.value", (d, kv, dk)))
-        out.append((part, f"{prefix}.out", (h, dk, d)))
-
-    def mlp(part: str, prefix: str) -> None:
-        out.append((part, f"{prefix}.wi_0", (d, cfg.d_ff)))
-        out.append((part, f"{prefix}.wi_1", (d, cfg.d_ff)))
-        out.append((part, f"{prefix}.wo", (cfg.d_ff, d)))
-
-    if cfg.family == "t5":
-        buckets = cfg.relative_attention_num_buckets
-        for i in range(cfg.num_encoder_layers):
-            p = f"encoder.layers_{i}"
-            if i == 0:  # one relative-position table per stack, shared by its layers
-                out.append(("encoder", "encoder.relpos_bias", (buckets, cfg.num_heads)))
-            out.append(("encoder", f"{p}.pre_attention_norm", (d,)))
-            attention("encoder", f"{p}.attention")
-            out.append(("encoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp("encoder", f"{p}.mlp")
-        out.append(("encoder", "encoder.final_norm", (d,)))
-        for i in range(cfg.num_decoder_layers):
-            p = f"decoder.layers_{i}"
-            if i == 0:
-                out.append(("decoder", "decoder.relpos_bias", (buckets, cfg.num_heads)))
-            out.append(("decoder", f"{p}.pre_self_attention_norm", (d,)))
-            attention("decoder", f"{p}.self_attention")
-            out.append(("decoder", f"{p}.pre_cross_attention_norm", (d,)))
-            attention("decoder", f"{p}.encoder_decoder_attention")
-            out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp("decoder", f"{p}.mlp")
-        out.append(("decoder", "decoder.final_norm", (d,)))
-    elif cfg.family == "decoder":
-        for i in range(cfg.num_decoder_layers):
-            p = f"decoder.layers_{i}"
-            out.append(("decoder", f"{p}.pre_norm", (d,)))  # parallel block: one norm feeds both
-            attention("decoder", f"{p}.attention")
-            if not cfg.parallel_block:
-                out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp("decoder", f"{p}.mlp")
-        out.append(("decoder", "decoder.final_norm", (d,)))
-    else:
-        raise UserError(f"model family: unknown {cfg.family!r}; allowed: t5, decoder")
-    if not cfg.tie_embeddings:
-        out.append(("head", "logits_dense", (d, cfg.vocab_size)))
-    return tuple(out)
+    return tuple(family_of(cfg).param_layout(cfg))
 
 
 def _size(shape: tuple[int, ...]) -> int:
@@ -215,11 +163,7 @@ def param_count_split(cfg: ModelConfig) -> dict[str, int]:
     parts = {"embedding": 0, "encoder": 0, "decoder": 0, "head": 0}
     for part, _, shape in _param_shapes(cfg):
         parts[part] += _size(shape)
-    if cfg.family == "t5":
-        enc = parts["encoder"] + parts["embedding"]
-        dec = parts["decoder"] + parts["head"]
-    else:
-        enc, dec = 0, parts["decoder"] + parts["embedding"] + parts["head"]
+    enc, dec = family_of(cfg).split(parts)
     return {
         "encoder": enc,
         "decoder": dec,
@@ -235,10 +179,7 @@ def param_count_split(cfg: ModelConfig) -> dict[str, int]:
 
 def train_flops(cfg: ModelConfig, input_tokens: float, target_tokens: float) -> float:
     """Training compute in the paper's convention (6 FLOPs per parameter per token)."""
-    split = param_count_split(cfg)
-    if cfg.family == "t5":
-        return 6.0 * (split["encoder"] * input_tokens + split["decoder"] * target_tokens)
-    return 6.0 * split["total"] * (input_tokens + target_tokens)
+    return 6.0 * family_of(cfg).param_tokens(param_count_split(cfg), input_tokens, target_tokens)
 
 
 def pretrain_flops(cfg: ModelConfig, tokens: float) -> float:
@@ -246,7 +187,7 @@ def pretrain_flops(cfg: ModelConfig, tokens: float) -> float:
     the paper's shorthand applies (each token passes through about half the parameters:
     3 x N x tokens); decoder-only models pay 6 x N x tokens."""
     n = param_count(cfg)
-    return (3.0 if cfg.family == "t5" else 6.0) * n * tokens
+    return family_of(cfg).flops_per_param_token * n * tokens
 
 
 def measured_pretrain_flops(checkpoint: str) -> float:
@@ -298,7 +239,7 @@ def paper_flops(cfg: ModelConfig, finetune_positions: float, pretrain_tokens: fl
     unless `pretrain_tokens` is given.
     """
     nominal, paper_tokens = PAPER_TABLE2_BASIS.get(cfg.name, (float(param_count(cfg)), 0.0))
-    c = 3.0 if cfg.family == "t5" else 6.0
+    c = family_of(cfg).flops_per_param_token
     tokens = paper_tokens if pretrain_tokens is None else pretrain_tokens
     pretrain = c * nominal * tokens if tokens > 0 else None
     finetune = c * nominal * finetune_positions
@@ -306,41 +247,9 @@ def paper_flops(cfg: ModelConfig, finetune_positions: float, pretrain_tokens: fl
             "fraction": finetune / pretrain if pretrain else None}
 
 
-def _matmul_params_per_token(cfg: ModelConfig) -> dict[str, float]:
-    """Parameters each kind of token multiplies by (excludes lookups: embeddings on input,
-    relative-position tables; norms are elementwise and left out)."""
-    d, inner, kv_inner = cfg.d_model, cfg.num_heads * cfg.d_kv, _kv_heads(cfg) * cfg.d_kv
-    attn = 2 * d * inner + 2 * d * kv_inner
-    mlp = 3 * d * cfg.d_ff
-    head = d * cfg.vocab_size  # output layer (tied or not, it is a matmul)
-    if cfg.family == "t5":
-        cross_q_o = 2 * d * inner
-        cross_kv = 2 * d * kv_inner  # applied to encoder outputs, once per decoder layer
-        return {
-            "input": cfg.num_encoder_layers * (attn + mlp) + cfg.num_decoder_layers * cross_kv,
-            "target": cfg.num_decoder_layers * (attn + cross_q_o + mlp) + head,
-        }
-    per = cfg.num_decoder_layers * (attn + mlp) + head
-    return {"input": per, "target": per}
-
-
 def step_flops(cfg: ModelConfig, batch_size: int, input_length: int, target_length: int) -> float:
     """Analytic FLOPs of one optimizer step on `batch_size` packed sequences (fwd + bwd)."""
-    per = _matmul_params_per_token(cfg)
-    hd = cfg.num_heads * cfg.d_kv
-    # QK^T and AV: 2 matmuls x 2 FLOPs per multiply-add, over every (query, key) pair the
-    # kernel computes (masking does not skip work).
-    def attn(lq: int, lk: int) -> float:
-        return 4.0 * lq * lk * hd
-
-    if cfg.family == "t5":
-        fwd_row = 2.0 * (per["input"] * input_length + per["target"] * target_length)
-        fwd_row += cfg.num_encoder_layers * attn(input_length, input_length)
-        fwd_row += cfg.num_decoder_layers * (attn(target_length, target_length) + attn(target_length, input_length))
-    else:
-        length = input_length + target_length
-        fwd_row = 2.0 * per["input"] * length + cfg.num_decoder_layers * attn(length, length)
-    return 3.0 * fwd_row * batch_size
+    return 3.0 * family_of(cfg).forward_flops_per_row(cfg, input_length, target_length) * batch_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,11 +289,16 @@ def memory_per_device(
     remat: bool,
     training: bool = True,
     factored_min_dim: int = 128,
+    micro_batches: int = 1,
 ) -> dict[str, float]:
-    """Estimated bytes per device for one micro-batch of `micro_batch` global rows.
+    """Estimated bytes per device for one micro-batch of `micro_batch` global rows (of
+    `micro_batches` per optimizer step).
 
     Parameters, gradients and optimizer state are sharded over fsdp x tensor and replicated
-    over data (norm scales are tiny and counted as sharded too). Activations: rows are split
+    over data (norm scales are tiny and counted as sharded too). Besides them a training step
+    holds the optimizer's update (a parameter-sized tree Adafactor rescales as a whole before
+    applying it), the running sum of the micro-batches' gradients beside the current one's,
+    and the weights cast to the compute dtype for the matmuls. Activations: rows are split
     over data x fsdp; heads, d_ff and vocab over tensor. Without remat every layer keeps its
     matmul inputs, attention probabilities and MLP intermediates for the backward pass; with
     remat it keeps only its input and recomputes one layer at a time.
@@ -393,44 +307,59 @@ def memory_per_device(
     pbytes, abytes = _dtype_bytes(cfg.param_dtype), _dtype_bytes(cfg.dtype)
     n = param_count(cfg)
     params = n * pbytes / shards
-    grads = params if training else 0.0
+    grads = params * (2 if micro_batches > 1 else 1) if training else 0.0
     optimizer = 4.0 * adafactor_state_elements(cfg, factored_min_dim) / shards if training else 0.0
+    if training:
+        optimizer += params  # the update
+    if abytes < pbytes:
+        params += n * abytes / shards  # compute-dtype copy of the weights
 
     rows = micro_batch / max(1, mesh.data * mesh.fsdp)
     t = max(1, mesh.tensor)
     d, hd, ff, h = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.num_heads
 
+    # Attention logits and softmax run in float32 whatever the compute dtype. In float32 XLA
+    # keeps logits, exponentials and probabilities (3 copies of the scores); below float32,
+    # two float32 copies and the probabilities cast to the compute dtype for the value matmul.
+    score_bytes = 3 * 4.0 if abytes >= 4 else 2 * 4.0 + abytes
+    # Dropout keeps, for the backward pass, its keep mask and the masked values (compute dtype)
+    # of every element it touches (attention probabilities, MLP hidden units, sublayer outputs).
+    drop_bytes = abytes + 1.0 if training and cfg.dropout_rate > 0 else 0.0
+
     def layer(tokens: int, keys: int, cross_keys: int = 0) -> float:
-        """Elements one layer saves per row: `tokens` queries attending `keys` keys (and the
+        """Bytes one layer saves per row: `tokens` queries attending `keys` keys (and the
         encoder's `cross_keys` outputs in a T5 decoder layer)."""
-        # Norms run in float32 and keep their input and output; XLA also keeps the softmax's
-        # logits, exponentials and probabilities (3 copies of the scores).
+        # Norms run in float32 and keep their input and output.
         per_token = 3 * d + 4 * hd / t  # residual, norm input/output, q, k, v, attention context
-        scores = 3 * h * tokens * keys / t
-        extra = 0.0
+        scores = h * tokens * keys / t
+        extra, sublayers = 0.0, 2
         if cross_keys:
             per_token += 2 * d + 2 * hd / t  # cross-attention norm, query, context
-            scores += 3 * h * tokens * cross_keys / t
+            scores += h * tokens * cross_keys / t
             extra = cross_keys * 2 * hd / t  # cross-attention keys and values
-        per_token += 2 * d + 4 * ff / t  # MLP norm, wi_0, wi_1 outputs, activation, gated product
-        return tokens * per_token + scores + extra
+            sublayers = 3
+        # MLP norm; of the MLP's hidden units XLA keeps about eight tensors for the backward
+        # pass: both projections, the activation's intermediates and output, the gated product.
+        per_token += 2 * d + 8 * ff / t
+        dropped = scores + tokens * (ff / t + sublayers * d)
+        return (tokens * per_token + extra) * abytes + scores * score_bytes + dropped * drop_bytes
 
-    if cfg.family == "t5":
-        layers = [(input_length, input_length, 0)] * cfg.num_encoder_layers
-        layers += [(target_length, target_length, input_length)] * cfg.num_decoder_layers
-        logits_tokens = target_length
-    else:
-        length = input_length + target_length
-        layers = [(length, length, 0)] * cfg.num_decoder_layers
-        logits_tokens = length
+    layers, logits_tokens = family_of(cfg).activation_layers(cfg, input_length, target_length)
     if not training:
         # Inference keeps one layer's activations at a time.
-        act_elems = max((layer(*x) for x in layers), default=0.0)
+        act_bytes = max((layer(*x) for x in layers), default=0.0)
     elif remat:
-        act_elems = sum(tok * d for tok, _, _ in layers) + max((layer(*x) for x in layers), default=0.0)
+        # Every layer's input, and for the layer being differentiated its recomputed activations
+        # and, about as large, their gradients (without remat those take the place of the
+        # activations the backward pass frees).
+        act_bytes = sum(tok * d for tok, _, _ in layers) * abytes + 2 * max((layer(*x) for x in layers), default=0.0)
     else:
-        act_elems = sum(layer(*x) for x in layers)
-    activations = act_elems * abytes * rows
+        act_bytes = sum(layer(*x) for x in layers)
+    if training:
+        # Each stack builds one float32 attention bias [heads, queries, keys] per row (mask
+        # plus relative positions) that all its layers read, and its gradient.
+        act_bytes += sum(2 * 4.0 * h / t * tok * keys + 4.0 * tok * cross for tok, keys, cross in set(layers))
+    activations = act_bytes * rows
     # Logits and their gradient in float32, vocab split over tensor.
     activations += 2 * 4.0 * logits_tokens * cfg.vocab_size / t * rows
     total = params + grads + optimizer + activations

@@ -49,8 +49,11 @@ def pretrain(
     from trainers.spec import DataConfig, MeshConfig, OptimConfig
     from trainers.train import init_state, train_loop
 
-    if model_cfg.family != "t5":
-        raise UserError(f"model.family: span corruption pretrains encoder-decoders only, not {model_cfg.family!r}")
+    from trainers.families import FAMILIES, family_of
+
+    if family_of(model_cfg).pretrain_objective != "span_corruption":
+        able = [f.name for f in FAMILIES if f.pretrain_objective == "span_corruption"]
+        raise UserError(f"model.family: span corruption pretrains {', '.join(able)} models only, not {model_cfg.family!r}")
     tracker = tracker or NullTracker()
     home = flanscale_home(home)
     data = DataConfig(tokenizer=tokenizer, input_length=input_length, target_length=target_length)

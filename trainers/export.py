@@ -110,7 +110,8 @@ def cell_model_config(record: dict) -> ModelConfig:
     if base is not None and base.is_file():
         saved = from_dict(ModelConfig, _read_json(base))
         m = spec.model
-        return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat)
+        return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat,
+                                   remat_policy=m.remat_policy, scan_layers=m.scan_layers)
     return spec.model
 
 

@@ -6,22 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainers.families import family_of
 from trainers.spec import ModelConfig
-
-_DECODER_NOTE = """\
-No Hugging Face class matches this block exactly, so it is not exported as one: each layer
-normalises with a mean-subtracting, scale-only layer norm (no bias; Llama's RMS norm does not
-subtract the mean, GPT-NeoX's and GPT-J's norms have biases), attention is multi-query
-(`num_kv_heads` key/value heads) with rotary embeddings in rotate-half form, the feed-forward
-is SwiGLU, and with `parallel_block` attention and feed-forward read the same normed input
-and their outputs are summed (PaLM). With tied embeddings the logits are the embedding table
-applied to the final hidden state scaled by d_model**-0.5.
-"""
-
-_T5_NOTE = """\
-The same weights load in Hugging Face transformers: `flanscale export --format hf` writes them
-as a T5ForConditionalGeneration (T5 v1.1, gated-GELU) checkpoint.
-"""
 
 
 def _architecture(cfg: ModelConfig) -> str:
@@ -30,7 +16,7 @@ def _architecture(cfg: ModelConfig) -> str:
         ("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads or cfg.num_heads), ("d_kv", cfg.d_kv),
         ("num_encoder_layers", cfg.num_encoder_layers), ("num_decoder_layers", cfg.num_decoder_layers),
         ("tie_embeddings", cfg.tie_embeddings), ("parallel_block", cfg.parallel_block),
-        ("param_dtype", cfg.param_dtype))]
+        ("param_dtype", cfg.param_dtype), ("scan_layers", cfg.scan_layers))]
     return "| field | value |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
@@ -48,8 +34,8 @@ def _param_table(cfg: ModelConfig, params: Any) -> str:
 
 
 def flanscale_readme(cfg: ModelConfig, params: Any, provenance: str) -> str:
-    family = "T5 v1.1 encoder-decoder" if cfg.family == "t5" else "PaLM-style decoder-only model"
-    return f"""# {cfg.name}: flanscale model ({family})
+    family = family_of(cfg)
+    return f"""# {cfg.name}: flanscale model ({family.description})
 
 Exported from {provenance}.
 
@@ -70,7 +56,7 @@ Exported from {provenance}.
 ## Architecture
 
 {_architecture(cfg)}
-{_DECODER_NOTE if cfg.family != "t5" else _T5_NOTE}
+{family.export_note}
 ## Parameters
 
 {_param_table(cfg, params)}"""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import optax
 
 from trainers.spec import OptimConfig, UserError
@@ -60,7 +61,7 @@ def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         # T5X defaults: second-moment decay exponent 0.8, factored second moments for
         # matrices whose dims are both >= factored_min_dim, no first moment (saves a copy
         # of the parameters), updates scaled by the parameter RMS and clipped to RMS 1.
-        opt = optax.adafactor(
+        opt = per_layer(optax.adafactor(
             learning_rate=schedule,
             min_dim_size_to_factor=int(cfg.factored_min_dim),
             decay_rate=float(cfg.decay_rate),
@@ -68,7 +69,7 @@ def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
             clipping_threshold=1.0,
             momentum=None,
             factored=True,
-        )
+        ))
     elif cfg.optimizer == "adamw":
         opt = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     else:
@@ -76,3 +77,28 @@ def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     if cfg.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(float(cfg.grad_clip)), opt)
     return opt
+
+
+def _stack_label(path) -> str:
+    """"<path>/layers" for a leaf of the scanned stack at that path, else "other"."""
+    keys = [str(getattr(k, "key", k)) for k in path]
+    return "/".join(keys[: keys.index("layers") + 1]) if "layers" in keys else "other"
+
+
+def per_layer(opt: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`opt` applied to each layer of a scanned stack (leaves under a `layers` key, with a
+    leading layers axis) as to an unrolled layer's own tensor. Adafactor's factoring, its
+    parameter-RMS scaling and its update clipping are per tensor, so without this a scanned
+    model would train differently from the same model unrolled. Each stack is mapped on its
+    own (stacks may differ in depth); trees without a stack get `opt` itself and its state."""
+    layers = optax.GradientTransformation(jax.vmap(opt.init), jax.vmap(opt.update))
+
+    def pick(tree) -> optax.GradientTransformation:
+        labels = jax.tree_util.tree_map_with_path(lambda path, _: _stack_label(path), tree)
+        stacks = set(jax.tree.leaves(labels)) - {"other"}
+        if not stacks:
+            return opt
+        return optax.multi_transform({"other": opt, **{name: layers for name in sorted(stacks)}}, labels)
+
+    return optax.GradientTransformation(lambda params: pick(params).init(params),
+                                        lambda updates, state, params=None: pick(updates).update(updates, state, params))

@@ -37,6 +37,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", None),
     ("length", None),
     ("relpos_buckets", None),
+    # The leading axis of a scanned layer stack (and of its KV caches): every device holds
+    # its shard of every layer, and the scan walks the layers.
     ("layers", None),
 )
 
@@ -112,6 +114,49 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=RULES):
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def _keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_shardings(state_shapes, params_shardings, param_shapes, mesh: Mesh):
+    """Shardings for an optimizer state laid out like its parameters.
+
+    Each state leaf follows the parameter whose dict path ends its own (optax nests the
+    parameter tree inside its states): the parameter's spec where the shapes agree, with
+    the entry of a reduced dimension dropped where Adafactor factors it (row statistics drop
+    the last dimension, column statistics the one before). Leaves that match no parameter
+    (step counters, factored placeholders) are replicated. Left to the compiler, leaves
+    initialised as zeros, which have no data dependence on a parameter (a vmapped init over
+    a layer stack), come out replicated: the full second moments of every layer on every
+    device.
+    """
+    params = {_keys(p): (s.shape, sh.spec) for (p, s), sh in zip(
+        jax.tree_util.tree_flatten_with_path(param_shapes)[0], jax.tree.leaves(params_shardings))}
+
+    def spec_of(shape: tuple, pshape: tuple, pspec: PartitionSpec) -> PartitionSpec | None:
+        entries = tuple(pspec) + (None,) * (len(pshape) - len(pspec))
+        if tuple(shape) == tuple(pshape):
+            return PartitionSpec(*entries)
+        if len(shape) == len(pshape) - 1:
+            for drop in reversed(range(len(pshape))):
+                if tuple(pshape[:drop] + pshape[drop + 1:]) == tuple(shape):
+                    return PartitionSpec(*(entries[:drop] + entries[drop + 1:]))
+        return None
+
+    def one(path, leaf):
+        keys = _keys(path)
+        for start in range(len(keys)):
+            match = params.get(keys[start:])
+            if match is not None:
+                spec = spec_of(leaf.shape, *match)
+                if spec is not None:
+                    return NamedSharding(mesh, spec)
+                break
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(one, state_shapes)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -193,8 +193,8 @@ def run_model(args: argparse.Namespace) -> int:
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
                              stop_sequences=DEFAULT_STOP)
-    scorer = OptionScorer(model_cfg, params, tokenizer, batch_size=args.batch_size,
-                          max_prompt_tokens=args.max_prompt_tokens)
+    scorer = OptionScorer(model_cfg, generate.params, tokenizer, batch_size=args.batch_size,
+                          max_prompt_tokens=args.max_prompt_tokens, placement=generate.placement)
     scores, outputs, rc_metrics = [], {}, {}
     for b in names:
         mode = args.mode or benchmarks.get(b).default_mode

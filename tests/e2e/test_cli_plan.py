@@ -17,17 +17,8 @@ DEMO = str(ROOT / "sweeps" / "demo.yaml")
 
 
 @pytest.fixture
-def flanscale(monkeypatch, capsys):
-    """cli.main with only the plan command registered (the other command groups are not
-    what these tests are about), returning (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("plan",))
-
-    def run(*argv: str):
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+def flanscale(cli_runner):
+    return cli_runner("plan")
 
 
 def test_plan_json(flanscale):

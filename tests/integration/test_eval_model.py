@@ -122,7 +122,7 @@ def test_cached_greedy_decoding_matches_full_forward_passes(cfg):
     import jax.numpy as jnp
     import numpy as np
 
-    from trainers.eval.decoding import EOS_ID, _generate
+    from trainers.eval.decoding import EOS_ID, generate_ids
 
     params = models.init_params(cfg, jax.random.PRNGKey(5))
     prompts_ = [[40, 41, 42, EOS_ID], [50, 60, 70, 80, 90, 100, 110, EOS_ID]]
@@ -131,8 +131,7 @@ def test_cached_greedy_decoding_matches_full_forward_passes(cfg):
     inputs = np.zeros((rows, width_in), np.int32)
     for i, p in enumerate(prompts_):
         inputs[i, : len(p)] = p
-    got = np.asarray(_generate(cfg, params, jnp.asarray(inputs), jax.random.PRNGKey(0),
-                               max_new_tokens=new, temperature=0.0, top_k=0))
+    got = generate_ids(cfg, params, inputs, jax.random.PRNGKey(0), max_new_tokens=new)
     module = models.build(cfg)
     # One fixed-shape jitted forward pass; explicit segment ids mark the real tokens (a
     # generated token may be 0, which the default mask would take for padding).

@@ -87,6 +87,9 @@ def test_two_processes_match_one(tmp_path):
     assert outs[0]["final_loss"] == outs[1]["final_loss"]
 
     assert single["final_loss"] == pytest.approx(outs[0]["final_loss"], rel=1e-5)
+    # The held-out loss is evaluated on the two processes' mesh, parameters left sharded.
+    assert outs[0]["eval"] == outs[1]["eval"]
+    assert single["eval"]["eval/loss"] == pytest.approx(outs[0]["eval"]["eval/loss"], rel=1e-5)
     assert single["tokens"] == outs[0]["tokens"]
     for a, b in zip(_params(tmp_path / "multi"), _params(tmp_path / "single")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,9 @@
-"""Resume: an interrupted run (should_stop or SIGTERM) ends bitwise identical to one that
-never stopped, and a damaged latest checkpoint falls back to the previous one."""
+"""Resume: an interrupted run (should_stop or SIGTERM, with asynchronous checkpoints) ends
+bitwise identical to one that never stopped, and a damaged latest checkpoint falls back to
+the previous one.
+
+Step N's metrics are logged once step N+1 is launched, so a stop request made when step N's
+loss is logged takes effect after step N+1, the step already in flight."""
 
 import json
 import logging
@@ -67,13 +71,14 @@ def test_should_stop_then_resume_is_bitwise_identical(tmp_path, reference):
         SPEC, home=str(tmp_path), extra_trackers=(first,),
         should_stop=lambda: len(first.metrics.get("train/loss", [])) >= stop_after,
     )
-    assert result["status"] == "preempted" and result["steps"] == stop_after
-    assert checkpoint_dir(tmp_path, KEY).joinpath(str(stop_after)).is_dir()
+    stopped = stop_after + 1
+    assert result["status"] == "preempted" and result["steps"] == stopped
+    assert checkpoint_dir(tmp_path, KEY).joinpath(str(stopped)).is_dir()
     second = MemoryTracker()
     resumed = run_cell(SPEC, home=str(tmp_path), extra_trackers=(second,))
     assert resumed["status"] == "finished" and resumed["steps"] == STEPS
     # No gap and no repeat in the loss history, and the same losses as the reference.
-    assert sorted(_losses(first)) == [1, 2, 3] and sorted(_losses(second)) == [4, 5, 6]
+    assert sorted(_losses(first)) == [1, 2, 3, 4] and sorted(_losses(second)) == [5, 6]
     assert {**_losses(first), **_losses(second)} == _losses(ref_tracker)
     _assert_bitwise_equal(_final_params(tmp_path), ref_params)
     # Token counters travel in the checkpoint, so the resumed run reports the whole run's.
@@ -121,11 +126,43 @@ def test_sigterm_in_a_subprocess_checkpoints_and_resumes(tmp_path, reference):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out.split("RESULT ", 1)[1])
-    assert result["status"] == "preempted" and result["steps"] == 3
+    assert result["status"] == "preempted" and result["steps"] == 4
     assert "SIGTERM" in err
     resumed = run_cell(SPEC, home=str(tmp_path))
     assert resumed["status"] == "finished" and resumed["steps"] == STEPS
     assert resumed["tokens"] == ref_result["tokens"]
+    _assert_bitwise_equal(_final_params(tmp_path), ref_params)
+
+
+class _SigtermAtStep(MemoryTracker):
+    """A tracker that sends this process SIGTERM when the loss of `step` is logged."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        if "train/loss" in metrics and step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_with_an_asynchronous_save_in_flight_resumes_bitwise(tmp_path, reference):
+    ref_params, ref_tracker, ref_result = reference
+    # The save of step 2 starts in the background; SIGTERM comes while step 4 runs.
+    first = _SigtermAtStep(3)
+    result = run_cell(SPEC, home=str(tmp_path), extra_trackers=(first,))
+    assert result["status"] == "preempted" and result["steps"] == 4
+    ckdir = checkpoint_dir(tmp_path, KEY)
+    # The save in flight completed, and the stop's save is on disk with its manifest.
+    assert Checkpointer(ckdir).steps() == [2, 4]
+    assert sorted(p.name for p in (ckdir / "manifests").iterdir()) == ["2.json", "4.json"]
+    second = MemoryTracker()
+    resumed = run_cell(SPEC, home=str(tmp_path), extra_trackers=(second,))
+    assert resumed["status"] == "finished" and resumed["steps"] == STEPS
+    assert {**_losses(first), **_losses(second)} == _losses(ref_tracker)
+    assert sorted(_losses(second)) == [5, 6] and resumed["tokens"] == ref_result["tokens"]
     _assert_bitwise_equal(_final_params(tmp_path), ref_params)
 
 
@@ -144,6 +181,21 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, reference, c
     _assert_bitwise_equal(_final_params(tmp_path), ref_params)
 
 
+@pytest.mark.slow
+def test_every_checkpoint_damaged_starts_over_and_says_so(tmp_path, reference, caplog):
+    ref_params, _, _ = reference
+    run_cell(SPEC, home=str(tmp_path), steps=4)  # checkpoints at steps 2 and 4
+    for manifest in (checkpoint_dir(tmp_path, KEY) / "manifests").iterdir():
+        manifest.write_text("{garbled")
+    tracker = MemoryTracker()
+    with caplog.at_level(logging.WARNING, logger="trainers.checkpoint"):
+        resumed = run_cell(SPEC, home=str(tmp_path), extra_trackers=(tracker,))
+    assert "the cell starts over from step 0" in caplog.text
+    assert "steps 2, 4" in tracker.tags["flanscale.restarted"]
+    assert resumed["status"] == "finished" and sorted(_losses(tracker)) == list(range(1, STEPS + 1))
+    _assert_bitwise_equal(_final_params(tmp_path), ref_params)
+
+
 def _toy_state(value: float):
     params = {"w": jnp.full((4, 3), value), "b": jnp.zeros((3,))}
     return {"params": params, "step": jnp.int32(value), "rng": jax.random.PRNGKey(0)}
@@ -156,7 +208,7 @@ def _abstract(state):
 def test_checkpointer_keeps_newest_and_restores_meta(tmp_path):
     ck = Checkpointer(tmp_path / "ck", keep=2)
     for step in (1, 2, 3):
-        ck.save(step, _toy_state(step), {"data": {"position": step}})
+        ck.save(step, _toy_state(step), {"data": {"position": step}}, final=step == 3)
     assert ck.steps() == [2, 3]
     assert sorted(p.name for p in (tmp_path / "ck" / "manifests").iterdir()) == ["2.json", "3.json"]
     step, state, meta = ck.restore(_abstract(_toy_state(0)))
@@ -168,6 +220,7 @@ def test_deleted_file_in_latest_checkpoint_falls_back_and_is_discarded(tmp_path,
     ck = Checkpointer(tmp_path / "ck", keep=3)
     for step in (1, 2):
         ck.save(step, _toy_state(step), {"data": {"position": step}})
+    ck.close()
     victim = next(p for p in (tmp_path / "ck" / "2" / "state").rglob("*") if p.is_file() and "ocdbt" in str(p))
     victim.unlink()
     with caplog.at_level(logging.WARNING, logger="trainers.checkpoint"):

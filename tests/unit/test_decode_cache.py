@@ -116,15 +116,15 @@ def test_stop_sequences_truncate_real_decoding(cfg):
     output itself, every row is the unstopped greedy output up to the stop's first
     completion, then padding. (The untied decoder: a freshly initialised tied one repeats a
     single token, which would make the check trivial.)"""
-    from trainers.eval.decoding import EOS_ID, PAD_ID, _generate
+    from trainers.eval.decoding import EOS_ID, PAD_ID, generate_ids
 
     params = models.init_params(cfg, jax.random.key(0, impl="rbg"))
     prompts, _ = _data()
     kw = dict(max_new_tokens=12, temperature=0.0, top_k=0)
-    free = np.asarray(_generate(cfg, params, prompts, jax.random.PRNGKey(0), **kw))
+    free = generate_ids(cfg, params, prompts, jax.random.PRNGKey(0), **kw)
     stop = tuple(int(t) for t in free[0, 3:5])
     assert EOS_ID not in free[0, :5] and PAD_ID not in stop
-    stopped = np.asarray(_generate(cfg, params, prompts, jax.random.PRNGKey(0), stop_ids=(stop,), **kw))
+    stopped = generate_ids(cfg, params, prompts, jax.random.PRNGKey(0), stop_ids=(stop,), **kw)
     ends = []
     for row, out in zip(free, stopped):
         end = next((i + len(stop) for i in range(len(row)) if tuple(row[i:i + len(stop)]) == stop), len(row))

@@ -124,8 +124,7 @@ def test_text_generator_order_padding_and_samples(monkeypatch):
 
     monkeypatch.setattr(models, "prefill", prefill)
     monkeypatch.setattr(models, "decode_step", decode_step)
-    from trainers.eval import decoding
-    decoding._generate.clear_cache()  # no trace of the real models may be reused here
+    monkeypatch.setattr(models, "decode_state_axes", lambda cfg: {"len": ("batch",), "t": ("batch",)})
 
     class Cfg:  # hashable stand-in for a ModelConfig
         family = "t5"
@@ -243,7 +242,6 @@ def _scripted(monkeypatch, scripts) -> list:
     prompt (chosen by the prompt's length), then EOS. Returns the list that collects one
     entry per decoding step taken."""
     from trainers import models
-    from trainers.eval import decoding
 
     table = np.full((len(scripts), 16), EOS_ID, np.int32)
     for r, script in enumerate(scripts):
@@ -261,7 +259,7 @@ def _scripted(monkeypatch, scripts) -> list:
 
     monkeypatch.setattr(models, "prefill", prefill)
     monkeypatch.setattr(models, "decode_step", decode_step)
-    decoding._generate.clear_cache()
+    monkeypatch.setattr(models, "decode_state_axes", lambda cfg: {"row": ("batch",), "t": ("batch",)})
     return steps
 
 

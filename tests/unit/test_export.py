@@ -128,7 +128,7 @@ def test_decoder_exports_flanscale_layout_and_refuses_hf(tmp_path, capsys):
     assert "as flanscale" in out
     readme = (tmp_path / "own" / "README.md").read_text()
     assert "No Hugging Face class matches this block exactly" in readme
-    assert "`layers_0/attention/query`" in readme and "(32, 2, 16)" in readme
+    assert "`layers/attention/query`" in readme and "(1, 32, 2, 16)" in readme and "layers, embed, heads, kv" in readme
     loaded = load(tmp_path / "own")
     assert loaded.kind == "base" and loaded.model == DECODER and loaded.data.tokenizer == "byte"
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), params, loaded.params))

@@ -6,21 +6,13 @@ import json
 
 import pytest
 
-from orchestrator import cli
 
 FLAN_T5_MMLU = "params,mmlu_direct\n80M,28.7\n250M,35.9\n780M,45.1\n3B,52.4\n11B,55.1\n"
 
 
 @pytest.fixture
-def flanscale(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("fit",))
-
-    def run(*argv: str):
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+def flanscale(cli_runner):
+    return cli_runner("fit")
 
 
 @pytest.fixture

@@ -43,8 +43,9 @@ def _batch():
     return input_ids, attention_mask, decoder_input_ids
 
 
-@pytest.mark.parametrize("untie", [True, False], ids=["untied-lm-head", "tied-lm-head"])
-def test_logits_and_encoder_match_hf(tmp_path, untie):
+@pytest.mark.parametrize("untie,scan", [(True, True), (False, True), (True, False)],
+                         ids=["untied-lm-head", "tied-lm-head", "unrolled-layers"])
+def test_logits_and_encoder_match_hf(tmp_path, untie, scan):
     from trainers.models import t5
 
     model = _hf_model(untie)
@@ -55,8 +56,11 @@ def test_logits_and_encoder_match_hf(tmp_path, untie):
             input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(attention_mask),
             decoder_input_ids=torch.tensor(decoder_input_ids),
         )
-    cfg, params = t5.from_hf(tmp_path)
+    cfg, params = t5.from_hf(tmp_path, scan_layers=scan)
     assert (cfg.d_model, cfg.num_encoder_layers, cfg.num_decoder_layers, cfg.vocab_size) == (32, 2, 2, 100)
+    # Scanned: each side's layers stacked on a leading axis; unrolled: layers_0, layers_1.
+    layer = params["decoder"]["layers"] if scan else params["decoder"]["layers_1"]
+    assert cfg.scan_layers == scan and layer["cross_attention"]["query"].shape == ((2,) if scan else ()) + (32, 4, 8)
 
     logits = np.asarray(t5.forward(cfg, params, input_ids, decoder_input_ids, attention_mask))
     assert np.abs(logits - out.logits.numpy()).max() < 1e-4

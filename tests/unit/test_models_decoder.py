@@ -37,9 +37,9 @@ def fwd():
 
 
 def test_structure_and_count(params):
-    layer = params["layers_0"]
-    assert layer["attention"]["key"].shape == (32, 1, 8)  # one shared K/V head (multi-query)
-    assert layer["attention"]["query"].shape == (32, 4, 8)
+    layer = params["layers"]  # scanned: a leading axis over the 2 layers
+    assert layer["attention"]["key"].shape == (2, 32, 1, 8)  # one shared K/V head (multi-query)
+    assert layer["attention"]["query"].shape == (2, 32, 4, 8)
     assert "pre_mlp_norm" not in layer  # parallel block: one norm feeds attention and MLP
     assert "lm_head" not in params  # tied input/output embedding
     assert models.param_count(params) == expected_decoder_params(CFG)
@@ -108,7 +108,7 @@ def test_tied_logits_are_scaled_embedding_products(params):
 
     @jax.jit
     def both(p):
-        hidden, _ = module.apply({"params": p}, tokens, jnp.ones_like(tokens), jnp.arange(4)[None], True,
+        hidden, _ = module.apply({"params": p}, tokens, jnp.ones_like(tokens), jnp.arange(4)[None], "eval",
                                  method=DecoderOnly._run)
         return hidden, module.apply({"params": p}, {"decoder_input_tokens": tokens})
 

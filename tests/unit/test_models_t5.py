@@ -44,8 +44,8 @@ def test_structure_and_count(params):
     assert set(params) == {"shared", "encoder", "decoder", "lm_head"}
     assert params["lm_head"]["kernel"].shape == (32, 100)
     assert params["encoder"]["relpos_bias"]["rel_embedding"].shape == (32, 4)
-    # d_kv is independent of d_model / num_heads.
-    assert params["decoder"]["layers_0"]["cross_attention"]["query"].shape == (32, 4, 8)
+    # d_kv is independent of d_model / num_heads; scanned layers add a leading layers axis.
+    assert params["decoder"]["layers"]["cross_attention"]["query"].shape == (1, 32, 4, 8)
     assert models.param_count(params) == expected_t5_params(CFG)
     shapes = models.param_shapes(CFG)
     assert jax.tree.map(lambda s: s.shape, shapes) == jax.tree.map(lambda p: p.shape, params)
@@ -149,6 +149,8 @@ def test_bad_configs_are_user_errors():
         models.build(ModelConfig(param_dtype="fp8"))
     with pytest.raises(UserError, match="dropout_rate"):
         models.build(ModelConfig(dropout_rate=1.5))
+    with pytest.raises(UserError, match="remat_policy.*did you mean 'dots'"):
+        models.build(ModelConfig(remat=True, remat_policy="dot"))
 
 
 def test_save_and_load_pretrained(tmp_path, params):

@@ -59,7 +59,7 @@ SCRIPT = textwrap.dedent(
             with partitioning.activation_sharding(mesh):
                 logits = jax.jit(lambda p, b: module.apply({"params": p}, b))(p, b)
             outs[str(shape)] = np.asarray(logits)
-            mlp = p["decoder"]["layers_0"]["mlp"]["wi_0"] if name == "t5" else p["layers_0"]["mlp"]["wi_0"]
+            mlp = p["decoder"]["layers"]["mlp"]["wi_0"] if name == "t5" else p["layers"]["mlp"]["wi_0"]
             specs[str(shape)] = [str(mlp.sharding.spec), len(mlp.addressable_shards),
                                  list(logits.sharding.shard_shape(logits.shape))]
         if name == "decoder":
@@ -96,9 +96,9 @@ def test_sharded_forward_is_mesh_independent():
         assert results[name]["finite"]
         assert max(results[name]["diff"].values()) < 1e-5, results[name]
         specs = results[name]["specs"]
-        # wi_0 is [embed, mlp] -> (fsdp, tensor): one shard per device on the 2x2x2 mesh's
-        # fsdp x tensor plane, replicated over data.
-        assert specs["(2, 2, 2)"][0].endswith("('fsdp', 'tensor')")
+        # Scanned wi_0 is [layers, embed, mlp] -> (None, fsdp, tensor): layers replicated, one
+        # shard per device on the 2x2x2 mesh's fsdp x tensor plane, replicated over data.
+        assert specs["(2, 2, 2)"][0].endswith("(None, 'fsdp', 'tensor')")
         assert specs["(1, 4, 2)"][1] == 8
         # Logits [8, L, V] come out split by rows over data x fsdp (and vocab over tensor).
         assert specs["(8, 1, 1)"][2][0] == 1 and specs["(2, 2, 2)"][2][0] == 2
@@ -136,3 +136,47 @@ def test_all_params_have_known_axes():
     for cfg in (ModelConfig(), ModelConfig(family="decoder", num_encoder_layers=0, num_kv_heads=1)):
         for names in jax.tree.leaves(models.logical_axes(cfg), is_leaf=lambda x: isinstance(x, tuple)):
             assert set(names) <= known, names
+
+
+OPT_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax
+    from trainers import models, optim, partitioning
+    from trainers.spec import MeshConfig, ModelConfig, OptimConfig
+
+    # d_model and d_ff >= 128, so Adafactor factors the MLP kernels' second moments.
+    cfg = ModelConfig(vocab_size=256, d_model=128, d_ff=256, num_heads=4, d_kv=32,
+                      num_encoder_layers=2, num_decoder_layers=2)
+    mesh = partitioning.make_mesh(MeshConfig(devices=8, data=1, fsdp=4, tensor=2))
+    shardings = partitioning.param_shardings(cfg, mesh)
+    shapes = models.param_shapes(cfg)
+    opt = optim.build_optimizer(OptimConfig())
+    state = jax.eval_shape(opt.init, shapes)
+    out = partitioning.state_shardings(state, shardings, shapes, mesh)
+    found = {}
+    for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree.leaves(out)):
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        if name.endswith("decoder/layers/mlp/wi_0/kernel") or "mlp/wi_0" in name:
+            found[name] = [list(leaf.shape), str(sh.spec)]
+    per_device = sum(sh.shard_shape(l.shape) and __import__("math").prod(sh.shard_shape(l.shape))
+                     for l, sh in zip(jax.tree.leaves(state), jax.tree.leaves(out)) if l.shape)
+    total = sum(__import__("math").prod(l.shape) for l in jax.tree.leaves(state) if l.shape)
+    print("RESULT " + json.dumps({"found": found, "per_device": per_device, "total": total}))
+    """
+)
+
+
+def test_optimizer_state_is_sharded_like_its_parameters():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", OPT_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    specs = {tuple(shape): spec for shape, spec in results["found"].values()}
+    # wi_0 of the scanned stack is [layers, embed, mlp] -> (None, fsdp, tensor); its factored
+    # row statistics drop mlp, its column statistics drop embed.
+    assert specs[(2, 128)].endswith("(None, 'fsdp')"), results["found"]
+    assert specs[(2, 256)].endswith("(None, 'tensor')"), results["found"]
+    # Nothing the size of a layer stays whole on every device.
+    assert results["per_device"] < results["total"] / 4, results

@@ -5,17 +5,21 @@ Examples are drawn in windows of `window` examples, each window is packed on its
 queue. The iterator's state is the example stream's state at the start of the oldest
 window that still has rows queued, plus how many of that window's rows were already used:
 restoring re-packs that window deterministically and skips those rows, so a resumed run
-sees exactly the batches an uninterrupted one would.
+sees exactly the batches an uninterrupted one would. `Prefetcher` packs a few batches ahead
+on a background thread; its state is that of the batches handed out, not of those ahead.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import queue
 import random
+import threading
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +27,7 @@ from trainers.data.packing import PACKERS, Encoded, build_batch, check_family, p
 from trainers.data.tokenizer import EOS_ID, Tokenizer, load_tokenizer
 from trainers.spec import DataConfig, UserError
 
-__all__ = ["BatchIterator", "make_batches", "packing_efficiency", "EncodedMixture"]
+__all__ = ["BatchIterator", "Prefetcher", "make_batches", "packing_efficiency", "EncodedMixture"]
 
 
 class ExampleStream(Protocol):
@@ -57,8 +61,11 @@ class EncodedMixture:
 class BatchIterator:
     """Iterator of packed-batch dicts (numpy) for one JAX process.
 
-    Every process packs the same global batch and keeps rows
-    [process_index * B / process_count, (process_index + 1) * B / process_count).
+    A batch holds only this process's rows of the global batch of B rows:
+    [process_index * B / process_count, (process_index + 1) * B / process_count). Which
+    examples share a row is decided per window over the whole example stream, identically
+    on every process, so the global batch does not depend on the number of processes;
+    only the arrays of the process's own rows are built.
     """
 
     def __init__(self, stream: ExampleStream, tokenizer: Tokenizer, family: str, batch_size: int,
@@ -144,3 +151,92 @@ def make_batches(cfg: DataConfig, family: str, batch_size: int, seed: int, home:
     stream = EncodedMixture(cfg, tokenizer, seed, home)
     return BatchIterator(stream, tokenizer, family, batch_size, cfg.input_length, cfg.target_length, seed,
                          window=window, packer=packer, process_index=process_index, process_count=process_count)
+
+
+class Prefetcher:
+    """Batches of a resumable iterator packed ahead on a background thread.
+
+    At most `depth` batches wait in the queue (and one more for room in it), so packing
+    runs while the devices train and never runs far ahead of them. Each batch travels
+    with the iterator's state right after it was packed; `state()` is the state after the
+    last batch handed out, so the batches packed ahead but not consumed never advance what
+    a checkpoint saves, and a run restored from it sees exactly the batches an
+    uninterrupted run would.
+    """
+
+    _END = object()
+
+    def __init__(self, inner: BatchIterator, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"prefetch depth {depth} must be >= 1")
+        self.inner, self.depth = inner, depth
+        self._state = copy.deepcopy(inner.state())
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rewind = False  # the inner iterator ran ahead of the batches handed out
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(item)  # every later call ends too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._queue.put(item)
+            raise item
+        batch, self._state = item
+        return batch
+
+    def state(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def restore(self, state: dict) -> None:
+        self.close()
+        self._state = copy.deepcopy(state)
+        self.inner.restore(copy.deepcopy(state))
+        self._rewind = False
+
+    def close(self) -> None:
+        """Stops the packing thread; the next batch starts it again."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a producer waiting for room in the queue
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._thread = None
+        # The batches packed ahead are dropped; should iteration go on, the inner
+        # iterator restarts from the state after the last batch handed out.
+        self._rewind = True
+
+    def _start(self) -> None:
+        if self._rewind:
+            self.inner.restore(copy.deepcopy(self._state))
+            self._rewind = False
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = next(self.inner)
+                except StopIteration:
+                    item: Any = self._END
+                else:
+                    item = (batch, copy.deepcopy(self.inner.state()))
+                self._queue.put(item)  # close() drains the queue to unblock this
+                if item is self._END:
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._queue.put(e)

@@ -3,10 +3,13 @@
 `decode_loop` is the jitted core: given a step function (state, tokens[B]) -> (logits[B,V],
 state) it runs greedy or sampled (temperature, top-k) decoding inside `jax.lax.while_loop`,
 stopping a row at EOS or when its output ends with a stop sequence's token ids, and the whole
-batch when every row stopped or `max_new_tokens` were produced. `TextGenerator` wraps it
-around `trainers.models.prefill` / `decode_step`: prompts become token rows (prompt + EOS, as
-in training), right-padded into length buckets so that a few compiled shapes serve a whole
-benchmark; outputs are cut at the first stop sequence, in tokens and again in text.
+batch when every row stopped or `max_new_tokens` were produced. `generate_ids` runs
+`trainers.models.prefill` and the loop over `decode_step` as one program on an `EvalMesh`
+(trainers/eval/placement.py): parameters sharded as training shards them, prompt rows and the
+KV cache split over the data axes, the cache's heads over the heads' mesh axis. `TextGenerator`
+wraps it: prompts become token rows (prompt + EOS, as in training), right-padded into length
+buckets so that a few compiled shapes serve a whole benchmark; outputs are cut at the first
+stop sequence, in tokens and again in text.
 
 Both families take the whole prompt in `prefill` and are fed token 0 first (the
 encoder-decoder's start token; the decoder-only model feeds its held-back last prompt
@@ -15,12 +18,13 @@ token instead), so the first generated token comes out of `decode_step` like eve
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from trainers.eval.placement import EvalMesh
 
 StepFn = Callable[[Any, jnp.ndarray], tuple[jnp.ndarray, Any]]
 
@@ -75,11 +79,14 @@ def ends_with_stop(recent: jnp.ndarray, table: np.ndarray) -> jnp.ndarray:
 def decode_loop(step_fn: StepFn, state: Any, first_tokens: jnp.ndarray, rng: jax.Array, *,
                 max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                 eos_id: int = EOS_ID, pad_id: int = PAD_ID,
-                stop_ids: Sequence[Sequence[int]] = ()) -> jnp.ndarray:
+                stop_ids: Sequence[Sequence[int]] = (), row_ids: jnp.ndarray | None = None) -> jnp.ndarray:
     """Generate up to `max_new_tokens` tokens per row -> [B, max_new_tokens] int32.
 
     A row ends at EOS or once its output ends with one of `stop_ids` (token-id sequences);
     the EOS or stop tokens are kept in the output and everything after them is `pad_id`.
+    Sampling draws row r's token at step i with the key fold_in(fold_in(rng, row_ids[r]), i)
+    (row_ids: 0..B-1 unless given), so a row's samples depend on its id alone, not on the
+    rows beside it, the batch size or how the batch is split over devices.
     Traceable (call it inside jit); the loop ends early once every row has ended."""
     batch = first_tokens.shape[0]
     out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
@@ -87,42 +94,77 @@ def decode_loop(step_fn: StepFn, state: Any, first_tokens: jnp.ndarray, rng: jax
     table = _stop_table(stop_ids)
     # Only the last few tokens can complete a stop sequence, so only they are carried.
     recent = jnp.full((batch, 1 if table is None else table.shape[1]), -1, jnp.int32)
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch) if row_ids is None else row_ids)
+    select = jax.vmap(lambda key, row: select_tokens(row[None], key, temperature, top_k)[0])
 
     def cond(carry):
-        i, _, _, _, done, _, _ = carry
+        i, _, _, _, done, _ = carry
         return (i < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        i, state, tokens, out, done, rng, recent = carry
+        i, state, tokens, out, done, recent = carry
         logits, state = step_fn(state, tokens)
-        rng, sub = jax.random.split(rng)
-        nxt = select_tokens(logits, sub, temperature, top_k)
+        nxt = select(jax.vmap(jax.random.fold_in, (0, None))(row_keys, i), logits)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
         done = done | (nxt == eos_id)
         if table is not None:
             recent = jnp.concatenate([recent[:, 1:], nxt[:, None]], axis=1)
             done = done | ends_with_stop(recent, table)
-        return i + 1, state, nxt, out, done, rng, recent
+        return i + 1, state, nxt, out, done, recent
 
-    carry = (jnp.int32(0), state, first_tokens.astype(jnp.int32), out, done, rng, recent)
+    carry = (jnp.int32(0), state, first_tokens.astype(jnp.int32), out, done, recent)
     return jax.lax.while_loop(cond, body, carry)[3]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "samples", "stop_ids"))
-def _generate(cfg, params, inputs, rng, *, max_new_tokens, temperature, top_k, samples=1, stop_ids=()):
-    """[P, L] prompts -> [P * samples, max_new_tokens] tokens, row p * samples + s being sample
-    s of prompt p. The prompts are prefilled once and their states repeated per sample, so
-    self-consistency pays for each prompt's prefill once, not `samples` times."""
+def _generate_program(cfg, placement: EvalMesh, max_new_tokens: int, temperature: float, top_k: int,
+                      samples: int, stop_ids: tuple) -> Callable:
+    """(params, (prompts [P, L], prompt ids [P]), (rng,)) -> [P * samples, max_new_tokens]
+    tokens, row p * samples + s being sample s of prompt p. The prompts are prefilled once
+    and their states repeated per sample, so self-consistency pays for each prompt's prefill
+    once, not `samples` times. The state (KV cache) keeps `placement`'s layout throughout."""
     from trainers import models
 
-    state = models.prefill(cfg, params, inputs, max_new_tokens)
-    if samples > 1:
-        state = models.repeat_state(state, samples)
-    first = jnp.full((inputs.shape[0] * samples,), PAD_ID, jnp.int32)
-    step = lambda s, t: models.decode_step(cfg, params, s, t)  # noqa: E731
-    return decode_loop(step, state, first, rng, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_k=top_k, stop_ids=stop_ids)
+    def program(params, rows, replicated):
+        inputs, prompt_ids = rows
+        (rng,) = replicated
+        state = placement.constrain_state(cfg, models.prefill(cfg, params, inputs, max_new_tokens))
+        if samples > 1:
+            state = placement.constrain_state(cfg, models.repeat_state(state, samples))
+        row_ids = (prompt_ids[:, None] * samples + jnp.arange(samples)[None, :]).reshape(-1)
+
+        def step(s, t):
+            logits, s = models.decode_step(cfg, params, s, t)
+            return logits, placement.constrain_state(cfg, s)
+
+        first = jnp.full((inputs.shape[0] * samples,), PAD_ID, jnp.int32)
+        return decode_loop(step, state, first, rng, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_k=top_k, stop_ids=stop_ids, row_ids=row_ids)
+
+    return program
+
+
+def generate_ids(cfg, params, inputs, rng, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 samples: int = 1, stop_ids: Sequence[Sequence[int]] = (), prompt_ids=None,
+                 placement: EvalMesh | None = None) -> np.ndarray:
+    """[P, L] right-padded prompts -> [P * samples, max_new_tokens] token ids on the host (see
+    `_generate_program`), decoded on `placement`'s mesh (default: one local device).
+
+    `prompt_ids` [P] (default 0..P-1) name the prompts for sampling (see `decode_loop`). Rows
+    are padded to a multiple of the data-parallel size with copies of the first prompt."""
+    placement = placement or EvalMesh.local()
+    inputs = np.asarray(inputs, np.int32)
+    n = len(inputs)
+    prompt_ids = np.arange(n, dtype=np.int32) if prompt_ids is None else np.asarray(prompt_ids, np.int32)
+    extra = placement.rows(n) - n
+    inputs = np.concatenate([inputs, np.repeat(inputs[:1], extra, axis=0)])
+    prompt_ids = np.concatenate([prompt_ids, np.repeat(prompt_ids[:1], extra)])
+    stops = tuple(tuple(int(t) for t in s) for s in stop_ids)
+    statics = (max_new_tokens, float(temperature), int(top_k), samples, stops)
+    out = placement.run(("generate", cfg, statics), lambda: _generate_program(cfg, placement, *statics),
+                        placement.put_params(cfg, params), rows=(inputs, prompt_ids),
+                        replicated=(np.asarray(jax.random.key_data(rng)),))
+    return np.asarray(out)[: n * samples]
 
 
 def stop_token_ids(tokenizer, stop_sequences: Sequence[str]) -> tuple[tuple[int, ...], ...]:
@@ -195,11 +237,19 @@ class TextGenerator:
     `stop_sequences` (e.g. `DEFAULT_STOP`) end a row inside the decoding loop once its
     tokens end with one of them, and every continuation is cut before the first one, once
     in tokens and once in the decoded text: token boundaries of a subword tokenizer need
-    not fall where the string starts, so the loop may miss a stop that the text shows."""
+    not fall where the string starts, so the loop may miss a stop that the text shows.
+
+    Decoding runs on `placement`'s mesh (default: one local device) with the parameters in
+    their shardings; a batch holds `batch_size` rows rounded up to a multiple of the
+    data-parallel size. Outputs do not depend on the mesh or the batch size: rows are
+    independent and each prompt's samples are drawn with keys of its own."""
 
     def __init__(self, model_cfg, params, tokenizer, *, max_new_tokens: int = 64,
-                 batch_size: int = 8, max_prompt_tokens: int = 0, stop_sequences: Sequence[str] = ()):
-        self.cfg, self.params, self.tokenizer = model_cfg, params, tokenizer
+                 batch_size: int = 8, max_prompt_tokens: int = 0, stop_sequences: Sequence[str] = (),
+                 placement: EvalMesh | None = None):
+        self.placement = placement or EvalMesh.local()
+        self.cfg, self.tokenizer = model_cfg, tokenizer
+        self.params = self.placement.put_params(model_cfg, params)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
@@ -219,29 +269,33 @@ class TextGenerator:
             inputs[i, : len(r)] = r
         return inputs
 
-    def __call__(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
-                 top_k: int = 0, seed: int = 0) -> list[list[str]]:
-        """One list of `num_samples` continuations per prompt (greedy when temperature is 0)."""
+    def ids(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
+            top_k: int = 0, seed: int = 0) -> list[np.ndarray]:
+        """One [num_samples, max_new_tokens] array of generated token ids per prompt."""
         encoded = [self.encode(p) for p in prompts]
         # Prompts ordered by length so batches pad little; a batch holds `per_batch` prompts
         # and decodes all their samples together (at least one prompt's worth of samples).
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-        per_batch = max(1, self.batch_size // num_samples)
-        results: list[list[str]] = [[""] * num_samples for _ in prompts]
-        base = jax.random.PRNGKey(seed)
+        per_batch = self.placement.rows(max(1, self.batch_size // num_samples))
+        results: list[np.ndarray] = [np.empty((0, self.max_new_tokens), np.int32)] * len(prompts)
+        rng = jax.random.PRNGKey(seed)
         for start in range(0, len(order), per_batch):
             chunk = order[start: start + per_batch]
             # Fill the last batch with copies so every batch has the compiled shape.
             padded = chunk + [chunk[0]] * (per_batch - len(chunk))
-            inputs = self._batch([encoded[i] for i in padded])
-            tokens = _generate(self.cfg, self.params, jnp.asarray(inputs), jax.random.fold_in(base, start),
-                               max_new_tokens=self.max_new_tokens, temperature=float(temperature),
-                               top_k=int(top_k), samples=num_samples, stop_ids=self.stop_ids)
-            tokens = np.asarray(tokens)
+            tokens = generate_ids(self.cfg, self.params, self._batch([encoded[i] for i in padded]), rng,
+                                  max_new_tokens=self.max_new_tokens, temperature=temperature, top_k=top_k,
+                                  samples=num_samples, stop_ids=self.stop_ids, prompt_ids=padded,
+                                  placement=self.placement)
             for p, i in enumerate(chunk):
-                for s in range(num_samples):
-                    results[i][s] = self.text(tokens[p * num_samples + s])
+                results[i] = tokens[p * num_samples: (p + 1) * num_samples]
         return results
+
+    def __call__(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
+                 top_k: int = 0, seed: int = 0) -> list[list[str]]:
+        """One list of `num_samples` continuations per prompt (greedy when temperature is 0)."""
+        rows = self.ids(prompts, num_samples=num_samples, temperature=temperature, top_k=top_k, seed=seed)
+        return [[self.text(r) for r in prompt_rows] for prompt_rows in rows]
 
     def text(self, row: Sequence[int]) -> str:
         """One generated row -> its continuation, cut at EOS and before the first stop

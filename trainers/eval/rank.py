@@ -22,7 +22,6 @@ powers of two, so a handful of compiled programs serve a whole benchmark.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from trainers.data.packing import build_batch
 from trainers.eval.decoding import EOS_ID, PAD_ID, TextGenerator, _bucket
+from trainers.eval.placement import EvalMesh
 from trainers.spec import UserError
 
 MIN_TARGET_WIDTH = 8  # option rows are short; one bucket covers single letters to short phrases
@@ -51,39 +51,51 @@ def _target_logprobs(logits, targets):
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _shared_logprobs(cfg, params, prompts, prompt_index, tokens, targets):
+def _shared_program(cfg):
     from trainers import models
 
-    logits = models.option_logits(cfg, params, prompts, prompt_index, tokens)
-    return jnp.where(targets != PAD_ID, _target_logprobs(logits, targets), 0.0)
+    def program(params, rows, _):
+        prompts, prompt_index, tokens, targets = rows
+        logits = models.option_logits(cfg, params, prompts, prompt_index, tokens)
+        return jnp.where(targets != PAD_ID, _target_logprobs(logits, targets), 0.0)
+
+    return program
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _full_logprobs(cfg, params, batch):
+def _full_program(cfg):
     from trainers import models
 
-    logits = models.build(cfg).apply({"params": params}, batch, True)
-    return _target_logprobs(logits, batch["decoder_target_tokens"]) * batch["decoder_loss_weights"]
+    def program(params, rows, _):
+        (batch,) = rows
+        logits = models.build(cfg).apply({"params": params}, batch, True)
+        return _target_logprobs(logits, batch["decoder_target_tokens"]) * batch["decoder_loss_weights"]
+
+    return program
 
 
 class OptionScorer:
     """(prompts, options per prompt) -> an OptionScore per option, for one model and tokenizer.
 
     Questions may have different numbers of options and options different lengths; a
-    question with no options gets an empty list."""
+    question with no options gets an empty list. Scoring runs on `placement`'s mesh (default:
+    one local device); `batch_size` questions, and the option rows, are rounded up to a
+    multiple of its data-parallel size."""
 
     def __init__(self, model_cfg, params, tokenizer, *, batch_size: int = 8, max_prompt_tokens: int = 0,
-                 shared: bool = True):
+                 shared: bool = True, placement: EvalMesh | None = None):
         if batch_size < 1:
             raise UserError(f"rank classification batch_size: {batch_size!r} must be >= 1")
         if max_prompt_tokens < 0:
             raise UserError(f"rank classification max_prompt_tokens: {max_prompt_tokens!r} must be >= 0 (0 = no limit)")
-        self.cfg, self.params, self.tokenizer = model_cfg, params, tokenizer
-        self.batch_size, self.max_prompt_tokens, self.shared = batch_size, max_prompt_tokens, shared
+        self.placement = placement or EvalMesh.local()
+        self.cfg, self.tokenizer = model_cfg, tokenizer
+        self.params = self.placement.put_params(model_cfg, params)
+        # Questions per batch, a multiple of the data-parallel size like the prompt rows.
+        self.batch_size = self.placement.rows(batch_size)
+        self.max_prompt_tokens, self.shared = max_prompt_tokens, shared
         # The very encoder generation uses, so a prompt reads the same in both modes.
-        self._prompts = TextGenerator(model_cfg, params, tokenizer, batch_size=batch_size,
-                                      max_prompt_tokens=max_prompt_tokens)
+        self._prompts = TextGenerator(model_cfg, self.params, tokenizer, batch_size=batch_size,
+                                      max_prompt_tokens=max_prompt_tokens, placement=self.placement)
 
     def encode_option(self, text: str) -> list[int]:
         return [t for t in self.tokenizer.encode(text) if t != PAD_ID] + [EOS_ID]
@@ -129,8 +141,8 @@ class OptionScorer:
             prompt_index[r] = slot[q]
             tokens[r, 1: len(target)] = target[:-1]  # shifted right after the start token 0
             targets[r, : len(target)] = target
-        out = _shared_logprobs(self.cfg, self.params, jnp.asarray(prompts), jnp.asarray(prompt_index),
-                               jnp.asarray(tokens), jnp.asarray(targets))
+        out = self.placement.run(("rank_shared", self.cfg), lambda: _shared_program(self.cfg), self.params,
+                                 rows=(prompts, prompt_index, tokens, targets))
         return np.asarray(out, np.float64)[: len(pairs)].sum(axis=1)
 
     def _per_option(self, chunk, pairs, enc_prompts, enc_options) -> np.ndarray:
@@ -138,5 +150,5 @@ class OptionScorer:
         examples = [[(enc_prompts[q], enc_options[q][k])] for q, k in pairs]
         examples += [[] for _ in range(rows - len(pairs))]  # empty rows: all padding, weight 0
         batch = build_batch(examples, self.cfg.family, width, target_width)
-        out = _full_logprobs(self.cfg, self.params, {k: jnp.asarray(v) for k, v in batch.items()})
+        out = self.placement.run(("rank_full", self.cfg), lambda: _full_program(self.cfg), self.params, rows=(batch,))
         return np.asarray(out, np.float64)[: len(pairs)].sum(axis=1)

@@ -171,20 +171,23 @@ def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions 
 
 
 def evaluate_run(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
-                 max_prompt_tokens: int = 0, seed: int = 0, predictions: int = 0) -> EvalRun:
+                 max_prompt_tokens: int = 0, seed: int = 0, predictions: int = 0, placement=None) -> EvalRun:
     """`evaluate`, with the scores and a sample of predictions (see `run_eval`)."""
     from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
     from trainers.eval.rank import OptionScorer
 
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                             batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, stop_sequences=DEFAULT_STOP)
-    scorer = OptionScorer(model_cfg, params, tokenizer, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
+                             batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, stop_sequences=DEFAULT_STOP,
+                             placement=placement)
+    scorer = OptionScorer(model_cfg, generate.params, tokenizer, batch_size=batch_size,
+                          max_prompt_tokens=max_prompt_tokens, placement=generate.placement)
     return run_eval(cfg, generate, scorer, seed, predictions)
 
 
 def evaluate(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
-             max_prompt_tokens: int = 0, seed: int = 0) -> dict[str, float]:
+             max_prompt_tokens: int = 0, seed: int = 0, placement=None) -> dict[str, float]:
     """Metrics eval/<benchmark>/<mode> (percent), eval/<benchmark>/<mode>/normalized, the rc
-    scores, and each suite's normalized average when its six scores were all run."""
+    scores, and each suite's normalized average when its six scores were all run. Models run
+    on `placement` (a trainers.eval.placement.EvalMesh; default one local device)."""
     return evaluate_run(cfg, model_cfg, params, tokenizer, batch_size=batch_size,
-                        max_prompt_tokens=max_prompt_tokens, seed=seed).metrics
+                        max_prompt_tokens=max_prompt_tokens, seed=seed, placement=placement).metrics

@@ -1,14 +1,21 @@
-"""Models of both families behind one small API.
+"""Models of every registered family (trainers/families) behind one small API.
 
 build(cfg) -> flax module; init_params / param_shapes / logical_axes for the parameter
 tree; prefill / decode_step for incremental decoding with a fixed-size cache;
 option_logits for scoring several targets of one prompt encoded once; and
 save_pretrained / load_pretrained for base-model checkpoints (orbax params + model.json).
+
+The family of a ModelConfig names its flax module ("module:Class"); the module is built
+from the config alone, its `__call__(batch, deterministic)` gives logits [B, L, V], and
+decoding families add `prefill`, `decode_step`, `option_logits` and a static
+`decode_state_axes(cfg)`. Decoding state leaves under "cache" and "cross" are stacked per
+layer, [layers, batch, length, kv heads, d_kv]; every other leaf has the batch first.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,56 +24,32 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from trainers.families import family_of, validate
+from trainers.models.stacking import stack_layers, unstack_layers
 from trainers.spec import ModelConfig, UserError, from_dict, to_dict
 
-FAMILIES = ("t5", "decoder")
+_LAYER_MAJOR = ("cache", "cross")  # decoding-state entries whose leaves are [layers, batch, ...]
 
 
-def validate(cfg: ModelConfig) -> None:
-    """Reject configurations the models cannot build, naming the field."""
-    if cfg.family not in FAMILIES:
-        raise UserError(f"model.family: unknown {cfg.family!r}; allowed: {', '.join(FAMILIES)}")
-    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_decoder_layers"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"model.{name}: {getattr(cfg, name)!r} must be >= 1")
-    from trainers.models.layers import dtype_of
+def resolve(ref: str) -> Any:
+    """"package.module:attribute" (a family's name for its module or converter) -> the object."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
-    dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    if not 0.0 <= cfg.dropout_rate < 1.0:
-        raise UserError(f"model.dropout_rate: {cfg.dropout_rate!r} must be in [0, 1)")
-    kv = cfg.num_kv_heads or cfg.num_heads
-    if kv < 0 or cfg.num_heads % kv:
-        raise UserError(f"model.num_kv_heads: {cfg.num_kv_heads} must divide num_heads {cfg.num_heads} (0 = num_heads)")
-    if cfg.family == "t5":
-        if cfg.num_encoder_layers < 1:
-            raise UserError(f"model.num_encoder_layers: {cfg.num_encoder_layers} must be >= 1 for family t5")
-        if cfg.tie_embeddings:
-            raise UserError("model.tie_embeddings: T5 v1.1 has untied embeddings; set it false for family t5")
-    elif cfg.num_encoder_layers:
-        raise UserError(f"model.num_encoder_layers: {cfg.num_encoder_layers} must be 0 for family decoder")
-    if cfg.family == "decoder" and cfg.d_kv % 2:
-        raise UserError(f"model.d_kv: {cfg.d_kv} must be even for rotary embeddings")
+
+def model_class(cfg: ModelConfig) -> type[nn.Module]:
+    return resolve(family_of(cfg).model)
 
 
 def build(cfg: ModelConfig) -> nn.Module:
     validate(cfg)
-    if cfg.family == "t5":
-        from trainers.models.t5 import T5
-
-        return T5(cfg)
-    from trainers.models.decoder import DecoderOnly
-
-    return DecoderOnly(cfg)
+    return model_class(cfg)(cfg)
 
 
 def dummy_batch(cfg: ModelConfig, batch_size: int, input_length: int, target_length: int) -> dict[str, jnp.ndarray]:
     """An all-ones batch of the family's layout (for init and shape tracing)."""
-    if cfg.family == "t5":
-        return {
-            "encoder_input_tokens": jnp.ones((batch_size, input_length), jnp.int32),
-            "decoder_input_tokens": jnp.ones((batch_size, target_length), jnp.int32),
-        }
-    return {"decoder_input_tokens": jnp.ones((batch_size, input_length + target_length), jnp.int32)}
+    shapes = family_of(cfg).batch_layout.model_inputs(batch_size, input_length, target_length)
+    return {name: jnp.ones(shape, jnp.int32) for name, shape in shapes.items()}
 
 
 def init_boxed(cfg: ModelConfig, rng, input_length: int = 4, target_length: int = 4):
@@ -158,11 +141,25 @@ def option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
                           jnp.asarray(tokens, jnp.int32))
 
 
+def decode_state_axes(cfg: ModelConfig) -> dict:
+    """Logical axis names of every leaf of `prefill`'s state, e.g. the caches'
+    ("layers", "batch", "length", "heads", "kv"), for trainers/partitioning.py to shard."""
+    return model_class(cfg).decode_state_axes(cfg)
+
+
 def repeat_state(state, times: int):
     """Each row of a decode state repeated `times` times, in place (rows r*times ..
-    r*times + times - 1 copy row r), so several samples of one prompt share its prefill.
-    Every leaf of either family's state has the batch as its leading axis."""
-    return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), state)
+    r*times + times - 1 copy row r), so several samples of one prompt share its prefill."""
+    return {name: jax.tree.map(lambda x, axis=int(name in _LAYER_MAJOR): jnp.repeat(x, times, axis=axis), leaves)
+            for name, leaves in state.items()}
+
+
+def convert_layout(cfg: ModelConfig, params, scan_layers: bool):
+    """Params of `cfg`'s layout -> the scanned (True) or unrolled (False) layout."""
+    if cfg.scan_layers == scan_layers:
+        return params
+    stacks = family_of(cfg).stacks(cfg)
+    return stack_layers(params, stacks, jnp.stack) if scan_layers else unstack_layers(params, stacks)
 
 
 def save_pretrained(dst, cfg: ModelConfig, params) -> Path:
@@ -189,25 +186,40 @@ def load_config(path) -> ModelConfig:
         raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def load_pretrained(path, shardings: Any = None) -> tuple[ModelConfig, Any]:
+def load_pretrained(path, shardings: Any = None, scan_layers: bool | None = None) -> tuple[ModelConfig, Any]:
     """Read a checkpoint written by save_pretrained -> (ModelConfig, params).
 
     `shardings` (a pytree of jax.sharding.Sharding parallel to the params) restores each
-    array directly into its layout; default is the first local device.
+    array directly into its layout; default is the first local device. `scan_layers`
+    chooses the layer layout (default: model.json's); a checkpoint saved in the other
+    layout is converted on the first local device, then placed.
     """
+    import dataclasses
+
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    cfg = load_config(path)
+    saved = load_config(path)
     if not (path / "params").is_dir():
         raise UserError(f"{path}: not a flanscale model checkpoint (missing params/)")
-    shapes = param_shapes(cfg)
+    cfg = saved if scan_layers is None else dataclasses.replace(saved, scan_layers=scan_layers)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        shardings = jax.tree.map(lambda _: device, param_shapes(cfg))
+
+    def restore(layout: ModelConfig, target_shardings):
+        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              param_shapes(layout), target_shardings)
+        return ocp.StandardCheckpointer().restore(path / "params", target)
+
     try:
-        params = ocp.StandardCheckpointer().restore(path / "params", target)
+        return cfg, restore(cfg, shardings)
     except (ValueError, KeyError) as e:
-        raise UserError(f"{path}/params: does not match model.json ({str(e).splitlines()[0][:200]})") from None
-    return cfg, params
+        first_error = str(e).splitlines()[0][:200]
+    # model.json written before scan_layers existed reads as scanned; try the other layout.
+    other = dataclasses.replace(cfg, scan_layers=not cfg.scan_layers)
+    try:
+        params = restore(other, jax.tree.map(lambda _: device, param_shapes(other)))
+    except (ValueError, KeyError):
+        raise UserError(f"{path}/params: does not match model.json ({first_error})") from None
+    return cfg, jax.device_put(convert_layout(other, params, cfg.scan_layers), shardings)

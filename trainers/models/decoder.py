@@ -4,15 +4,21 @@ SwiGLU feed-forward, multi-query attention (any number of K/V heads), optionally
 parallel attention + feed-forward block, rotary position embeddings at per-example
 positions, no biases, scale-only layer norm, and input/output embeddings shared with the
 logits scaled by d_model**-0.5 (as PaLM does) when tied.
+
+Decoding state (`prefill` / `decode_step`): "cache" holds {"k", "v"} of every layer,
+[layers, batch, prompt length + max_decode_len, kv heads, d_kv]; "pos", "pending" and
+"fresh" are per row [batch]. `decode_state_axes` names those axes.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
 from trainers.models import masks
-from trainers.models.layers import ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, dtype_of
+from trainers.models.layers import (ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, cache_axes, constrain_cache,
+                                    dtype_of, layer_stack, run_stack)
 from trainers.spec import ModelConfig
 
 EPS = 1e-6
@@ -35,15 +41,26 @@ class DecoderOnlyLayer(nn.Module):
         self.mlp = GatedMLP(cfg.d_ff, "silu", cfg.dropout_rate, dt, pdt)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x, bias, positions, deterministic, cache=None, write_pos=None, prefix_kv=None):
-        """`prefix_kv` (keys, values [B, Lp, G, D]) puts a prefix's keys/values, computed once,
-        before the row's own: the bias then spans [Lp + L] keys."""
+    def __call__(self, x, xs, ctx, mode: str):
+        """One layer of a stack (see layers.layer_stack); ctx {"bias", "positions"}.
+
+        mode "train" / "eval": no per-layer inputs or outputs. "prefill": ys are the layer's
+        keys/values {"k", "v"} [B, L, G, D]. "prefix": xs {"k", "v"} [B, Lp, G, D] of a prefix
+        computed once go before the row's own keys (the bias spans Lp + L keys). "decode": one
+        token per row, xs the layer's cache, ctx adds "pos" (where each row writes); ys the
+        updated cache.
+        """
+        deterministic = mode != "train"
+        positions = ctx["positions"]
         h = self.pre_attention_norm(x)
-        kv = None
-        if prefix_kv is not None:
+        kv = cache = None
+        if mode == "prefix":
             k, v = self.attention.project_kv(h, positions)
-            kv = (jnp.concatenate([prefix_kv[0], k], axis=1), jnp.concatenate([prefix_kv[1], v], axis=1))
-        a, kv, new_cache = self.attention(h, h, bias, deterministic, positions, positions, cache=cache, write_pos=write_pos, kv=kv)
+            kv = (jnp.concatenate([xs["k"], k], axis=1), jnp.concatenate([xs["v"], v], axis=1))
+        elif mode == "decode":
+            cache = xs
+        a, kv, new_cache = self.attention(h, h, ctx["bias"], deterministic, positions, positions, cache=cache,
+                                          write_pos=ctx.get("pos"), kv=kv)
         if self.cfg.parallel_block:
             # PaLM: attention and MLP read the same normed input; their outputs are summed.
             m = self.mlp(h, deterministic)
@@ -52,7 +69,7 @@ class DecoderOnlyLayer(nn.Module):
             x = x + self.dropout(a, deterministic=deterministic)
             m = self.mlp(self.pre_mlp_norm(x), deterministic)
             x = x + self.dropout(m, deterministic=deterministic)
-        return x, kv, new_cache
+        return x, ({"k": kv[0], "v": kv[1]} if mode == "prefill" else new_cache)
 
 
 class DecoderOnly(nn.Module):
@@ -61,10 +78,8 @@ class DecoderOnly(nn.Module):
     def setup(self):
         cfg = self.cfg
         dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-        # `deterministic` is positional argument 4 counting `self`, static for nn.remat.
-        cls = nn.remat(DecoderOnlyLayer, static_argnums=(4,)) if cfg.remat else DecoderOnlyLayer
         self.token_embed = Embed(cfg.vocab_size, cfg.d_model, dt, pdt)
-        self.layers = [cls(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
+        self.layers = layer_stack(cfg, DecoderOnlyLayer, cfg.num_decoder_layers)
         self.final_norm = Norm(EPS, center=True, dtype=dt, param_dtype=pdt)
         if not cfg.tie_embeddings:
             self.lm_head = LMHead(cfg.vocab_size, dt, pdt)
@@ -77,13 +92,12 @@ class DecoderOnly(nn.Module):
             logits = self.lm_head(x)
         return nn.with_logical_constraint(logits.astype(jnp.float32), ACT_VOCAB)
 
-    def _run(self, tokens, segments, positions, deterministic):
+    def _run(self, tokens, segments, positions, mode: str):
+        """-> final hidden states, and with mode "prefill" every layer's {"k", "v"} [layers, B, L, G, D]."""
+        deterministic = mode != "train"
         bias = masks.mask_to_bias(masks.decoder_mask(segments))
         x = self.dropout(self.token_embed(tokens), deterministic=deterministic)
-        kvs = []
-        for layer in self.layers:
-            x, kv, _ = layer(x, bias, positions, deterministic)
-            kvs.append(kv)
+        x, kvs = run_stack(self.layers, x, None, {"bias": bias, "positions": positions}, mode)
         x = self.dropout(self.final_norm(x), deterministic=deterministic)
         return x, kvs
 
@@ -91,7 +105,7 @@ class DecoderOnly(nn.Module):
         tokens = jnp.asarray(batch["decoder_input_tokens"])
         segments = jnp.asarray(batch["decoder_segment_ids"]) if "decoder_segment_ids" in batch else (tokens != 0).astype(jnp.int32)
         positions = jnp.asarray(batch["decoder_positions"]) if "decoder_positions" in batch else _arange_like(tokens)
-        x, _ = self._run(tokens, segments, positions, deterministic)
+        x, _ = self._run(tokens, segments, positions, "eval" if deterministic else "train")
         return self._logits(x)
 
     def option_logits(self, prompts, prompt_index, tokens):
@@ -108,7 +122,7 @@ class DecoderOnly(nn.Module):
         length = jnp.sum(prompts != 0, axis=1)  # [P]
         prefix = jnp.concatenate([jnp.zeros((P, 1), prompts.dtype), prompts[:, :-1]], axis=1)  # [P, L]
         in_prefix = (jnp.arange(L)[None, :] < length[:, None]).astype(jnp.int32)  # 0 and prompt[:-1]
-        _, kvs = self._run(prefix, in_prefix, _arange_like(prefix), True)
+        _, kvs = self._run(prefix, in_prefix, _arange_like(prefix), "prefill")
         rows = lambda a: jnp.take(a, prompt_index, axis=0)  # noqa: E731  [P, ...] -> [N, ...]
         last = jnp.take_along_axis(prompts, jnp.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
         tokens = tokens.astype(jnp.int32).at[:, 0].set(rows(last))
@@ -117,9 +131,9 @@ class DecoderOnly(nn.Module):
         sees_prefix = jnp.broadcast_to(rows(in_prefix)[:, None, None, :] > 0, (N, 1, T, L))
         sees_own = jnp.broadcast_to(masks.causal_mask(T), (N, 1, T, T))
         bias = masks.mask_to_bias(jnp.concatenate([sees_prefix, sees_own], axis=-1))  # [N, 1, T, L + T]
-        x = self.token_embed(tokens)
-        for layer, (k, v) in zip(self.layers, kvs):
-            x, _, _ = layer(x, bias, positions, True, None, None, (rows(k), rows(v)))
+        prefix_kv = jax.tree.map(lambda a: jnp.take(a, prompt_index, axis=1), kvs)  # [layers, N, L, G, D]
+        x, _ = run_stack(self.layers, self.token_embed(tokens), prefix_kv, {"bias": bias, "positions": positions},
+                         "prefix")
         return self._logits(self.final_norm(x))
 
     def prefill(self, tokens, max_decode_len: int):
@@ -134,14 +148,13 @@ class DecoderOnly(nn.Module):
         length = jnp.sum(tokens != 0, axis=1)  # [B]
         prefix = jnp.concatenate([jnp.zeros((B, 1), tokens.dtype), tokens[:, :-1]], axis=1)  # [B, L]
         segments = (jnp.arange(L)[None, :] < length[:, None]).astype(jnp.int32)
-        _, kvs = self._run(prefix, segments, _arange_like(prefix), True)
-        T = L + max_decode_len
+        _, kvs = self._run(prefix, segments, _arange_like(prefix), "prefill")
         dt = dtype_of(self.cfg.dtype)
-        pad = ((0, 0), (0, T - L), (0, 0), (0, 0))
-        cache = [{"k": jnp.pad(k.astype(dt), pad), "v": jnp.pad(v.astype(dt), pad)} for k, v in kvs]
+        pad = ((0, 0), (0, 0), (0, max_decode_len), (0, 0), (0, 0))  # [layers, B, L + max_decode_len, G, D]
+        cache = jax.tree.map(lambda a: jnp.pad(a.astype(dt), pad), kvs)
         last = jnp.maximum(length - 1, 0)
         return {
-            "cache": cache,
+            "cache": constrain_cache(self.cfg, cache),
             "pos": length.astype(jnp.int32),  # the held-back token sits behind the leading 0
             "pending": jnp.take_along_axis(tokens, last[:, None], axis=1)[:, 0].astype(jnp.int32),
             "fresh": length > 0,
@@ -150,16 +163,19 @@ class DecoderOnly(nn.Module):
     def decode_step(self, state, tokens):
         tokens = jnp.where(state["fresh"], state["pending"], tokens.astype(jnp.int32))
         pos = state["pos"]
-        T = state["cache"][0]["k"].shape[1]
+        T = state["cache"]["k"].shape[2]
         visible = (jnp.arange(T)[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, T]
-        bias = masks.mask_to_bias(visible)
-        x = self.token_embed(tokens[:, None])
-        caches = []
-        for layer, cache in zip(self.layers, state["cache"]):
-            x, _, cache = layer(x, bias, pos[:, None], True, cache, pos)
-            caches.append(cache)
+        ctx = {"bias": masks.mask_to_bias(visible), "positions": pos[:, None], "pos": pos}
+        x, cache = run_stack(self.layers, self.token_embed(tokens[:, None]), state["cache"], ctx, "decode")
         logits = self._logits(self.final_norm(x))[:, 0]
-        return logits, {**state, "cache": caches, "pos": pos + 1, "fresh": jnp.zeros_like(state["fresh"])}
+        return logits, {**state, "cache": constrain_cache(self.cfg, cache), "pos": pos + 1,
+                        "fresh": jnp.zeros_like(state["fresh"])}
+
+    @staticmethod
+    def decode_state_axes(cfg: ModelConfig) -> dict:
+        """Logical axis names of every leaf of the decoding state (see the module doc)."""
+        kv = cache_axes(cfg)
+        return {"cache": {"k": kv, "v": kv}, "pos": ("batch",), "pending": ("batch",), "fresh": ("batch",)}
 
 
 def _arange_like(tokens):

@@ -12,7 +12,8 @@ arrays and `T5ForConditionalGeneration.from_pretrained` computes the same logits
   lm_head/kernel [E, V]                           -> lm_head.weight [V, E]
 
 The config says `tie_word_embeddings: false` (T5 v1.1's untied head, no d_model**-0.5
-rescale before it). Tensors are written as float32, whatever the params' dtype.
+rescale before it). Tensors are written as float32, whatever the params' dtype. Scanned
+params (a `layers` stack per side) are exported layer by layer like unrolled ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from trainers.families import family_of
+from trainers.models.stacking import is_stacked, unstack_layers
 from trainers.spec import ModelConfig, UserError
 
 # config.json fields beyond the architecture: what transformers needs to generate with it.
@@ -42,11 +45,11 @@ _HF_FIXED = {
 
 def check_exportable(cfg: ModelConfig) -> None:
     """One line saying why a model has no Hugging Face T5 form, or nothing."""
-    if cfg.family != "t5":
+    family = family_of(cfg)
+    if family.hf_export != __name__:
         raise UserError(
-            f"--format hf: model {cfg.name!r} is a {cfg.family}-only model (PaLM-style block: parallel attention "
-            "and MLP, multi-query attention, rotary positions, tied embeddings), which no Hugging Face class "
-            "matches exactly; use --format flanscale")
+            f"--format hf: model {cfg.name!r} is a {family.description} (family {family.name!r}), which no "
+            "Hugging Face class matches exactly; use --format flanscale")
     if cfg.num_kv_heads not in (0, cfg.num_heads):
         raise UserError(f"--format hf: model {cfg.name!r} has num_kv_heads={cfg.num_kv_heads}; Hugging Face T5 "
                         f"needs one key/value head per query head ({cfg.num_heads}); use --format flanscale")
@@ -110,6 +113,9 @@ def _stack(out: dict, side: str, p: dict, cfg: ModelConfig) -> None:
 def to_hf(cfg: ModelConfig, params: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(config.json contents, tensors by Hugging Face name) of a T5 v1.1 model."""
     check_exportable(cfg)
+    stacks = family_of(cfg).stacks(cfg)
+    if is_stacked(params, stacks):
+        params = unstack_layers(params, stacks)
     tensors: dict[str, np.ndarray] = {"shared.weight": _f32(params["shared"]["embedding"])}
     _stack(tensors, "encoder", params["encoder"], cfg)
     _stack(tensors, "decoder", params["decoder"], cfg)

@@ -13,7 +13,8 @@ time, and maps HF names to this package's parameter tree:
 
 A checkpoint whose output layer is tied to `shared` (and possibly rescaled by d_model**-0.5
 before it, as T5 1.0 did) is imported exactly by folding the tie and the scale into an
-untied lm_head kernel.
+untied lm_head kernel. With `scan_layers` (the default) each side's `layers_N` are stacked
+into one `layers` subtree with a leading layers axis, the scanned model's layout.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainers.families import family_of
+from trainers.models.stacking import stack_layers
 from trainers.spec import ModelConfig, UserError
 
 _TIED_INPUTS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
@@ -45,7 +48,7 @@ def read_hf_config(path: Path) -> dict:
     return hf
 
 
-def config_from_hf(hf: dict, name: str, param_dtype: str = "float32") -> ModelConfig:
+def config_from_hf(hf: dict, name: str, param_dtype: str = "float32", scan_layers: bool = True) -> ModelConfig:
     num_layers = int(hf["num_layers"])
     return ModelConfig(
         name=name,
@@ -65,6 +68,7 @@ def config_from_hf(hf: dict, name: str, param_dtype: str = "float32") -> ModelCo
         dropout_rate=float(hf.get("dropout_rate", 0.0)),
         param_dtype=param_dtype,
         dtype=param_dtype,
+        scan_layers=scan_layers,
     )
 
 
@@ -169,7 +173,7 @@ def _stack(t: _Tensors, side: str, cfg: ModelConfig, dtype) -> dict:
     return stack
 
 
-def from_hf(path, param_dtype: str = "float32"):
+def from_hf(path, param_dtype: str = "float32", scan_layers: bool = True):
     """Local HF T5 v1.1 directory -> (ModelConfig, params as numpy arrays)."""
     from trainers.models.layers import dtype_of
 
@@ -178,7 +182,7 @@ def from_hf(path, param_dtype: str = "float32"):
         raise UserError(f"{path}: not a directory (expected a Hugging Face T5 checkpoint directory)")
     hf = read_hf_config(path)
     try:
-        cfg = config_from_hf(hf, name=path.absolute().name, param_dtype=param_dtype)
+        cfg = config_from_hf(hf, name=path.absolute().name, param_dtype=param_dtype, scan_layers=scan_layers)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path / 'config.json'}: missing or invalid field {e}") from None
     dtype = np.dtype(dtype_of(param_dtype))
@@ -201,4 +205,6 @@ def from_hf(path, param_dtype: str = "float32"):
             f"{path}: tensor {unexpected[0]!r} is not part of a T5 v1.1 model with the shapes in config.json "
             f"({len(unexpected)} unexpected tensor(s))"
         )
+    if scan_layers:
+        params = stack_layers(params, family_of(cfg).stacks(cfg))
     return cfg, params

@@ -4,6 +4,12 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`) and 
 activations carry logical constraints; trainers/partitioning.py alone maps those names to
 mesh axes. Parameters are stored in `param_dtype` and cast to the compute `dtype` where
 they are used; norms and softmax run in float32 whatever the compute dtype.
+
+A stack of identical layers is built by `layer_stack` and run by `run_stack`: scanned
+(`model.scan_layers`, one `layers` module whose parameters carry a leading `layers` axis, so
+the program and its compile time do not grow with depth) or unrolled (`layers_0`,
+`layers_1`, ...). Either way per-layer inputs and outputs (KV caches) are stacked on a
+leading `layers` axis, so callers see one layout.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from trainers.families import REMAT_POLICIES
 from trainers.spec import UserError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -24,6 +31,18 @@ ACT_EMBED = ("batch", "length", "embed")
 ACT_MLP = ("batch", "length", "mlp")
 ACT_HEADS = ("batch", "length", "heads", "kv")
 ACT_VOCAB = ("batch", "length", "vocab")
+
+
+def cache_axes(cfg) -> tuple[str, ...]:
+    """Logical axes of a stacked key/value cache [layers, batch, length, kv heads, d_kv]; the
+    heads are "kv_heads" (replicated) when fewer than the query heads, as for the kernels."""
+    kv = cfg.num_kv_heads or cfg.num_heads
+    return ("layers", "batch", "length", "heads" if kv == cfg.num_heads else "kv_heads", "kv")
+
+
+def constrain_cache(cfg, kv: dict) -> dict:
+    """{"k", "v"} stacked caches laid out by their logical axes (a no-op outside a mesh)."""
+    return {name: nn.with_logical_constraint(x, cache_axes(cfg)) for name, x in kv.items()}
 
 
 def dtype_of(name: str):
@@ -208,3 +227,39 @@ class Attention(nn.Module):
         out = nn.with_logical_constraint(out, ACT_HEADS)
         y = jnp.einsum("blhd,hde->ble", out, self.out.astype(self.dtype))
         return nn.with_logical_constraint(y, ACT_EMBED), (k, v), new_cache
+
+
+def layer_stack(cfg, cls: type[nn.Module], length: int, name: str = "layers"):
+    """`length` layers of `cls(cfg)` for `run_stack`, as the parent's setup attribute.
+
+    A layer's signature is `__call__(self, x, xs, ctx, mode) -> (x, ys)`: `x` the carried
+    activations, `xs` its own slice of per-layer inputs (or None), `ctx` arrays shared by
+    every layer, `mode` a static string ("train" enables dropout).
+    """
+    if cfg.remat:
+        # Argument 4 counting `self` is `mode`, static. Under scan, CSE cannot merge the
+        # recomputation across iterations anyway, so the barrier is dropped there.
+        policy = getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat_policy])
+        cls = nn.remat(cls, static_argnums=(4,), policy=policy,
+                       prevent_cse=not cfg.scan_layers)
+    if not cfg.scan_layers:
+        return [cls(cfg, name=f"{name}_{i}") for i in range(length)]
+    scanned = nn.scan(
+        cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast), length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scanned(cfg, name=name)
+
+
+def run_stack(stack, x, xs, ctx, mode: str):
+    """Runs a `layer_stack` -> (x, ys stacked on a leading layers axis, or None)."""
+    if not isinstance(stack, (list, tuple)):
+        return stack(x, xs, ctx, mode)
+    outs = []
+    for i, layer in enumerate(stack):
+        x, y = layer(x, jax.tree.map(lambda a: a[i], xs), ctx, mode)
+        outs.append(y)
+    if outs[0] is None:
+        return x, None
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)

@@ -6,6 +6,11 @@ position bias (one table per stack, shared by its layers), no biases, no 1/sqrt(
 attention logits (folded into the query init), dropout where T5 applies it. Relative
 positions come from per-example positions, so packed examples each start at 0.
 HF checkpoint import lives in hf_import.py and is re-exported here.
+
+Decoding state (`prefill` / `decode_step`): "cross" and "cache" hold {"k", "v"} of every
+decoder layer, [layers, batch, length, kv heads, d_kv] (the encoder outputs' cross-attention
+keys/values, and the self-attention cache of `max_decode_len` positions); "encoder_segments"
+[batch, input length] and "pos" [batch] are per row. `decode_state_axes` names those axes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from trainers.models import masks
-from trainers.models.layers import ACT_EMBED, ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, dtype_of
+from trainers.models.layers import (ACT_EMBED, ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, cache_axes,
+                                    constrain_cache, dtype_of, layer_stack, run_stack)
 from trainers.spec import ModelConfig
 
 EPS = 1e-6
@@ -96,12 +102,14 @@ class EncoderLayer(nn.Module):
         self.mlp = _mlp(self.cfg)
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
-    def __call__(self, x, bias, deterministic):
+    def __call__(self, x, xs, ctx, mode: str):
+        """One layer of a stack (see layers.layer_stack); ctx: {"bias"}; no per-layer inputs."""
+        deterministic = mode != "train"
         h = self.pre_attention_norm(x)
-        h, _, _ = self.attention(h, h, bias, deterministic)
+        h, _, _ = self.attention(h, h, ctx["bias"], deterministic)
         x = x + self.dropout(h, deterministic=deterministic)
         h = self.mlp(self.pre_mlp_norm(x), deterministic)
-        return x + self.dropout(h, deterministic=deterministic)
+        return x + self.dropout(h, deterministic=deterministic), None
 
 
 class DecoderLayer(nn.Module):
@@ -116,32 +124,42 @@ class DecoderLayer(nn.Module):
         self.mlp = _mlp(self.cfg)
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
-    def cross_kv(self, encoded):
-        return self.cross_attention.project_kv(encoded)
+    def __call__(self, x, xs, ctx, mode: str):
+        """One layer of a stack (see layers.layer_stack).
 
-    def __call__(self, x, encoded, self_bias, cross_bias, deterministic, cache=None, write_pos=None, cross_kv=None):
+        mode "train" / "eval": ctx {"encoded", "self_bias", "cross_bias"}; xs None, or
+        {"cross": {"k", "v"}} projected beforehand (then ctx's "encoded" is unused).
+        mode "cross_kv": x is the encoder output, passed through; ys are its cross-attention
+        {"k", "v"}. mode "decode": one token per row; xs {"cache", "cross"}, ctx adds "pos"
+        (where each row writes its key/value); ys the updated cache.
+        """
+        if mode == "cross_kv":
+            k, v = self.cross_attention.project_kv(x)
+            return x, {"k": k, "v": v}
+        deterministic = mode != "train"
+        xs = xs or {}
+        cache, cross = xs.get("cache"), xs.get("cross")
         h = self.pre_self_attention_norm(x)
-        h, _, new_cache = self.self_attention(h, h, self_bias, deterministic, cache=cache, write_pos=write_pos)
+        h, _, new_cache = self.self_attention(h, h, ctx["self_bias"], deterministic, cache=cache, write_pos=ctx.get("pos"))
         x = x + self.dropout(h, deterministic=deterministic)
         h = self.pre_cross_attention_norm(x)
-        h, _, _ = self.cross_attention(h, encoded, cross_bias, deterministic, kv=cross_kv)
+        kv = None if cross is None else (cross["k"], cross["v"])
+        h, _, _ = self.cross_attention(h, ctx.get("encoded"), ctx["cross_bias"], deterministic, kv=kv)
         x = x + self.dropout(h, deterministic=deterministic)
         h = self.mlp(self.pre_mlp_norm(x), deterministic)
         return x + self.dropout(h, deterministic=deterministic), new_cache
 
 
-def _layer_class(cfg: ModelConfig, cls, deterministic_argnum: int):
-    # Positional index of `deterministic` counting `self` as 0, as nn.remat expects.
-    return nn.remat(cls, static_argnums=(deterministic_argnum,)) if cfg.remat else cls
+def _mode(deterministic: bool) -> str:
+    return "eval" if deterministic else "train"
 
 
 class Encoder(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        cls = _layer_class(self.cfg, EncoderLayer, 3)
         self.relpos_bias = _relpos(self.cfg, bidirectional=True)
-        self.layers = [cls(self.cfg, name=f"layers_{i}") for i in range(self.cfg.num_encoder_layers)]
+        self.layers = layer_stack(self.cfg, EncoderLayer, self.cfg.num_encoder_layers)
         self.final_norm = _norm(self.cfg, "final_norm")
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
@@ -149,8 +167,7 @@ class Encoder(nn.Module):
         # The bias (mask + relative positions) is computed once and shared by every layer.
         bias = self.relpos_bias(positions, positions) + masks.mask_to_bias(masks.encoder_mask(segments))
         x = self.dropout(x, deterministic=deterministic)
-        for layer in self.layers:
-            x = layer(x, bias, deterministic)
+        x, _ = run_stack(self.layers, x, None, {"bias": bias}, _mode(deterministic))
         return self.dropout(self.final_norm(x), deterministic=deterministic)
 
 
@@ -158,39 +175,36 @@ class Decoder(nn.Module):
     cfg: ModelConfig
 
     def setup(self):
-        cls = _layer_class(self.cfg, DecoderLayer, 5)
         self.relpos_bias = _relpos(self.cfg, bidirectional=False)
-        self.layers = [cls(self.cfg, name=f"layers_{i}") for i in range(self.cfg.num_decoder_layers)]
+        self.layers = layer_stack(self.cfg, DecoderLayer, self.cfg.num_decoder_layers)
         self.final_norm = _norm(self.cfg, "final_norm")
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
-    def __call__(self, x, encoded, segments, positions, encoder_segments, deterministic, cross_kvs=None):
-        """`cross_kvs` (one (keys, values) pair per layer) replaces `encoded` when the rows'
+    def __call__(self, x, encoded, segments, positions, encoder_segments, deterministic, cross=None):
+        """`cross` ({"k", "v"} [layers, B, Li, G, D]) replaces `encoded` when the rows'
         cross-attention keys/values were projected once for several rows."""
         self_bias = self.relpos_bias(positions, positions) + masks.mask_to_bias(masks.decoder_mask(segments))
         cross_bias = masks.mask_to_bias(masks.cross_mask(segments, encoder_segments))
         x = self.dropout(x, deterministic=deterministic)
-        for i, layer in enumerate(self.layers):
-            kv = None if cross_kvs is None else cross_kvs[i]
-            x, _ = layer(x, encoded, self_bias, cross_bias, deterministic, None, None, kv)
+        ctx = {"encoded": encoded, "self_bias": self_bias, "cross_bias": cross_bias}
+        x, _ = run_stack(self.layers, x, None if cross is None else {"cross": cross}, ctx, _mode(deterministic))
         return self.dropout(self.final_norm(x), deterministic=deterministic)
 
     def cross_kvs(self, encoded):
-        return [layer.cross_kv(encoded) for layer in self.layers]
+        """Every layer's cross-attention keys/values of `encoded`: {"k", "v"} [layers, B, Li, G, D]."""
+        return run_stack(self.layers, encoded, None, {}, "cross_kv")[1]
 
-    def step(self, x, cross_kvs, encoder_segments, caches, pos):
-        """One token per row: x [B, 1, E] at decoder position pos [B]; caches are [B, T, H, D]."""
-        T = caches[0]["k"].shape[1]
+    def step(self, x, cross, encoder_segments, cache, pos):
+        """One token per row: x [B, 1, E] at decoder position pos [B]; cache {"k", "v"} [layers, B, T, G, D]."""
+        T = cache["k"].shape[2]
         keys = jnp.broadcast_to(jnp.arange(T)[None, :], (x.shape[0], T))
         visible = (keys <= pos[:, None])[:, None, None, :]  # [B, 1, 1, T]
         self_bias = self.relpos_bias(pos[:, None], keys) + masks.mask_to_bias(visible)
         ones = jnp.ones((x.shape[0], 1), jnp.int32)
         cross_bias = masks.mask_to_bias(masks.cross_mask(ones, encoder_segments))
-        new_caches = []
-        for layer, kv, cache in zip(self.layers, cross_kvs, caches):
-            x, cache = layer(x, None, self_bias, cross_bias, True, cache, pos, kv)
-            new_caches.append(cache)
-        return self.final_norm(x), new_caches
+        ctx = {"self_bias": self_bias, "cross_bias": cross_bias, "pos": pos}
+        x, cache = run_stack(self.layers, x, {"cache": cache, "cross": cross}, ctx, "decode")
+        return self.final_norm(x), cache
 
 
 class T5(nn.Module):
@@ -236,29 +250,37 @@ class T5(nn.Module):
         """
         segments = (prompts != 0).astype(jnp.int32)
         encoded = nn.with_logical_constraint(self.encode(prompts, segments, _arange_like(prompts), True), ACT_EMBED)
-        rows = lambda a: jnp.take(a, prompt_index, axis=0)  # noqa: E731  [P, ...] -> [N, ...]
-        cross = [(rows(k), rows(v)) for k, v in self.decoder.cross_kvs(encoded)]
+        rows = lambda a, axis=0: jnp.take(a, prompt_index, axis=axis)  # noqa: E731  P -> N rows
+        cross = jax.tree.map(lambda a: rows(a, 1), self.decoder.cross_kvs(encoded))  # [layers, N, Li, G, D]
         x = self.decoder(self.shared(tokens), None, jnp.ones_like(tokens), _arange_like(tokens), rows(segments),
-                         True, cross_kvs=cross)
+                         True, cross=cross)
         return nn.with_logical_constraint(self.lm_head(x).astype(jnp.float32), ACT_VOCAB)
 
     def prefill(self, tokens, max_decode_len: int):
         segments = (tokens != 0).astype(jnp.int32)
         encoded = self.encode(tokens, segments, _arange_like(tokens), True)
-        H, D, B = self.cfg.num_heads, self.cfg.d_kv, tokens.shape[0]
-        zeros = jnp.zeros((B, max_decode_len, H, D), dtype_of(self.cfg.dtype))
+        cfg, B = self.cfg, tokens.shape[0]
+        shape = (cfg.num_decoder_layers, B, max_decode_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_kv)
+        zeros = jnp.zeros(shape, dtype_of(cfg.dtype))
         return {
-            "cross": self.decoder.cross_kvs(encoded),
-            "cache": [{"k": zeros, "v": zeros} for _ in range(self.cfg.num_decoder_layers)],
+            "cross": constrain_cache(cfg, self.decoder.cross_kvs(encoded)),
+            "cache": constrain_cache(cfg, {"k": zeros, "v": zeros}),
             "encoder_segments": segments,
             "pos": jnp.zeros((B,), jnp.int32),
         }
 
     def decode_step(self, state, tokens):
         x = self.shared(tokens[:, None])
-        x, caches = self.decoder.step(x, state["cross"], state["encoder_segments"], state["cache"], state["pos"])
+        x, cache = self.decoder.step(x, state["cross"], state["encoder_segments"], state["cache"], state["pos"])
         logits = self.lm_head(x)[:, 0].astype(jnp.float32)
-        return logits, {**state, "cache": caches, "pos": state["pos"] + 1}
+        return logits, {**state, "cache": constrain_cache(self.cfg, cache), "pos": state["pos"] + 1}
+
+    @staticmethod
+    def decode_state_axes(cfg: ModelConfig) -> dict:
+        """Logical axis names of every leaf of the decoding state (see the module doc)."""
+        kv = cache_axes(cfg)
+        return {"cross": {"k": kv, "v": kv}, "cache": {"k": kv, "v": kv},
+                "encoder_segments": ("batch", "length"), "pos": ("batch",)}
 
 
 def _get(batch, key, default):
@@ -269,11 +291,11 @@ def _arange_like(tokens):
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :], tokens.shape)
 
 
-def from_hf(path, param_dtype: str = "float32"):
+def from_hf(path, param_dtype: str = "float32", scan_layers: bool = True):
     """Import a Hugging Face T5 v1.1 checkpoint directory -> (ModelConfig, params)."""
     from trainers.models.hf_import import from_hf as _from_hf
 
-    return _from_hf(path, param_dtype)
+    return _from_hf(path, param_dtype, scan_layers)
 
 
 @functools.partial(jax.jit, static_argnums=0)
