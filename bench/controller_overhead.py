@@ -7,7 +7,11 @@ tracking on SQLite (run creation, state tags on every start and end, cancel poll
 per-cell overhead is the extra slot time each cell costs: wall * SLOTS / N - CELL_S (for the
 controller also without its one-off setup of creating the N MLflow runs).
 
-    python bench/controller_overhead.py [--cells 48] [--slots 2] [--cell-s 0.5]
+With the controller's cells in the store, it also times what a user waits for at that size:
+`flanscale sweep status NAME --format json` (a fresh process, as typed), the status rows
+in-process, and the report's read of the sweep (dashboards.runs.load_sweep).
+
+    python bench/controller_overhead.py [--cells 48] [--slots 2] [--cell-s 0.5] [--skip tune]
 
 Prints one JSON object.
 """
@@ -59,8 +63,33 @@ def through_controller(n: int, slots: int, cell_s: float, work: Path) -> dict:
     t1 = time.perf_counter()
     again = run_sweep(spec, cells, home=work / "home", progress=False, cell_fn=sleep_cell)
     assert not again.started
-    # setup_s: creating 48 MLflow runs (tags, params, cell.json) before the first cell starts.
-    return {"wall_s": wall, "setup_s": summary.setup_s, "resume_noop_s": time.perf_counter() - t1}
+    resume = time.perf_counter() - t1
+    # setup_s: creating the N MLflow runs (tags, params, cell.json) before the first cell starts.
+    return {"wall_s": wall, "setup_s": summary.setup_s, "resume_noop_s": resume, **reads(n, work / "home")}
+
+
+def reads(n: int, home: Path) -> dict:
+    """Seconds of the reads a user makes of an N-cell sweep."""
+    import subprocess
+
+    from dashboards.runs import load_sweep
+    from orchestrator.commands.sweep import status_rows
+    from orchestrator.store import SweepStore, resolve_tracking_uri
+
+    env = dict(os.environ, FLANSCALE_HOME=str(home))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "status", "overhead", "--format", "json"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    status_cli = time.perf_counter() - t0
+    assert json.loads(out)["total"] == n
+    store = SweepStore(home=home)
+    t0 = time.perf_counter()
+    assert len(status_rows(store, "overhead")) == n
+    rows = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert len(load_sweep("overhead", resolve_tracking_uri(home=home)).cells) == n
+    return {"sweep_status_cli_s": status_cli, "status_rows_s": rows, "report_load_sweep_s": time.perf_counter() - t0}
 
 
 def through_ray_tasks(n: int, slots: int, cell_s: float) -> dict:
@@ -97,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, default=48)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--cell-s", type=float, default=0.5)
+    ap.add_argument("--skip", action="append", default=[], choices=("ray", "tune"),
+                    help="leave a contender out (Ray Tune takes about 1.5 s a cell)")
     args = ap.parse_args(argv)
     import ray
 
@@ -112,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"bare_ray_tasks": lambda: through_ray_tasks(args.cells, args.slots, args.cell_s),
                 "flanscale_controller_mlflow": lambda: through_controller(args.cells, args.slots, args.cell_s, work),
                 "ray_tune_grid_search": lambda: through_tune(args.cells, args.slots, args.cell_s, work)}
+        skipped = {"ray": "bare_ray_tasks", "tune": "ray_tune_grid_search"}
         for name, run in runs.items():
+            if name in {skipped[k] for k in args.skip}:
+                continue
             try:
                 r = run()
             except ImportError as e:

@@ -17,19 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.cells import CellRecord, CellState, read_cells
 from orchestrator.store import TAG_CELL_KEY, TAG_PARENT, TAG_STATE, TAG_SWEEP
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.spec import UserError
 
 
-# When the store holds two runs for one cell key (a store repaired by hand, a race in an old
-# controller), the one furthest along is the one that describes the cell.
-_STATE_RANK = {"finished": 6, "running": 5, "preempted": 4, "failed": 3, "pending": 2, "cancelled": 1, "infeasible": 0}
-
-
 @dataclass(frozen=True)
 class CellRun:
-    """One cell as the store last saw it. `metrics` holds the last logged value of each metric."""
+    """One cell as a report reads it: its store record (orchestrator.cells.CellRecord, the one
+    reader of cell runs) with the planned facts parsed. `metrics` holds the last logged value
+    of each metric."""
 
     key: str
     run_id: str
@@ -129,16 +127,10 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = T
         raise UserError(f"sweep {sweep!r}: its experiment in {uri} is deleted; restore it in MLflow to report on it")
     runs = _all_runs(client, exp.experiment_id)
     parent = _parent_run(runs, sweep)
-    children = [r for r in runs if TAG_CELL_KEY in r.data.tags and r.data.tags.get(TAG_SWEEP, sweep) == sweep]
-    by_key: dict[str, Any] = {}
-    for r in children:
-        k = r.data.tags[TAG_CELL_KEY]
-        if k not in by_key or _preference(r) > _preference(by_key[k]):
-            by_key[k] = r
+    records = read_cells(r for r in runs if TAG_CELL_KEY in r.data.tags and r.data.tags.get(TAG_SWEEP, sweep) == sweep)
     # The controller logs the whole plan once on the sweep's run; older stores only per cell.
     plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
-    cells = [_to_cell(client, r, plans.get(r.data.tags[TAG_CELL_KEY]) if plans else None, with_plans)
-             for r in by_key.values()]
+    cells = [_to_cell(client, rec, plans.get(rec.key) if plans else None, with_plans) for rec in records]
     cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.seed, c.key))
     return SweepRuns(
         sweep=sweep,
@@ -176,21 +168,16 @@ def _parent_run(runs: list, sweep: str):
     return min(parents, key=lambda r: r.info.start_time or 0) if parents else None
 
 
-def _preference(run) -> tuple[int, int]:
-    return (_STATE_RANK.get(run.data.tags.get(TAG_STATE, ""), -1), run.info.start_time or 0)
-
-
-def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:
-    p, t = run.data.params, run.data.tags
-    metrics = {k: float(v) for k, v in run.data.metrics.items()}
+def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:
+    p = rec.params
     if plan is None:
-        plan = _read_json(client, run.info.run_id, "cell.json") if with_plan else {}
+        plan = _read_json(client, rec.run_id, "cell.json") if with_plan else {}
     plan = plan if isinstance(plan, dict) else {}
-    state = t.get(TAG_STATE) or _state_from_status(run.info.status)
-    end = run.info.end_time / 1000.0 if run.info.end_time else None
+    state = str(rec.state)
+    end = rec.end_time_ms / 1000.0 if rec.end_time_ms else None
     return CellRun(
-        key=t[TAG_CELL_KEY],
-        run_id=run.info.run_id,
+        key=rec.key,
+        run_id=rec.run_id,
         model=p.get("model") or plan.get("model", "?"),
         params=_as_int(p.get("params", plan.get("params"))),
         task_count=_as_int(p.get("task_count", plan.get("task_count"))),
@@ -199,15 +186,15 @@ def _to_cell(client, run, plan: dict[str, Any] | None, with_plan: bool) -> CellR
         mixture=p.get("mixture", ""),
         state=state,
         seed=_as_int(p.get("seed", plan.get("seed"))),
-        attempts=_as_int(t.get("flanscale.attempts")),
-        preemptions=_as_int(t.get("flanscale.preemptions")),
-        error=t.get("flanscale.error", ""),
+        attempts=rec.attempts,
+        preemptions=rec.preemptions,
+        error=rec.error,
         accelerator=p.get("accelerator") or plan.get("accelerator", ""),
         devices=_as_int(p.get("devices", plan.get("devices"))),
         steps=_as_int(p.get("steps")),
-        start_time=_job_start(client, run.info.run_id) if state not in ("pending", "infeasible") else None,
-        end_time=end if state != "running" else None,
-        metrics=metrics,
+        start_time=_job_start(client, rec.run_id) if state not in (CellState.PENDING, CellState.INFEASIBLE) else None,
+        end_time=end if state != CellState.RUNNING else None,
+        metrics=dict(rec.metrics),
         plan=plan,
     )
 
@@ -220,10 +207,6 @@ def _job_start(client, run_id: str) -> float | None:
         if stamps:
             return min(stamps) / 1000.0
     return None
-
-
-def _state_from_status(status: str) -> str:
-    return {"RUNNING": "running", "FINISHED": "finished", "FAILED": "failed", "KILLED": "cancelled"}.get(status, "pending")
 
 
 def _read_plan_list(client, parent_run_id: str) -> dict[str, dict[str, Any]]:

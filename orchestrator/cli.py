@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
+from orchestrator import preflight
 from trainers.spec import UserError
 
 # Command groups, each a module in orchestrator/commands/ with `register(subparsers)`;
@@ -23,20 +26,56 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"orchestrator.commands.{name}")
         module.register(sub)
+    # Every command that reaches a Ray cluster or a tracking store checks it first (main), so
+    # each gets the same bound on how long that check may wait.
+    for p in _parsers(parser):
+        if {"--tracking-uri", "--ray-address"} & set(p._option_string_actions):
+            p.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                           help="give up on an unreachable Ray cluster or tracking server after this long "
+                                f"(default: ${preflight.TIMEOUT_ENV}, else {preflight.CONNECT_TIMEOUT_S:g})")
     return parser
 
 
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every sub-command parser under it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share one parser
+                found += _parsers(child)
+    return found
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a command ends as it does on Ctrl-C (a running sweep handles it itself)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "flags_checked_by_command", False):
+            preflight.check_flags(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"flanscale: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("flanscale: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("flanscale: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-STATES = ("pending", "running", "finished", "failed", "preempted", "cancelled", "infeasible")
+from orchestrator.cells import CellState
+
+STATES = tuple(s.value for s in CellState)
 CELL_TAGS = ("flanscale_sweep", "flanscale_cell", "flanscale_model")
 
 # Tracker metric name -> (gauge name, description).

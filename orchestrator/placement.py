@@ -21,11 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.store import TAG_WORKER
+from trainers.tracking import ENV_REEVALUATE
 
 # A cell function runs inside the Ray worker: (spec dict, run id, tracking uri, home, should_stop) -> result dict.
 CellFn = Callable[[dict, "str | None", str, str, Callable[[], bool]], dict]
 
 STOP_POLL_S = 2.0  # a running cell asks whether it should stop at most this often
+# A multi-host cell's placement group that is not placed within this long fails its cell: the
+# cluster lacks what it asks for (or never frees it), and waiting would block the sweep forever.
+PLACEMENT_TIMEOUT_S = 600.0
+SHUTDOWN_GRACE_S = 5.0  # Ray's own processes get this long to exit after ray.shutdown()
 
 
 # ---------------------------------------------------------------- inside the Ray worker
@@ -141,8 +146,8 @@ def _options(res: dict[str, float]) -> dict[str, Any]:
     return opts
 
 
-def worker_env(cell: Any, home: str, tracking_uri: str) -> dict[str, str]:
-    env = {"FLANSCALE_HOME": home, "MLFLOW_TRACKING_URI": tracking_uri}
+def worker_env(cell: Any, home: str, tracking_uri: str, reevaluate: bool = False) -> dict[str, str]:
+    env = {"FLANSCALE_HOME": home, "MLFLOW_TRACKING_URI": tracking_uri, ENV_REEVALUATE: "1" if reevaluate else "0"}
     accelerator = str(getattr(cell, "accelerator", "cpu"))
     if accelerator.startswith("cpu"):
         env["JAX_PLATFORMS"] = "cpu"
@@ -199,6 +204,8 @@ class Running:
     refs: dict = field(default_factory=dict)  # ObjectRef -> rank
     result: Any = None
     start_s: float = field(default_factory=time.monotonic)
+    asked: str = ""  # what its placement group asks of the cluster, for the error if never placed
+    reevaluate: bool = False  # finished already; runs again only to be evaluated
 
 
 class Launcher:
@@ -215,11 +222,13 @@ class Launcher:
     def _args(self, cell: Any, run_id: str | None, env: dict[str, str]) -> tuple:
         return (self.cell_fn, cell.spec.to_dict(), run_id, self.tracking_uri, self.home, self.signals, cell.key, env)
 
-    def start(self, cell: Any, run_id: str) -> Running:
+    def start(self, cell: Any, run_id: str, reevaluate: bool = False) -> Running:
+        """Start a cell; `reevaluate`: it is finished and runs again only to be evaluated with
+        changed eval settings (the job resumes from its final checkpoint: nothing to train)."""
         res = cell_resources(cell)
         hosts = max(1, int(getattr(cell, "hosts", 1)))
-        env = worker_env(cell, self.home, self.tracking_uri)
-        handle = Running(cell.key, run_id, "run", hosts)
+        env = worker_env(cell, self.home, self.tracking_uri, reevaluate)
+        handle = Running(cell.key, run_id, "run", hosts, reevaluate=reevaluate)
         if hosts == 1:
             ref = self.task.options(**_options(res), max_retries=0, name=f"cell:{cell.key}",
                                     runtime_env={"env_vars": env}).remote(*self._args(cell, run_id, env))
@@ -236,7 +245,11 @@ class Launcher:
             from ray.util.placement_group import placement_group
 
             alive = sum(1 for n in self.ray.nodes() if n.get("Alive"))
-            handle.pg = placement_group([dict(res) for _ in range(hosts)], strategy=placement_strategy(hosts, alive))
+            strategy = placement_strategy(hosts, alive)
+            handle.pg = placement_group([dict(res) for _ in range(hosts)], strategy=strategy)
+            handle.asked = f"{hosts} bundles of {res} ({strategy})"
+        if tpu is not None and handle.tpu_slice is not None:
+            handle.asked = f"a TPU {tpu[0]} slice of topology {tpu[1]} ({hosts} hosts of {res})"
         handle.phase = "placing"
         handle.refs[handle.pg.ready()] = -1
         return handle
@@ -250,7 +263,7 @@ class Launcher:
         """Next phase of a multi-host cell: bundles placed -> actors -> coordinator known -> run."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        env = worker_env(cell, self.home, self.tracking_uri)
+        env = worker_env(cell, self.home, self.tracking_uri, handle.reevaluate)
         if handle.phase == "placing":
             bundle = cell_resources(cell)
             for rank in range(handle.hosts):
@@ -287,19 +300,70 @@ class Launcher:
 # ---------------------------------------------------------------- connecting to Ray
 
 
+# Ray's processes started by connect_ray in this process (gcs, raylet, ...); their descendants
+# (agents, workers) are found when the connection ends.
+_STARTED: list[Any] = []
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's name; on Linux it only turns clusters off
+
+
 def connect_ray(ray_address: str | None) -> bool:
     """Connect to `ray_address` (or RAY_ADDRESS, as inside a Ray Job), else start a private local
-    Ray sized to this machine. Never attaches to some other local cluster by accident
-    (address=None would). Returns whether this call started the connection."""
+    Ray sized to this machine, listening on loopback only. Never attaches to some other local
+    cluster by accident (address=None would). Returns whether this call started the connection."""
+    import psutil
+
+    address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        _loopback_only()
     import ray
 
     if ray.is_initialized():
         return False
-    address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        # Only plain dicts cross the object store, so it stays small on a shared machine.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=256 * 2**20)
+        me = psutil.Process()
+        before = {p.pid for p in me.children()}
+        # Only plain dicts cross the object store, so it stays small on a shared machine. No
+        # dashboard: nothing here needs it, and it would be one more listening port.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=256 * 2**20,
+                 include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        _STARTED[:] = [p for p in me.children() if p.pid not in before]
     else:
         ray.init(address=address)
     return True
 
+
+def _loopback_only() -> None:
+    """Make a Ray started here a one-node cluster on loopback: Ray resolves a node address of
+    127.0.0.1 to the machine's network address (and then listens on every interface) unless
+    clusters are off, which its processes read from this variable when they start; the driver
+    reads it once at import, so an already imported Ray is told too."""
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    import sys
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def disconnect_ray() -> None:
+    """End the connection connect_ray made; for a local Ray it started, make sure none of its
+    processes outlives this one by more than SHUTDOWN_GRACE_S (Ray leaves its agents behind
+    for up to a minute otherwise)."""
+    import psutil
+    import ray
+
+    procs: list[Any] = []
+    for p in _STARTED:
+        try:
+            procs += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    _STARTED.clear()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(procs, timeout=SHUTDOWN_GRACE_S)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=SHUTDOWN_GRACE_S)

@@ -82,7 +82,7 @@ class Cell:
 def _model_config(spec: SweepSpec, preset: Preset) -> ModelConfig:
     m = spec.model
     changes: dict[str, Any] = {"dropout_rate": preset.finetune.dropout}
-    for name in ("dtype", "param_dtype", "remat", "dropout_rate"):
+    for name in ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "dropout_rate"):
         if getattr(m, name) is not None:
             changes[name] = getattr(m, name)
     return replace(preset.model, **changes)
@@ -195,7 +195,7 @@ def plan_resources(spec: SweepSpec, cell: CellSpec) -> Resources:
                     break  # more micro-batches only make rows smaller
                 mem = accounting.memory_per_device(
                     cfg, mesh, rows, d.input_length, d.target_length, cfg.remat,
-                    training=training, factored_min_dim=o.factored_min_dim,
+                    training=training, factored_min_dim=o.factored_min_dim, micro_batches=micro,
                 )
                 if mem["total"] <= usable:
                     return Resources(devices, mesh.hosts, {"data": data, "fsdp": fsdp, "tensor": tensor}, micro, mem, True)

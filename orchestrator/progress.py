@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TERMINAL = ("finished", "failed", "infeasible")
+from orchestrator.cells import CellState
+
+TERMINAL = tuple(s.value for s in CellState if s.terminal)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def render_table(title: str, rows: Sequence[CellRow], caption: str = "", wide: b
     from orchestrator.termtable import Column, FittedTable
 
     style = {"finished": "green", "running": "cyan", "failed": "red", "preempted": "yellow",
-             "cancelled": "magenta", "infeasible": "dim"}
+             "cancelled": "magenta", "infeasible": "dim", "lapsed": "yellow"}
     columns = [
         Column("cell", [escape(r.name) for r in rows]),
         Column("state", [f"[{style.get(r.state, 'white')}]{r.state}[/]" for r in rows]),

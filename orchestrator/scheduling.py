@@ -2,34 +2,35 @@
 
 Every decision is a return value: `initial_state` (a cell's state when a session starts),
 `next_actions` (which cells to start or stop), `classify` (how an attempt ended),
-`after_outcome` (retried or done), `sweep_state` (the parent run's end state) and
-`other_controller` (whether another live controller holds the sweep). Only
-`orchestrator.controller.run_sweep`'s loop acts on them (Ray Tune's scheduler/executor split).
+`after_outcome` (retried or done) and `sweep_state` (the parent run's end state). Only
+`orchestrator.controller.SweepController` acts on them (Ray Tune's scheduler/executor split).
 
-Failure vs preemption: an exception raised by the cell (NonFiniteLoss included) is a failure
-(state failed, error tag, other cells go on, `retries.failure` retries); the death of its worker,
-actor or node, or a "preempted" result, is a preemption (retried up to `retries.preemption`
-times in one controller session, counted in the `flanscale.preemptions` tag). Ray's errors are
-told apart by class name, so this module never imports Ray.
+Failure vs preemption: an exception raised by the cell is a failure (state failed, error
+tag, other cells go on, retried while `retries.failure` lasts), running out of memory (the
+host's, seen by Ray's memory monitor, or the device's) included, with its reason; bad input
+(trainers.spec.UserError) and a non-finite loss fail the same way on every attempt, so they
+are never retried. The death of a cell's worker, actor or node, or a "preempted" result, is a
+preemption (retried while `retries.preemption` lasts). Both budgets count every attempt the
+cell's run records, over all controller sessions. Ray's errors are told apart by class name,
+so this module never imports Ray.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
+
+from orchestrator.cells import CellState
+from orchestrator.spec import RetrySpec
 
 _PREEMPTION_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ActorUnavailableError",
-                      "OwnerDiedError", "LocalRayletDiedError", "ObjectLostError", "OutOfMemoryError",
-                      "RayActorError", "TaskCancelledError")
-HEARTBEAT_S = 10.0  # a controller refreshes its claim on the sweep this often
-STALE_S = 45.0  # a claim older than this belongs to a controller that is gone
-
-
-@dataclass(frozen=True)
-class Retries:
-    failure: int = 0
-    preemption: int = 3
+                      "OwnerDiedError", "LocalRayletDiedError", "ObjectLostError", "RayActorError",
+                      "TaskCancelledError")
+# Raised by the job for input that fails the same way every time (class names: the job's
+# exceptions reach here through Ray, and trainers.train is not importable without JAX).
+_DETERMINISTIC_ERRORS = ("UserError", "NonFiniteLoss")
+_DEVICE_OOM = ("RESOURCE_EXHAUSTED", "out of memory")
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class CellView:
 
     key: str
     priority: float
-    state: str  # pending | running | finished | failed | preempted | cancelled | infeasible
-    failures: int = 0  # in this session
-    preemptions: int = 0  # in this session
+    state: str  # a CellState value
+    failures: int = 0  # counted against retries.failure (stored, over every session)
+    preemptions: int = 0  # counted against retries.preemption (stored, over every session)
     stopping: bool = False
 
 
@@ -54,17 +55,28 @@ class Stop:
     key: str
 
 
-def initial_state(stored: str | None, feasible: bool, retry_failed: bool) -> str:
-    """A cell's state when a controller session starts, from what MLflow recorded before."""
+class Outcome(NamedTuple):
+    """How one attempt ended: finished | preempted | failed | cancelled, and whether a failure
+    may be retried at all."""
+
+    kind: str
+    message: str
+    retry: bool = True
+
+
+def initial_state(stored: str | None, feasible: bool, retry_failed: bool, exhausted: bool = False) -> str:
+    """A cell's state when a controller session starts, from what MLflow recorded before.
+    `exhausted`: its stored preemptions are over the budget already."""
     if not feasible:
-        return "infeasible"
-    if stored == "finished":
-        return "finished"
-    if stored == "failed" and not retry_failed:
-        return "failed"
-    # running (its controller died), preempted, cancelled, pending, or infeasible under an
-    # older plan: all resume, run_cell picks up its checkpoint.
-    return "pending"
+        return CellState.INFEASIBLE
+    if stored == CellState.FINISHED:
+        return CellState.FINISHED
+    if stored in (CellState.FAILED, CellState.PREEMPTED) and not retry_failed:
+        if stored == CellState.FAILED or exhausted:
+            return CellState(stored)
+    # running (its controller died), preempted with budget left, cancelled, pending, or
+    # infeasible under an older plan: all resume, run_cell picks up its checkpoint.
+    return CellState.PENDING
 
 
 def next_actions(views: Sequence[CellView], *, max_concurrent: int, cancel_requested: bool) -> list[Start | Stop]:
@@ -77,63 +89,49 @@ def next_actions(views: Sequence[CellView], *, max_concurrent: int, cancel_reque
     return [Start(v.key) for v in pending[:free]]
 
 
-def classify(result: Any = None, error: BaseException | None = None, stop_requested: bool = False) -> tuple[str, str]:
-    """(outcome, message) of one attempt: finished | preempted | failed | cancelled."""
+def classify(result: Any = None, error: BaseException | None = None, stop_requested: bool = False) -> Outcome:
+    """How one attempt ended, from its result or the exception Ray raised for it."""
     if error is not None:
         names = {c.__name__ for c in type(error).__mro__}
+        if "OutOfMemoryError" in names and "RayTaskError" not in names:
+            return Outcome("failed", f"out of host memory: {_one_line(error)}")
         if names & set(_PREEMPTION_ERRORS) and "RayTaskError" not in names:
-            return ("cancelled" if stop_requested else "preempted"), _one_line(error)
+            return Outcome("cancelled" if stop_requested else "preempted", _one_line(error))
+        # RayTaskError carries the cell's own exception as its cause.
         cause = getattr(error, "cause", None) or error
-        return "failed", f"{type(cause).__name__}: {_one_line(cause)}"
+        cause_names = {c.__name__ for c in type(cause).__mro__}
+        message = f"{type(cause).__name__}: {_one_line(cause)}"
+        if any(marker.lower() in message.lower() for marker in _DEVICE_OOM):
+            return Outcome("failed", f"out of device memory: {message}")
+        return Outcome("failed", message, retry=not cause_names & set(_DETERMINISTIC_ERRORS))
     status = result.get("status", "finished") if isinstance(result, dict) else "finished"
     if status == "preempted":
-        return ("cancelled" if stop_requested else "preempted"), "stopped before the last step"
-    return "finished", ""
+        return Outcome("cancelled" if stop_requested else "preempted", "stopped before the last step")
+    return Outcome("finished", "")
 
 
-def after_outcome(view: CellView, outcome: str, retries: Retries) -> CellView:
+def after_outcome(view: CellView, outcome: Outcome, retries: RetrySpec) -> CellView:
     """The cell's next view: retried (pending) while its budget for this kind of end lasts."""
-    if outcome == "failed":
+    if outcome.kind == "failed":
         failures = view.failures + 1
-        state = "pending" if failures <= retries.failure else "failed"
-        return replace(view, state=state, failures=failures, stopping=False)
-    if outcome == "preempted":
+        retry = outcome.retry and failures <= retries.failure
+        return replace(view, state=CellState.PENDING if retry else CellState.FAILED, failures=failures, stopping=False)
+    if outcome.kind == "preempted":
         preemptions = view.preemptions + 1
-        state = "pending" if preemptions <= retries.preemption else "preempted"
+        state = CellState.PENDING if preemptions <= retries.preemption else CellState.PREEMPTED
         return replace(view, state=state, preemptions=preemptions, stopping=False)
-    return replace(view, state=outcome, stopping=False)
+    return replace(view, state=CellState(outcome.kind), stopping=False)
 
 
 def sweep_state(cell_states: Sequence[str], cancelled: bool) -> str:
     """The parent run's state once a session ends."""
     if cancelled:
-        return "cancelled"
-    if "failed" in cell_states:
-        return "failed"
-    if all(s in ("finished", "infeasible") for s in cell_states):
-        return "finished"
-    return "preempted"  # out of preemption retries (or interrupted): the next run resumes
-
-
-def other_controller(claim: str | None, *, now: float, host: str, pid: int,
-                     pid_alive: Callable[[int], bool]) -> str | None:
-    """The live controller that holds the sweep, if another one does (two would run cells twice).
-
-    A claim is "<host>:<pid>:<unix time>", refreshed every HEARTBEAT_S. On this host a dead pid
-    frees it at once (a killed controller is rerun right away); elsewhere only staleness does.
-    """
-    if not claim:
-        return None
-    try:
-        c_host, c_pid, c_time = claim.rsplit(":", 2)
-        c_pid_i, c_time_f = int(c_pid), float(c_time)
-    except ValueError:
-        return None
-    if c_host == host and (c_pid_i == pid or not pid_alive(c_pid_i)):
-        return None
-    if now - c_time_f > STALE_S:
-        return None
-    return f"{c_host}:{c_pid_i}"
+        return CellState.CANCELLED
+    if CellState.FAILED in cell_states:
+        return CellState.FAILED
+    if all(s in (CellState.FINISHED, CellState.INFEASIBLE) for s in cell_states):
+        return CellState.FINISHED
+    return CellState.PREEMPTED  # out of preemption retries (or interrupted): the next run resumes
 
 
 def _one_line(exc: BaseException) -> str:

@@ -16,14 +16,16 @@ left `None` here mean "the preset's / trainers.spec's default".
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY
 from orchestrator.compose import compose
 from trainers.accounting import ACCELERATORS, DTYPE_BYTES
+from trainers.families import REMAT_POLICIES
 from trainers.eval import benchmarks
 from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, did_you_mean, from_dict
 
@@ -90,6 +92,8 @@ class ModelSpec:
     dtype: Optional[str] = None
     param_dtype: Optional[str] = None
     remat: Optional[bool] = None
+    remat_policy: Optional[str] = None
+    scan_layers: Optional[bool] = None
     dropout_rate: Optional[float] = None
 
 
@@ -163,6 +167,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"{path}: no such sweep file")
     if p.suffix != ".yaml":
         raise UserError(f"{path}: a sweep file must end in .yaml (Hydra config), not {p.suffix or 'no suffix'!r}")
+    if _empty(p):
+        raise UserError(f"{path}: the sweep file is empty; a sweep names at least its models and task counts, "
+                        "e.g. `name: mine`, `models: [tiny-1]`, `task_counts: [9]`")
     for ov in overrides:
         if ov.lstrip("+~").split("=", 1)[0] == "seed":
             raise UserError(f"{path}: override {ov!r}: the seed is a grid axis; use seeds=[0,1] (one cell per seed)")
@@ -173,6 +180,17 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"{path}: {e}") from None
     validate(spec, str(path))
     return spec
+
+
+def _empty(path: Path) -> bool:
+    """Nothing but blanks and comments: Hydra would run the schema's default sweep."""
+    import yaml
+
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):  # compose reports these with their line
+        return False
+    return body is None or body == {}
 
 
 def dump_spec(spec: SweepSpec) -> str:
@@ -203,6 +221,9 @@ def _positive(where: str, name: str, value: Any, zero_ok: bool = False) -> None:
 
 def validate(spec: SweepSpec, where: str = "sweep") -> None:
     """Raise UserError (one line) for the first problem found."""
+    bad = _non_finite(spec)
+    if bad:
+        raise UserError(f"{where}: {bad[0]}: {bad[1]!r} is not allowed; must be a finite number")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", spec.name):
         raise UserError(f"{where}: name: {spec.name!r} is not allowed; use letters, digits, '.', '_', '-'")
     if not spec.models:
@@ -256,11 +277,31 @@ def validate(spec: SweepSpec, where: str = "sweep") -> None:
     _validate_mesh(spec, where)
 
 
+def _non_finite(obj: Any, name: str = "") -> tuple[str, float] | None:
+    """(field, value) of the first NaN or infinity anywhere in a spec: no range check catches
+    NaN (every comparison with it is false), and a cell would train on it."""
+    if is_dataclass(obj):
+        items: Any = ((f.name, getattr(obj, f.name)) for f in fields(obj))
+    elif isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return (name, obj) if isinstance(obj, float) and not math.isfinite(obj) else None
+    for key, value in items:
+        key = str(key)
+        found = _non_finite(value, f"{name}{key}" if key.startswith("[") or not name else f"{name}.{key}")
+        if found:
+            return found
+    return None
+
+
 def _validate_data(spec: SweepSpec, where: str) -> None:
     d = spec.data
     _choices(where, "data.source", d.source, SOURCES)
     # Paths are not checked for existence here: they are read by the workers, which may see
-    # other filesystems (a cluster volume) than the machine that plans.
+    # other filesystems (a cluster volume) than the machine that plans. `sweep run` checks
+    # them where the controller runs (orchestrator/preflight.py), before it schedules a cell.
     if d.source == "flan" and not d.paths:
         raise UserError(f"{where}: data.paths: empty; source 'flan' needs JSONL files or directories")
     _choices(where, "data.mixture", d.mixture, MIXTURES)
@@ -310,6 +351,8 @@ def _validate_model_and_eval(spec: SweepSpec, where: str) -> None:
         value = getattr(m, name)
         if value is not None:
             _choices(where, f"model.{name}", value, list(DTYPE_BYTES))
+    if m.remat_policy is not None:
+        _choices(where, "model.remat_policy", m.remat_policy, list(REMAT_POLICIES))
     if m.dropout_rate is not None and not 0 <= m.dropout_rate < 1:
         raise UserError(f"{where}: model.dropout_rate: {m.dropout_rate!r} is not allowed; must be in [0, 1)")
     e = spec.eval

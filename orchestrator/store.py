@@ -11,6 +11,9 @@ writes into many runs at once and Ray workers write into the same ones.
 SQLite (the embedded default) allows one writer at a time. The controller and every Ray worker
 write into the same file, so the database is switched to WAL journaling (readers never block the
 writer) and every write here retries on "database is locked" instead of failing a cell.
+Creating the schema is not safe to race (two processes migrating one new file corrupt it for
+good), so the first client call on a SQLite store runs under an inter-process lock in the
+home; the database, its journal and the home are readable by their owner only.
 """
 
 from __future__ import annotations
@@ -22,22 +25,25 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, live_state,  # noqa: F401 (re-exported)
+                               read_cells)
+from orchestrator.leases import Lease, file_lock
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
 # The names live in trainers.run_layout, which the job imports too; they are re-exported here
 # for the control plane and the reports.
 from trainers.run_layout import (EXPERIMENT_KIND, TAG_ATTEMPTS, TAG_BEST, TAG_CANCEL, TAG_CELL_KEY,  # noqa: F401
-                                 TAG_CONTROLLER, TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_FAMILY, TAG_FORMATS, TAG_KIND,
-                                 TAG_MAX_CONCURRENT, TAG_MODEL, TAG_PARENT, TAG_PREEMPTIONS, TAG_SEED, TAG_STATE,
-                                 TAG_SWEEP, TAG_SYSTEM_METRICS, TAG_TASK_COUNT, TAG_WORKER, run_name)
+                                 TAG_ERROR, TAG_EVAL_HASH, TAG_EXPERIMENT_KIND, TAG_FAILURES, TAG_FAMILY, TAG_FORMATS,
+                                 TAG_KIND, TAG_LEASE, TAG_MAX_CONCURRENT, TAG_MODEL, TAG_PARENT, TAG_PREEMPTIONS,
+                                 TAG_SEED, TAG_STATE, TAG_SWEEP, TAG_SYSTEM_METRICS, TAG_TASK_COUNT, TAG_WORKER,
+                                 run_name)
 from trainers.run_layout import cell_tags as layout_tags
 
-STATES = ("pending", "running", "finished", "failed", "preempted", "cancelled", "infeasible")
+STATES = tuple(s.value for s in CellState)
 
 T = TypeVar("T")
 
@@ -45,7 +51,7 @@ T = TypeVar("T")
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The home directory (trainers.home.flanscale_home), created: the store writes into it."""
     path = flanscale_home(home)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 
@@ -71,32 +77,6 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: A
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 8.0)
     raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True)
-class CellRecord:
-    """One cell's child run as the store sees it (plain values, safe to print or serialise)."""
-
-    run_id: str
-    key: str
-    name: str
-    state: str
-    attempts: int
-    preemptions: int
-    error: str
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
-    tags: dict[str, str] = field(default_factory=dict)
-    metric_steps: dict[str, int] = field(default_factory=dict)  # step of each latest value
-    start_time_ms: int = 0
-    end_time_ms: int = 0
-
-    @property
-    def total_steps(self) -> int:
-        try:
-            return int(self.params.get("steps", 0))
-        except ValueError:
-            return 0
 
 
 def cell_name(cell: Any) -> str:
@@ -140,11 +120,26 @@ class SweepStore:
 
         self.home = resolve_home(home)
         self.tracking_uri = resolve_tracking_uri(tracking_uri, self.home)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         if self.tracking_uri.startswith("sqlite:///"):
-            # The first client call creates the schema; WAL is a property of the file and sticks.
-            with_retry(self.client.search_experiments, max_results=1)
-            self._enable_wal(self.tracking_uri[len("sqlite:///"):])
+            self.client = self._create_sqlite(Path(self.tracking_uri[len("sqlite:///"):]))
+        else:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _create_sqlite(self, db: Path) -> Any:
+        """Create (or open) the SQLite store, one process at a time: MLflow creates or migrates
+        the schema when its first client opens the file, which two processes must not do at
+        once; WAL is a property of the file and sticks. The file is made owner-only before
+        SQLite opens it, and SQLite gives its journal and WAL files the database's permissions."""
+        from mlflow.tracking import MlflowClient
+
+        db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with file_lock(db.with_name(db.name + ".lock")):
+            if not db.exists():
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            with_retry(client.search_experiments, max_results=1)
+            self._enable_wal(str(db))
+        return client
 
     @staticmethod
     def _enable_wal(db_path: str) -> None:
@@ -161,7 +156,7 @@ class SweepStore:
         # A tracking server chooses its own artifact store; an embedded store keeps them at home.
         if self.tracking_uri.startswith(("sqlite:", "file:", "/")):
             root = self.home / "mlartifacts"
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
             return root.as_uri()
         return None
 
@@ -204,16 +199,28 @@ class SweepStore:
         exp_id = self.experiment_id(sweep, create=create)
         if exp_id is None:
             return None
-        found = self._search(exp_id, f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'")
-        if found:
-            return found[0].info.run_id
+        query = f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'"
+        found = _oldest(self._search(exp_id, query))
+        if found is not None:
+            return found.info.run_id
         if not create:
             return None
         run = with_retry(
             self.client.create_run, exp_id, run_name=sweep,
             tags={TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_STATE: "pending"},
         )
-        return run.info.run_id
+        return self._keep_oldest(run.info.run_id, self._search(exp_id, query))
+
+    def _keep_oldest(self, run_id: str, found: list[Any]) -> str:
+        """Of a run just created and the runs found for the same thing right after, keep the
+        oldest: two processes that created one at the same moment (controllers sharing a
+        tracking server but not a home, whose leases cannot see each other) agree on it, as
+        every reader does, and the younger one goes."""
+        winner = _oldest(found)
+        if winner is not None and winner.info.run_id != run_id:
+            with_retry(self.client.delete_run, run_id)
+            return winner.info.run_id
+        return run_id
 
     # ---- cell runs ----
 
@@ -221,9 +228,8 @@ class SweepStore:
         exp_id = self.experiment_id(sweep, create=False)
         if exp_id is None:
             return None
-        found = self._search(exp_id, f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_CELL_KEY}` = '{key}'")
-        # Oldest first: if two ever existed, every reader agrees on the same one.
-        return found[0] if found else None
+        # The oldest: if two ever existed, every reader agrees on the same one.
+        return _oldest(self._search(exp_id, f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_CELL_KEY}` = '{key}'"))
 
     def cell_run(self, sweep: str, cell: Any, known: CellRecord | None = None) -> tuple[str, bool]:
         """Find the child run of `cell` by its key, or create it (tags, params, cell.json).
@@ -248,6 +254,9 @@ class SweepStore:
         }
         run = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
         run_id = run.info.run_id
+        winner = self.find_cell_run(sweep, cell.key)
+        if winner is not None and self._keep_oldest(run_id, [winner, run]) != run_id:
+            return winner.info.run_id, False
         from mlflow.entities import Param
 
         with_retry(self.client.log_batch, run_id, params=[Param(k, str(v)[:6000]) for k, v in cell_params(cell).items()])
@@ -290,6 +299,7 @@ class SweepStore:
         """Record a cell's (or sweep's) state; also mirror it in MLflow's own run status."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}; allowed: {', '.join(STATES)}")
+        state = str(state)
         self.set_tags(run_id, {TAG_STATE: state, **tags})
         status = {"running": "RUNNING", "pending": "SCHEDULED", "finished": "FINISHED", "failed": "FAILED",
                   "infeasible": "FAILED"}.get(state, "KILLED")
@@ -310,26 +320,7 @@ class SweepStore:
         if exp_id is None:
             return []
         runs = self._search(exp_id, f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'cell'")
-        return [self._record(r) for r in runs]
-
-    @staticmethod
-    def _record(run: Any) -> CellRecord:
-        tags = dict(run.data.tags)
-        return CellRecord(
-            run_id=run.info.run_id,
-            key=tags.get(TAG_CELL_KEY, ""),
-            name=run.info.run_name or "",
-            state=tags.get(TAG_STATE, "pending"),
-            attempts=int(tags.get(TAG_ATTEMPTS, "0") or 0),
-            preemptions=int(tags.get(TAG_PREEMPTIONS, "0") or 0),
-            error=tags.get(TAG_ERROR, ""),
-            params=dict(run.data.params),
-            metrics=dict(run.data.metrics),
-            tags=tags,
-            metric_steps=latest_steps(run),
-            start_time_ms=run.info.start_time or 0,
-            end_time_ms=run.info.end_time or 0,
-        )
+        return read_cells(runs)
 
     def latest(self, run_id: str) -> tuple[dict[str, float], dict[str, int]]:
         """Latest value and its step of every metric of a run (one query, for live progress)."""
@@ -380,15 +371,29 @@ class SweepStore:
         parent = self.sweep_run(sweep, create=False)
         return dict(with_retry(self.client.get_run, parent).data.tags) if parent else {}
 
+    def sweep_lease(self, sweep: str) -> tuple[str, Lease | None]:
+        """The sweep's state as a person should read it (LAPSED for "running" whose
+        controller's lease lapsed) and that lease."""
+        tags = self.sweep_tags(sweep)
+        lease = Lease.from_text(tags.get(TAG_LEASE))
+        return live_state(tags.get(TAG_STATE, CellState.PENDING), lease), lease
 
-def latest_steps(run: Any) -> dict[str, int]:
-    # The stores return each metric's latest value together with its step; RunData keeps
-    # those entity objects, its public dict keeps only the values.
-    return {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
+    def settle_lapsed(self, sweep: str) -> list[str]:
+        """Record the sweep, and its cells that say running, as cancelled: their controller is
+        gone (its lease lapsed), so nothing runs them. Returns the keys of those cells."""
+        keys = []
+        for rec in self.list_cells(sweep):
+            if rec.live_state() == LAPSED:
+                self.set_state(rec.run_id, CellState.CANCELLED)
+                keys.append(rec.key)
+        parent = self.sweep_run(sweep, create=False)
+        if parent is not None:
+            self.set_state(parent, CellState.CANCELLED)
+        return keys
 
 
-def records_by_key(records: Iterable[CellRecord]) -> dict[str, CellRecord]:
-    return {r.key: r for r in records}
+def _oldest(runs: list[Any]) -> Any | None:
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
 
 
 def _lower_is_better(metric: str) -> bool | None:

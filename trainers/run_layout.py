@@ -18,10 +18,16 @@ TAG_CELL_KEY = "flanscale.cell_key"
 TAG_STATE = "flanscale.state"
 TAG_ATTEMPTS = "flanscale.attempts"
 TAG_PREEMPTIONS = "flanscale.preemptions"
+TAG_FAILURES = "flanscale.failures"  # attempts that failed, over every session (the retry budget reads it)
+# The controller's lease (orchestrator/leases.py) as JSON {holder, expires}: on the parent run
+# for the sweep, on a cell's run while it runs; renewed with every heartbeat.
+TAG_LEASE = "flanscale.lease"
+TAG_EVAL_HASH = "flanscale.eval_hash"  # hash of the eval settings of the cell's final evaluation
 TAG_ERROR = "flanscale.error"
+# On a cell's run: why its training started over from step 0 (every checkpoint was damaged).
+TAG_RESTARTED = "flanscale.restarted"
 TAG_WORKER = "flanscale.worker"  # "<node ip>:<pid>" of the process running the cell now
 TAG_CANCEL = "flanscale.cancel_requested"  # on the parent run; polled by the controller
-TAG_CONTROLLER = "flanscale.controller"  # on the parent run: "<host>:<pid>:<unix time>" heartbeat
 TAG_MAX_CONCURRENT = "flanscale.max_concurrent"  # on the parent run, for time-left estimates
 # On a cell's run, written by the controller with each start: "off" when the session was
 # started with --no-system-metrics, which the job reads before it starts MLflow's monitor.

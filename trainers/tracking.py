@@ -24,6 +24,9 @@ from trainers.run_layout import TAG_SYSTEM_METRICS
 from trainers.spec import UserError
 
 ENV_SYSTEM_METRICS = "FLANSCALE_SYSTEM_METRICS"
+# "1" when the controller runs a finished cell again only to evaluate it with changed eval
+# settings: its eval/ metrics then replace those at the final step instead of being skipped.
+ENV_REEVALUATE = "FLANSCALE_REEVALUATE"
 _OFF, _ON = ("0", "false", "off", "no"), ("", "1", "true", "on", "yes")
 
 
@@ -171,7 +174,14 @@ class FanOutTracker:
 
 
 class MLflowTracker:
-    """Writes into an existing MLflow run through the client API (no global active run)."""
+    """Writes into an existing MLflow run through the client API (no global active run).
+
+    A resumed attempt replays the steps since its checkpoint; their metrics are in the run
+    already, so each metric skips the steps up to the last one the run holds for it (read once,
+    when the tracker starts): a metric's history has every step once, however often the cell
+    was resumed. The values kept are the first attempt's; a replayed step computes the same.
+    A re-evaluation (ENV_REEVALUATE) logs its eval/ metrics at the final step again.
+    """
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -179,6 +189,9 @@ class MLflowTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
+        run = self.client.get_run(run_id)
+        self._last_step = {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
+        self._reevaluate = os.environ.get(ENV_REEVALUATE) == "1"
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -195,7 +208,11 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))]
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if math.isfinite(float(v)) and (step > self._last_step.get(k, -1) or (
+                     self._reevaluate and k.startswith("eval/") and step == self._last_step[k]))]
+        for m in batch:
+            self._last_step[m.key] = step
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 

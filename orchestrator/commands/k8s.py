@@ -69,6 +69,8 @@ def _job_args(p: argparse.ArgumentParser) -> None:
                    "relative paths of the spec resolve (repeatable; at most "
                    f"{CONFIGMAP_UPLOAD_LIMIT >> 10} KiB in all, they travel in the ConfigMap; larger inputs go on "
                    "--data-pvc; default: only the composed spec is sent)")
+    p.add_argument("--skip-infeasible", action="store_true",
+                   help="run the cells that fit and record the others as infeasible (default: refuse the sweep)")
     p.add_argument("--retry-failed", action="store_true", help="passed on to `flanscale sweep run`")
     p.add_argument("--register-models", action="store_true", help="passed on to `flanscale sweep run`")
 
@@ -79,8 +81,10 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
 
 
-def _documents(args: argparse.Namespace) -> list[dict]:
+def _documents(args: argparse.Namespace) -> list[dict] | None:
+    """The objects of the job; None when infeasible cells stop it (the reasons are printed)."""
     from orchestrator import k8s_render
+    from orchestrator.commands.sweep import refuse_infeasible
     from orchestrator.planner import check_budget, plan
     from orchestrator.spec import load_spec
     from trainers.accounting import get_accelerator
@@ -93,7 +97,8 @@ def _documents(args: argparse.Namespace) -> list[dict]:
     data_claim, _, data_mount = args.data_pvc.partition(":")
     storage = k8s_render.Storage(home_claim=args.home_pvc, data_claim=data_claim, data_mount=data_mount or "/datasets")
     run_flags = tuple(flag for flag, on in (("--retry-failed", args.retry_failed),
-                                            ("--register-models", args.register_models)) if on)
+                                            ("--register-models", args.register_models),
+                                            ("--skip-infeasible", args.skip_infeasible)) if on)
     options = k8s_render.RenderOptions(
         overlay=overlay, namespace=args.namespace, image=args.image, name=args.name, backoff_limit=args.backoff_limit,
         storage=storage, uploads=_uploads(spec, args.upload), run_flags=run_flags,
@@ -101,6 +106,8 @@ def _documents(args: argparse.Namespace) -> list[dict]:
     cells = plan(spec)
     # Refused here, before a cluster is created for a sweep the cluster would refuse too.
     check_budget(spec, cells)
+    if refuse_infeasible(spec, cells, args.skip_infeasible):
+        return None
     return k8s_render.render(spec, cells, options)
 
 
@@ -124,7 +131,10 @@ def _uploads(spec, paths: list[str]) -> tuple[tuple[str, bytes], ...]:
 def _render(args: argparse.Namespace) -> int:
     from orchestrator.k8s_render import to_yaml
 
-    sys.stdout.write(to_yaml(_documents(args)))
+    docs = _documents(args)
+    if docs is None:
+        return 2
+    sys.stdout.write(to_yaml(docs))
     return 0
 
 
@@ -132,6 +142,8 @@ def _submit(args: argparse.Namespace) -> int:
     from orchestrator import k8s_client
 
     docs = _documents(args)
+    if docs is None:
+        return 2
     api = k8s_client.api_client(args.kubeconfig, args.context)
     for line in k8s_client.submit(api, docs):
         print(line)

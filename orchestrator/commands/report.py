@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from orchestrator.commands.fit import positive_number
+from orchestrator.preflight import check_out_dir
 from trainers.spec import UserError
 
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
     out = args.out or flanscale_home() / "reports" / args.sweep
+    check_out_dir(out, "--out" if args.out else "report folder")
     uri = tracking_uri(args.tracking_uri)
     runs = load_sweep(args.sweep, uri)
     check_metrics(runs, args.metric)

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestrator import preflight
 # What a submitted job's working directory holds besides the --upload paths (one name for
 # `sweep submit` and `k8s submit`).
 from orchestrator.k8s_render import SPEC_FILE
-from orchestrator.store import TAG_MAX_CONCURRENT, TAG_STATE, cell_name
+from orchestrator.cells import LAPSED, CellState
+from orchestrator.store import TAG_MAX_CONCURRENT, cell_name
 from trainers.spec import UserError
 
 JOB_METADATA_KEY = "flanscale_sweep"
@@ -39,7 +41,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--no-progress", action="store_true", help="no live table (for logs and CI)")
     run.add_argument("--no-system-metrics", action="store_true",
                      help="cells log no CPU/memory/GPU metrics into their MLflow runs (also: FLANSCALE_SYSTEM_METRICS=0)")
-    run.set_defaults(func=cmd_run)
+    # These two check their spec and input files first, then the cluster and store (which may
+    # take up to --connect-timeout): a typo in the spec is reported without waiting on a network.
+    run.set_defaults(func=cmd_run, flags_checked_by_command=True)
 
     status = sub.add_parser("status", help="state, step, loss and time left of every cell")
     status.add_argument("sweep", metavar="SPEC_OR_NAME", help="a sweep file (.yaml) or a sweep name")
@@ -69,13 +73,16 @@ def register(subparsers: Any) -> None:
                         help="a file or folder the job needs (e.g. a tokenizer), put under its own name in the job's "
                         "working directory, where relative paths in the spec are read; repeatable; at most "
                         f"{UPLOAD_LIMIT >> 20} MiB in all (default: only the composed spec is sent)")
-    submit.set_defaults(func=cmd_submit)
+    # The tracking URI is the cluster's to reach (it may be an in-cluster name); the job's own
+    # `sweep run` checks it there.
+    submit.set_defaults(func=cmd_submit, flags_checked_by_command=True, ray_address_kind=preflight.RAY_DASHBOARD,
+                        tracking_uri_checked_remotely=True)
 
     logs = sub.add_parser("logs", help="print (and follow) the logs of a submitted sweep")
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("--ray-address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     logs.add_argument("--no-follow", action="store_true", help="print what is there and exit")
-    logs.set_defaults(func=cmd_logs)
+    logs.set_defaults(func=cmd_logs, ray_address_kind=preflight.RAY_DASHBOARD)
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -87,6 +94,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="Ray cluster (run: GCS address or 'auto'; submit: http://HEAD:8265)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
     p.add_argument("--retry-failed", action="store_true", help="run cells recorded as failed again")
+    p.add_argument("--skip-infeasible", action="store_true",
+                   help="run the cells that fit and record the others as infeasible (default: when any cell cannot "
+                        "run, print why and start nothing, exit 2)")
     p.add_argument("--max-concurrent", type=int, metavar="N", help="cells running at once (overrides the spec)")
     p.add_argument("--register-models", action="store_true",
                    help="register each finished cell's model in the MLflow model registry as <sweep>-<model>, "
@@ -108,6 +118,21 @@ def load_and_plan(path: str, overrides: list[str], max_concurrent: int | None = 
     return spec, plan(spec)
 
 
+def refuse_infeasible(spec: Any, cells: list[Any], skip: bool) -> bool:
+    """Print why cells cannot run; True when that stops the command (nothing was started):
+    a sweep runs whole unless --skip-infeasible says a part will do, and never runs empty."""
+    reasons = preflight.infeasible(cells)
+    runnable = sum(bool(c.feasible) for c in cells)
+    if not reasons or (skip and runnable):
+        return False
+    what = f"{len(cells) - runnable} of {len(cells)} cells cannot run"
+    hint = f"; pass --skip-infeasible to run the other {runnable}" if runnable else ""
+    print(f"flanscale: error: sweep {spec.name}: {what}, nothing was started{hint}:", file=sys.stderr)
+    for line in reasons:
+        print(f"  {line}", file=sys.stderr)
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.controller import run_sweep
     from orchestrator.store import SweepStore
@@ -115,6 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainers.tracking import system_metrics_enabled
 
     spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
+    preflight.check_inputs(spec, args.spec)
+    if refuse_infeasible(spec, cells, args.skip_infeasible):
+        return 2
+    preflight.check_flags(args, spec_tracking=(f"{args.spec}: tracking_uri", spec.tracking_uri or ""))
     cell_fn = None
     if args.register_models:
         from orchestrator.model_registry import RegisteringCellFn
@@ -146,7 +175,8 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
     for r in store.list_cells(name):
         total = r.total_steps
         step = total if r.state == "finished" else r.metric_steps.get("train/loss", 0)
-        rows.append(CellRow(r.key, r.name, r.state, step, total, r.metrics.get("train/loss"), r.attempts,
+        # "lapsed", not "running", once the controller that ran the cell is gone
+        rows.append(CellRow(r.key, r.name, r.live_state(), step, total, r.metrics.get("train/loss"), r.attempts,
                             r.run_id, r.metrics.get("train/step_s"), r.error))
         seen.add(r.key)
     for c in cells or []:
@@ -173,17 +203,20 @@ def cmd_status(args: argparse.Namespace) -> int:
                         "that `flanscale sweep run` has used")
     rows = status_rows(store, name, cells)
     tags = store.sweep_tags(name)
+    sweep_state, _ = store.sweep_lease(name)
     slots = int(tags.get(TAG_MAX_CONCURRENT, getattr(spec, "max_concurrent", 1) if cells else 1) or 1)
     done = sum(r.state in ("finished", "failed", "infeasible") for r in rows)
     if args.format == "json":
         eta = estimate_remaining_s(rows, slots)
-        print(json.dumps({"sweep": name, "state": tags.get(TAG_STATE, "pending"), "done": done,
+        print(json.dumps({"sweep": name, "state": sweep_state if tags else "pending", "done": done,
                           "total": len(rows), "eta_s": eta, "tracking_uri": store.tracking_uri,
                           "cells": [r.__dict__ for r in rows]}, indent=2))
         return 0
     from orchestrator.termtable import wide_console
 
-    state = tags.get(TAG_STATE, "not started")
+    state = sweep_state if tags else "not started"
+    if state == LAPSED:
+        state = "lapsed: its controller is gone; `flanscale sweep run` resumes it"
     table = render_table(f"sweep {name} ({state})", rows, summary_line(rows, slots), wide=args.wide)
     wide_console(table).print(table)
     return 0
@@ -196,14 +229,28 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     parent = store.request_cancel(args.name)
     if parent is None:
         raise UserError(f"sweep {args.name!r}: no such sweep in {store.tracking_uri}")
+    state, lease = store.sweep_lease(args.name)
+    if state == LAPSED:
+        settled = store.settle_lapsed(args.name)
+        print(f"sweep {args.name}: its controller {lease.who if lease else ''} is gone (its lease lapsed); "
+              f"nothing runs its cells; recorded {len(settled)} of them and the sweep as cancelled")
+        return 0
+    if state != CellState.RUNNING:
+        print(f"sweep {args.name} is not running ({state}); nothing to cancel")
+        return 0
     print(f"cancel requested for sweep {args.name}; its controller stops running cells at their next step")
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
-        if store.sweep_tags(args.name).get(TAG_STATE) != "running":
+        state, _ = store.sweep_lease(args.name)
+        if state == LAPSED:  # its controller died while stopping: nothing is left to wait for
+            store.settle_lapsed(args.name)
+            print(f"sweep {args.name}: its controller is gone (its lease lapsed); recorded as cancelled")
+            return 0
+        if state != CellState.RUNNING:
             break
         time.sleep(1.0)
     if args.wait:
-        running = [r.key for r in store.list_cells(args.name) if r.state == "running"]
+        running = [r.key for r in store.list_cells(args.name) if r.live_state() == CellState.RUNNING]
         print(f"still running: {', '.join(running)}" if running else "no cell is running")
         return 1 if running else 0
     return 0
@@ -216,6 +263,10 @@ def submit_entrypoint(args: argparse.Namespace) -> str:
         parts += ["--tracking-uri", args.tracking_uri]
     if args.retry_failed:
         parts.append("--retry-failed")
+    if getattr(args, "skip_infeasible", False):
+        parts.append("--skip-infeasible")
+    if getattr(args, "connect_timeout", None) is not None:
+        parts += ["--connect-timeout", f"{args.connect_timeout:g}"]
     if args.register_models:
         parts.append("--register-models")
     return shlex.join(parts)
@@ -282,9 +333,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if not args.ray_address:
         raise UserError("--ray-address: required for submit; give the Ray dashboard address, e.g. http://HEAD:8265")
-    spec, _ = load_and_plan(args.spec, args.overrides, args.max_concurrent)  # refuse bad input here, not remotely
+    spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)  # refuse bad input here, not remotely
+    if refuse_infeasible(spec, cells, args.skip_infeasible):
+        return 2
     with tempfile.TemporaryDirectory(prefix="flanscale-submit-") as workdir:
         uploaded = fill_working_dir(Path(workdir), spec, args.upload, UPLOAD_LIMIT)
+        preflight.check_flags(args)
         runtime_env: dict[str, Any] = {"working_dir": workdir}
         if args.home:
             runtime_env["env_vars"] = {"FLANSCALE_HOME": args.home}

@@ -26,13 +26,15 @@ checkpoint:
   every_steps: {every}
 retries:
   failure: 0
-  preemption: 3
+  preemption: {preemption}
 """
 
 
-def tiny_sweep(name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2, extra: str = "") -> str:
+def tiny_sweep(name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2, extra: str = "",
+               preemption: int = 3) -> str:
     """The text of a tiny sweep file; `extra` adds sections (an eval: block, say)."""
-    return TINY_SWEEP.format(name=name, task_counts=task_counts, steps=steps, every=every) + extra
+    return TINY_SWEEP.format(name=name, task_counts=task_counts, steps=steps, every=every,
+                             preemption=preemption) + extra
 
 
 def write_sweep(directory: Path, name: str, task_counts: str = "[9, 89]", steps: int = 12, every: int = 2,

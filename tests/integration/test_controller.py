@@ -20,7 +20,7 @@ from orchestrator import controller as C
 from orchestrator import placement as P
 from orchestrator import scheduling as S
 from orchestrator.planner import plan, ray_resources
-from orchestrator.spec import load_spec
+from orchestrator.spec import RetrySpec, load_spec
 from orchestrator.store import TAG_ERROR, TAG_STATE, SweepStore
 from trainers.spec import UserError
 
@@ -67,43 +67,54 @@ def test_next_actions_cancel_stops_running_once_and_starts_nothing():
 
 def test_classify_failure_vs_preemption():
     err = RayTaskError("run", "Traceback ...", ValueError("loss is nan at step 3"))
-    assert S.classify(error=err) == ("failed", "ValueError: loss is nan at step 3")
+    assert S.classify(error=err) == ("failed", "ValueError: loss is nan at step 3", True)
     assert S.classify(error=WorkerCrashedError())[0] == "preempted"
     assert S.classify(error=NodeDiedError("node gone"))[0] == "preempted"
     assert S.classify(error=ActorDiedError())[0] == "preempted"
-    assert S.classify(result={"status": "preempted"}) == ("preempted", "stopped before the last step")
+    assert S.classify(result={"status": "preempted"})[:2] == ("preempted", "stopped before the last step")
     assert S.classify(result={"status": "preempted"}, stop_requested=True)[0] == "cancelled"
-    assert S.classify(result={"status": "finished"}) == ("finished", "")
+    assert S.classify(result={"status": "finished"}) == ("finished", "", True)
+
+
+def test_bad_input_and_nan_are_never_retried_and_out_of_memory_is_a_failure():
+    class NonFiniteLoss(FloatingPointError):  # trainers.train's, by name: it needs JAX to import
+        pass
+
+    for cause in (UserError("data.paths: /x: no such file"), NonFiniteLoss("loss is nan at step 3")):
+        outcome = S.classify(error=RayTaskError("run", "Traceback ...", cause))
+        assert outcome.kind == "failed" and outcome.retry is False, outcome
+        view = S.after_outcome(S.CellView("k", 0, "running"), outcome, RetrySpec(failure=5))
+        assert view.state == "failed"
+    from ray.exceptions import OutOfMemoryError
+
+    host = S.classify(error=OutOfMemoryError("Task was killed due to the node running low on memory."))
+    assert host.kind == "failed" and host.message.startswith("out of host memory") and host.retry
+    device = S.classify(error=RayTaskError("run", "Traceback ...", RuntimeError(
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB")))
+    assert device.kind == "failed" and device.message.startswith("out of device memory")
 
 
 def test_after_outcome_spends_separate_budgets():
-    r = S.Retries(failure=1, preemption=2)
+    r = RetrySpec(failure=1, preemption=2)
     v = S.CellView("k", 0, "running")
-    v = S.after_outcome(v, "preempted", r)
+    v = S.after_outcome(v, S.Outcome("preempted", ""), r)
     assert (v.state, v.preemptions) == ("pending", 1)
-    v = S.after_outcome(v, "preempted", r)
+    v = S.after_outcome(v, S.Outcome("preempted", ""), r)
     assert v.state == "pending"
-    assert S.after_outcome(v, "preempted", r).state == "preempted"  # third preemption: out of budget
-    v = S.after_outcome(v, "failed", r)
+    assert S.after_outcome(v, S.Outcome("preempted", ""), r).state == "preempted"  # third: out of budget
+    v = S.after_outcome(v, S.Outcome("failed", "x"), r)
     assert (v.state, v.failures) == ("pending", 1)
-    assert S.after_outcome(v, "failed", r).state == "failed"
-    assert S.after_outcome(v, "cancelled", r).state == "cancelled"
+    assert S.after_outcome(v, S.Outcome("failed", "x"), r).state == "failed"
+    assert S.after_outcome(v, S.Outcome("cancelled", ""), r).state == "cancelled"
+    # budgets spent in earlier sessions (stored counts) count too
+    assert S.after_outcome(S.CellView("k", 0, "running", failures=1), S.Outcome("failed", "x"), r).state == "failed"
+    assert S.initial_state("preempted", True, False, exhausted=True) == "preempted"
+    assert S.initial_state("preempted", True, True, exhausted=True) == "pending"
 
 
 def test_placement_strategy_spreads_only_where_it_can():
     assert P.placement_strategy(hosts=4, alive_nodes=4) == "STRICT_SPREAD"
     assert P.placement_strategy(hosts=2, alive_nodes=1) == "PACK"
-
-
-def test_a_second_live_controller_is_refused():
-    alive = {10: True, 11: False}.get
-    now = 1000.0
-    assert S.other_controller(None, now=now, host="a", pid=1, pid_alive=alive) is None
-    assert S.other_controller("b:10:995", now=now, host="a", pid=1, pid_alive=alive) == "b:10"
-    assert S.other_controller("b:10:900", now=now, host="a", pid=1, pid_alive=alive) is None  # stale
-    assert S.other_controller("a:11:999", now=now, host="a", pid=1, pid_alive=alive) is None  # killed here
-    assert S.other_controller("a:10:999", now=now, host="a", pid=1, pid_alive=alive) == "a:10"
-    assert S.other_controller("a:1:999", now=now, host="a", pid=1, pid_alive=alive) is None  # itself
 
 
 def test_time_left_counts_steps_left_over_the_slots():
@@ -262,3 +273,84 @@ def test_infeasible_cells_are_recorded_never_scheduled(ray_logical, make_sweep, 
     rec = {r.key: r for r in SweepStore(home=module_home).list_cells("toobig")}[big.key]
     assert rec.state == "infeasible" and rec.attempts == 0 and rec.tags[TAG_ERROR] == big.reason
     assert SweepStore(home=module_home).sweep_tags("toobig")[TAG_STATE] == "finished"
+
+
+def preempted_always(spec, run_id, tracking_uri, home, should_stop):
+    return {"status": "preempted"}
+
+
+def bad_input(spec, run_id, tracking_uri, home, should_stop):
+    from trainers.spec import UserError
+
+    raise UserError("data.paths: /nowhere/flan.jsonl: no such file")
+
+
+@pytest.mark.ray
+def test_budgets_persist_across_sessions_and_bad_input_is_not_retried(ray_logical, make_sweep, module_home):
+    spec, cells = _one_cell(make_sweep, "budgets", "retries.preemption=1", "retries.failure=2")
+    key = cells[0].key
+    store = SweepStore(home=module_home)
+    first = C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=preempted_always)
+    assert first.states == {key: "preempted"}
+    rec = store.list_cells("budgets")[0]
+    assert (rec.attempts, rec.preemptions) == (2, 2)  # one retry, then out of budget
+    # the next session reads the spent budget back: nothing to start
+    assert C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=preempted_always).started == []
+    # --retry-failed grants a fresh budget; the stored counts go on
+    again = C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=preempted_always, retry_failed=True)
+    assert again.started == [key, key]
+    rec = store.list_cells("budgets")[0]
+    assert (rec.attempts, rec.preemptions) == (4, 4)
+
+    spec, cells = _one_cell(make_sweep, "badinput", "retries.failure=2")
+    summary = C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=bad_input)
+    rec = store.list_cells("badinput")[0]
+    assert summary.states == {cells[0].key: "failed"} and rec.attempts == 1 and rec.failures == 1
+    assert rec.error == "UserError: data.paths: /nowhere/flan.jsonl: no such file"
+
+
+@pytest.mark.ray
+def test_a_placement_group_never_placed_fails_its_cell_naming_what_it_asked(ray_logical, make_sweep, module_home):
+    spec, cells = _one_cell(make_sweep, "noplace", "accelerator=a100-80g", "min_devices=8", "max_devices=8")
+    cell = dataclasses.replace(cells[0], devices=16, hosts=2)  # 2 hosts x 8 GPUs: the cluster has 8 in all
+    t0 = time.monotonic()
+    summary = C.run_sweep(spec, [cell], home=module_home, progress=False, cell_fn=report_placement,
+                          placement_timeout_s=3)
+    assert time.monotonic() - t0 < 60
+    assert summary.states == {cell.key: "failed"}
+    error = summary.errors[cell.key]
+    assert "not placed within 3 s" in error and "'GPU': 8.0" in error and "2 bundles" in error, error
+    from ray.util import placement_group_table
+
+    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+
+
+def test_status_and_cancel_say_when_a_dead_controllers_claim_lapsed(make_sweep, module_home, capsys):
+    """A controller killed twice over (no chance to clean up) leaves "running" in the store;
+    its lease names a process that is gone, so status says lapsed and cancel does not wait."""
+    import json
+    import subprocess
+    import sys
+
+    from orchestrator.cli import main
+    from orchestrator.leases import Lease
+    from orchestrator.store import TAG_LEASE
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease = Lease(f"{os.uname().nodename}:{dead.pid}:x", time.time() + 3600).to_text()
+    spec, cells = _one_cell(make_sweep, "orphan")
+    store = SweepStore(home=module_home)
+    parent = store.sweep_run("orphan")
+    run_id, _ = store.cell_run("orphan", cells[0])
+    store.set_state(parent, "running", **{TAG_LEASE: lease})
+    store.set_state(run_id, "running", **{TAG_LEASE: lease})
+    capsys.readouterr()
+    assert main(["sweep", "status", "orphan", "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "lapsed" and [c["state"] for c in status["cells"]] == ["lapsed"]
+    t0 = time.monotonic()
+    assert main(["sweep", "cancel", "orphan", "--wait", "60"]) == 0
+    assert time.monotonic() - t0 < 10
+    assert "lease lapsed" in capsys.readouterr().out
+    assert store.list_cells("orphan")[0].state == "cancelled"

@@ -204,3 +204,24 @@ def test_two_host_cpu_cell_trains_as_two_jax_processes(ray_cpu, make_sweep, modu
     assert summary.results[cell.key]["steps"] == 4
     rec = SweepStore(home=module_home).list_cells("twohost-real")[0]
     assert [s for s, _ in SweepStore(home=module_home).cell_history(rec.run_id)] == [1, 2, 3, 4]  # rank 0 alone logs
+
+
+def test_changed_eval_settings_evaluate_finished_cells_again_without_training(ray_cpu, make_sweep, module_home):
+    path = make_sweep("reeval", task_counts="[9]", steps=10, every=5)
+    spec = load_spec(str(path), ["eval.loss_examples=4"])
+    (cell,) = plan(spec)
+    assert C.run_sweep(spec, [cell], home=module_home, progress=False).counts() == {"finished": 1}
+    store = SweepStore(home=module_home)
+    (before,) = store.list_cells("reeval")
+    assert before.eval_hash and "eval/loss" in before.metrics
+    # the same settings: nothing to do
+    assert C.run_sweep(spec, [cell], home=module_home, progress=False).started == []
+    changed = load_spec(str(path), ["eval.loss_examples=8"])
+    (again,) = plan(changed)
+    assert again.key == cell.key  # the same trained model
+    summary = C.run_sweep(changed, [again], home=module_home, progress=False)
+    assert summary.started == [cell.key] and summary.counts() == {"finished": 1}, summary.errors
+    (after,) = store.list_cells("reeval")
+    assert after.eval_hash != before.eval_hash and after.attempts == before.attempts + 1
+    assert raw_steps(store, after.run_id) == list(range(1, 11))  # not trained again
+    assert raw_steps(store, after.run_id, "eval/loss") == [10, 10]  # evaluated again, at its final step

@@ -320,3 +320,14 @@ def test_rayjob_pods_mirror_the_base_cluster(sweep_file, built):
         base["headGroupSpec"]["template"]["spec"], base["autoscalerOptions"])
     assert _security_view(job["workerGroupSpecs"][0]["template"]["spec"], None) == _security_view(
         base["workerGroupSpecs"][0]["template"]["spec"], None)
+
+
+def test_infeasible_cells_stop_the_render_unless_skipped(sweep_file, capsys):
+    path = sweep_file("Too_Big", models=["tiny-1", "palm-540b"], task_counts=[9])
+    assert _cli(["k8s", "render", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "1 of 2 cells cannot run, nothing was started" in captured.err
+    assert "palm-540b" in captured.err
+    assert _cli(["k8s", "render", str(path), "--skip-infeasible"]) == 0
+    rayjob = list(yaml.safe_load_all(capsys.readouterr().out))[1]
+    assert rayjob["spec"]["entrypoint"].endswith("--no-progress --skip-infeasible")

@@ -38,6 +38,25 @@ def _run(store) -> tuple[str, MLflowTracker]:
     return run_id, MLflowTracker(uri, run_id)
 
 
+def test_a_resumed_attempt_logs_each_step_once(store):
+    """Attempt 1 logs steps 1-5 and dies; attempt 2 resumes from the checkpoint at step 3 and
+    replays 4-5 before going on: the history holds 1-8 once each, the first values kept."""
+    uri, client, _ = store
+    run_id, first = _run(store)
+    for step in range(1, 6):
+        first.log_metrics({"train/loss": 10.0 - step}, step)
+    first.log_metrics({"eval/loss": 3.0}, 5)
+    second = MLflowTracker(uri, run_id)
+    for step in range(4, 9):
+        second.log_metrics({"train/loss": 100.0 + step, "train/mfu": 0.5}, step)
+    second.log_metrics({"eval/loss": 2.0}, 8)
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(h[0] for h in history) == list(range(1, 9))
+    assert dict(history)[5] == 5.0 and dict(history)[6] == 106.0
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/mfu")) == [4, 5, 6, 7, 8]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "eval/loss")) == [5, 8]
+
+
 def _table(client, run_id: str, path: str):
     """A table artifact as MLflow's UI reads it. (MlflowClient.load_table searches the runs of
     the global tracking URI, not the client's, so it cannot read a store of a test's own.)"""
@@ -239,7 +258,8 @@ def test_fan_out_skips_what_a_metrics_exporter_does_not_implement():
 
 
 def _record(key, state, metrics, name=""):
-    return CellRecord(run_id=key, key=key, name=name or key, state=state, attempts=1, preemptions=0, error="",
+    return CellRecord(run_id=key, key=key, name=name or key, state=state, attempts=1, failures=0, preemptions=0,
+                      error="",
                       metrics=metrics)
 
 

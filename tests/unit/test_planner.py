@@ -192,6 +192,19 @@ def test_seeds_are_a_grid_axis_in_the_cell_key():
     assert all(c.to_json()["seed"] == c.seed for c in cells)
 
 
+def test_what_changes_the_numbers_enters_the_cell_key_and_what_does_not_stays_out():
+    import dataclasses
+
+    spec = CellSpec()
+    model = spec.model
+    key = spec.key()
+    for changed in (dataclasses.replace(model, dtype="bfloat16"), dataclasses.replace(model, param_dtype="bfloat16")):
+        assert dataclasses.replace(spec, model=changed).key() != key
+    assert dataclasses.replace(spec, model=dataclasses.replace(model, remat=True)).key() == key
+    evaluated = dataclasses.replace(spec.eval, benchmarks=("mmlu",), max_examples=5)
+    assert dataclasses.replace(spec, eval=evaluated).key() == key
+
+
 def test_paper_flops_beside_the_physical_figures(tmp_path):
     (cell,) = plan(load_spec(PAPER[1], ["models=[palm-62b]", "task_counts=[1836]", "seeds=[0]"]))
     assert cell.paper_flops == {"pretrain": 6 * 62e9 * 780e9, "finetune": 6 * 62e9 * cell.finetune_tokens,

@@ -147,4 +147,5 @@ def test_malformed_files(tmp_path):
         load_spec(write(tmp_path, "- a\n- b\n"), [])
     with pytest.raises(UserError, match=r"Interpolation key 'nope' not found \(field 'mfu'\)"):
         load_spec(write(tmp_path, "name: x\nmfu: ${nope}\n"), [])
-    assert load_spec(write(tmp_path, ""), []).name == SweepSpec().name  # all defaults
+    with pytest.raises(UserError, match="the sweep file is empty"):  # not silently the schema's default sweep
+        load_spec(write(tmp_path, ""), [])

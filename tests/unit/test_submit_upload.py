@@ -128,7 +128,7 @@ def test_a_good_upload_goes_on_to_the_cluster_which_must_answer(submit, tmp_path
     # Ray may log a warning of its own on the way; flanscale's error is still one line.
     (line,) = [ln for ln in err.splitlines() if ln.startswith("flanscale: error:")]
     assert code == 2 and "Traceback" not in err
-    assert "--ray-address http://127.0.0.1:9: no Ray dashboard answers there" in line, err
+    assert "--ray-address http://127.0.0.1:9: no Ray dashboard at 127.0.0.1:9 (Connection refused)" in line, err
 
 
 def test_k8s_sends_the_composed_spec_in_its_configmap_and_nothing_else(tmp_path, monkeypatch):
@@ -137,7 +137,8 @@ def test_k8s_sends_the_composed_spec_in_its_configmap_and_nothing_else(tmp_path,
     monkeypatch.setenv("FLAN_DATA", "/datasets/flan")
     args = types.SimpleNamespace(spec=str(SWEEPS[1]), overrides=["accelerator=h100-80g", "eval=quick"], overlay=None,
                                  namespace="flanscale", image="", name="", backoff_limit=2, home_pvc="", data_pvc="",
-                                 upload=[], retry_failed=False, register_models=False)
+                                 upload=[], retry_failed=False, register_models=False,
+                                 skip_infeasible=False)
     planned = load_spec(SWEEPS[1], args.overrides)
     (configmap,) = [d for d in _documents(args) if d["kind"] == "ConfigMap"]
     assert list(configmap["data"]) == ["sweep.yaml"] and "binaryData" not in configmap

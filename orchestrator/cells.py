@@ -1,0 +1,150 @@
+"""A cell as the store records it: one typed, JAX-free record and its states.
+
+The controller writes a cell's record into its MLflow run (tags and params, names in
+trainers/run_layout.py), the job extends it (metrics, its own tags), and everything that
+reads a sweep back (`sweep status`, the controller resuming, the reports) parses runs
+through `CellRecord.from_run` alone, so a field means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.leases import Lease, pid_alive
+from trainers.run_layout import (TAG_ATTEMPTS, TAG_CELL_KEY, TAG_ERROR, TAG_EVAL_HASH, TAG_FAILURES, TAG_LEASE,
+                                 TAG_PREEMPTIONS, TAG_STATE)
+from trainers.spec import EvalConfig, UserError, to_dict
+
+
+class CellState(enum.StrEnum):
+    """What became of a cell (and, on the parent run, of a sweep session)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # out of preemption retries, or waiting for its next one
+    CANCELLED = "cancelled"
+    INFEASIBLE = "infeasible"
+
+    @property
+    def terminal(self) -> bool:
+        """Done for good until the spec (or --retry-failed) says otherwise."""
+        return self in (CellState.FINISHED, CellState.FAILED, CellState.INFEASIBLE)
+
+
+# Shown instead of "running" when the controller that ran a cell (or a sweep) is gone: its
+# lease lapsed, so nothing runs it now and the next `sweep run` resumes it.
+LAPSED = "lapsed"
+
+
+def parse_state(text: str | None, where: str = "") -> CellState:
+    try:
+        return CellState(text or CellState.PENDING)
+    except ValueError:
+        allowed = ", ".join(s.value for s in CellState)
+        raise UserError(f"{where}: state {text!r} is not one flanscale writes; allowed: {allowed}") from None
+
+
+def _count(tags: dict[str, str], tag: str, where: str) -> int:
+    text = tags.get(tag, "") or "0"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UserError(f"{where}: tag {tag} is {text!r}; flanscale writes a count >= 0 there")
+    return value
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One cell's run: what the controller and the job recorded (plain values)."""
+
+    run_id: str
+    key: str
+    name: str
+    state: CellState
+    attempts: int  # attempts started, over every controller session
+    failures: int  # attempts that ended in a failure
+    preemptions: int  # attempts ended by a preemption
+    error: str
+    lease: Lease | None = None  # the controller holding the cell while it runs
+    eval_hash: str = ""  # hash of the eval settings its final evaluation used
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+    tags: dict[str, str] = field(default_factory=dict)
+    metric_steps: dict[str, int] = field(default_factory=dict)  # step of each latest value
+    start_time_ms: int = 0
+    end_time_ms: int = 0
+
+    @classmethod
+    def from_run(cls, run: Any) -> "CellRecord":
+        tags = dict(run.data.tags)
+        where = f"run {run.info.run_id}"
+        return cls(
+            run_id=run.info.run_id,
+            key=tags.get(TAG_CELL_KEY, ""),
+            name=run.info.run_name or "",
+            state=parse_state(tags.get(TAG_STATE), where),
+            attempts=_count(tags, TAG_ATTEMPTS, where),
+            failures=_count(tags, TAG_FAILURES, where),
+            preemptions=_count(tags, TAG_PREEMPTIONS, where),
+            error=tags.get(TAG_ERROR, ""),
+            lease=Lease.from_text(tags.get(TAG_LEASE)),
+            eval_hash=tags.get(TAG_EVAL_HASH, ""),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            tags=tags,
+            metric_steps=latest_steps(run),
+            start_time_ms=run.info.start_time or 0,
+            end_time_ms=run.info.end_time or 0,
+        )
+
+    @property
+    def total_steps(self) -> int:
+        text = self.params.get("steps", "")
+        return int(text) if text.isdigit() else 0
+
+    def live_state(self, now: float | None = None) -> str:
+        """The state, or LAPSED for a cell recorded running whose controller's lease lapsed."""
+        return live_state(self.state, self.lease, now)
+
+
+def live_state(state: str, lease: Lease | None, now: float | None = None) -> str:
+    """`state`, or LAPSED when it says running but no live lease backs it."""
+    if state != CellState.RUNNING:
+        return str(state)
+    if lease is None or lease.lapsed(time.time() if now is None else now, pid_alive=pid_alive):
+        return LAPSED
+    return str(state)
+
+
+def read_cells(runs: Iterable[Any]) -> list[CellRecord]:
+    """One record per cell key from a sweep's cell runs. Should two runs of a cell ever exist
+    (two controllers that shared a tracking server but not a home), the oldest describes the
+    cell, as the controller that created the younger one decided (SweepStore.cell_run)."""
+    records: dict[str, CellRecord] = {}
+    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+        rec = CellRecord.from_run(run)
+        records.setdefault(rec.key, rec)
+    return list(records.values())
+
+
+def eval_hash(eval_cfg: EvalConfig) -> str:
+    """A short hash of a cell's evaluation settings. They stay out of the cell key (the same
+    trained model), so a finished cell whose recorded hash differs is evaluated again."""
+    blob = json.dumps(to_dict(eval_cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def latest_steps(run: Any) -> dict[str, int]:
+    # The stores return each metric's latest value together with its step; RunData keeps
+    # those entity objects, its public dict keeps only the values.
+    return {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
