@@ -17,7 +17,7 @@ from typing import Any
 
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
-from trainers.run_layout import TAG_CELL_KEY
+from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
 from trainers.spec import CellSpec, UserError
 from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
 
@@ -48,22 +48,35 @@ def init_distributed(
         return True
     # CPU processes exchange collectives over gloo; accelerators use their own transport.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # The stop flag (_StopFlag) needs the preemption sync point (on by default).
+    jax.config.update("jax_enable_preemption_service", True)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num), process_id=int(pid))
     return True
 
 
 class _StopFlag:
-    """SIGTERM (preemption notice) and the caller's should_stop, merged into one check."""
+    """SIGTERM (preemption notice) and the caller's should_stop, merged into one check per step.
+
+    With one process the check is local: nothing is exchanged. Several processes must stop
+    at the same step or the collectives of the next step hang; they agree through JAX's
+    preemption sync point, which the coordination service settles in the background once
+    any process is told to stop, so no step waits on an exchange between hosts. JAX's
+    notifier listens for SIGTERM, so a local stop request reaches it as a SIGTERM too.
+    """
 
     def __init__(self, should_stop: Callable[[], bool] | threading.Event | None) -> None:
         self.should_stop = should_stop
         self.signalled = False
         self._previous: Any = None
+        self._notified = False
 
     def install(self) -> None:
+        import jax
+
         # Signal handlers can only be set from the main thread; elsewhere (a Ray actor
-        # thread, a test thread) the caller's should_stop is the only stop channel.
-        if threading.current_thread() is threading.main_thread():
+        # thread, a test thread) the caller's should_stop is the only stop channel. With
+        # several processes SIGTERM belongs to JAX's preemption notifier.
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_term)
 
     def uninstall(self) -> None:
@@ -82,17 +95,22 @@ class _StopFlag:
         # A threading.Event (or anything with is_set) works as well as a callable.
         return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
 
-    def __call__(self) -> bool:
+    def __call__(self, step: int) -> bool:
+        """Whether to checkpoint and stop before running `step` (every process agrees)."""
         import jax
 
         if jax.process_count() == 1:
             return self.local()
-        # Every process must stop at the same step or the collectives of the next step hang.
-        import numpy as np
         from jax.experimental import multihost_utils
 
-        flags = multihost_utils.process_allgather(np.array([self.local()], dtype=np.int32))
-        return bool(np.asarray(flags).any())
+        if multihost_utils.reached_preemption_sync_point(step):
+            log.warning("preemption sync point at step %d: checkpointing and stopping", step)
+            return True
+        if not self._notified and self.local():
+            self._notified = True
+            log.warning("stop requested: notifying every process through the preemption sync point")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
 
 
 def _tracker(run_id: str | None, tracking_uri: str | None, home: Path, extra: Sequence[Tracker]) -> Tracker:
@@ -195,8 +213,8 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
     if cell.data.task_count == 0 or total_steps == 0:
         return _evaluate_base(cell, home, tracker, model_cfg)
 
-    # Each process packs the same global batch and keeps its own contiguous rows, which
-    # are the rows its devices hold under the batch sharding.
+    # Each process builds only its own contiguous rows of the global batch, which are the
+    # rows its devices hold under the batch sharding; the loop assembles the global array.
     batches = pipeline.make_batches(
         cell.data, family, gb, cell.seed, home, process_index=pid, process_count=n_proc,
         vocab_size=model_cfg.vocab_size,
@@ -216,8 +234,12 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
         write_cell_record(ckpt.directory, cell, model_cfg, batches.tokenizer)
     counters = {"input_tokens": 0.0, "target_tokens": 0.0}
     restored = None
-    if ckpt.latest_step() is not None:
+    saved_steps = ckpt.steps()
+    if saved_steps:
         restored = ckpt.restore(abstract_initial_state(setup, models.param_shapes(model_cfg)))
+        if restored is None:
+            tracker.set_tags({TAG_RESTARTED: f"every checkpoint (steps {', '.join(map(str, saved_steps))}) "
+                                             "was damaged; trained again from step 0"})
     if restored is None:
         state = init_state(setup, _initial_params(cell, model_cfg, setup, models), cell.seed)
     else:
@@ -241,31 +263,34 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: i
         once["flops/fraction"] = fraction
     tracker.log_metrics(once, 0)
 
+    # Packing runs on a background thread, a few batches ahead of the devices; its state()
+    # is that after the last batch the loop took, which is what a checkpoint must hold.
+    prefetched = pipeline.Prefetcher(batches)
+
     def save(step: int, st: Any, final: bool) -> None:
-        ckpt.save(step, st, {"key": key, "data": batches.state(), "counters": dict(counters)})
+        ckpt.save(step, st, {"key": key, "data": prefetched.state(), "counters": dict(counters)}, final=final)
 
     evaluate = _evaluator(cell, model_cfg, batches.tokenizer)
-    on_step = None
-    if evaluate is not None and cell.eval.every_steps > 0:
 
-        def on_step(step: int, st: Any) -> None:
-            if step % cell.eval.every_steps == 0 and step != total_steps:
-                tracker.log_metrics(evaluate(st["params"])[0], step)
+    def evaluate_during(step: int, st: Any) -> None:
+        tracker.log_metrics(evaluate(st["params"])[0], step)
 
     try:
         result = train_loop(
             setup,
             state,
-            iter(batches),
+            prefetched,
             total_steps=total_steps,
             log_metrics=tracker.log_metrics,
             save=save,
             every_steps=cell.checkpoint.every_steps,
             should_stop=stop,
-            on_step=on_step,
+            evaluate=evaluate_during if evaluate is not None else None,
+            eval_every=cell.eval.every_steps,
             counters=counters,
         )
     finally:
+        prefetched.close()
         ckpt.close()
 
     measured = accounting.train_flops(model_cfg, counters["input_tokens"], counters["target_tokens"])
@@ -348,6 +373,7 @@ def make_setup(model_cfg: Any, optim: Any, mesh_cfg: Any, li: int, lt: int, pack
         peak_flops_total=accounting.peak_flops(mesh_cfg.accelerator, model_cfg.dtype) * mesh.size,
         packing_efficiency=packing_efficiency,
         trace_context=lambda: partitioning.activation_sharding(mesh),
+        xla_counts_layers=not model_cfg.scan_layers,
         # Frozen configs identify the step function; the run length matters only to a
         # cosine schedule, so cells differing only in steps share one compiled step.
         cache_key=(model_cfg, _step_optim(optim), mesh_cfg, li, lt, tuple(d.id for d in mesh.devices.flat)),
@@ -370,9 +396,10 @@ def _model_config(cell: CellSpec, models: Any) -> Any:
     if not path.exists():
         raise UserError(f"init_checkpoint: {str(path)!r} does not exist")
     saved = models.load_config(path)
-    # The architecture comes from the checkpoint; dtype, dropout and remat from the spec.
+    # The architecture comes from the checkpoint; numerics, remat and layer layout from the spec.
     m = cell.model
-    return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat)
+    return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat,
+                               remat_policy=m.remat_policy, scan_layers=m.scan_layers)
 
 
 def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> Any:
@@ -380,7 +407,7 @@ def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> 
     import jax
 
     if cell.init_checkpoint:
-        _, params = models.load_pretrained(Path(cell.init_checkpoint), setup.param_shardings)
+        _, params = models.load_pretrained(Path(cell.init_checkpoint), setup.param_shardings, model_cfg.scan_layers)
         return params
     li, lt = cell.data.input_length, cell.data.target_length
     return param_init(model_cfg, setup, li, lt)(jax.random.PRNGKey(cell.seed))
@@ -401,30 +428,30 @@ def param_init(model_cfg: Any, setup: Any, li: int, lt: int) -> Callable:
 
 def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any], tuple[dict[str, float], Any]] | None:
     """params -> (the held-out metrics: eval/loss (when cell.eval.loss) and the benchmarks;
-    the benchmarks' trainers.eval.runner.EvalRun, None without benchmarks)."""
+    the benchmarks' trainers.eval.runner.EvalRun, None without benchmarks).
+
+    Evaluation runs on the cell's mesh with the parameters as training shards them (every
+    process takes part, as in a train step); only token ids and scores reach the hosts."""
     e = cell.eval
     if not e.benchmarks and not e.loss:
         return None
-    import jax
-
+    from trainers import partitioning
     from trainers.cell_logging import PREDICTIONS_PER_MODE
     from trainers.eval.heldout_loss import HeldoutLoss
+    from trainers.eval.placement import EvalMesh
     from trainers.eval.runner import evaluate_run
 
     li, lt = cell.data.input_length, cell.data.target_length
-    loss = HeldoutLoss(model_cfg, tokenizer, li, lt, e.loss_examples) if e.loss else None
+    placement = EvalMesh(partitioning.make_mesh(cell.mesh))
+    loss = HeldoutLoss(model_cfg, tokenizer, li, lt, e.loss_examples, placement) if e.loss else None
 
     def run(params: Any) -> tuple[dict[str, float], Any]:
-        if jax.process_count() > 1:
-            # Decoding runs on each host's own devices: gather the full parameters there.
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.process_allgather(params, tiled=True)
         out = loss(params) if loss is not None else {}
         if not e.benchmarks:
             return out, None
         # Prompts longer than the trained input length are cut from the left, as in training.
-        details = evaluate_run(e, model_cfg, params, tokenizer, max_prompt_tokens=li, predictions=PREDICTIONS_PER_MODE)
+        details = evaluate_run(e, model_cfg, params, tokenizer, max_prompt_tokens=li,
+                               predictions=PREDICTIONS_PER_MODE, placement=placement)
         return {**out, **details.metrics}, details
 
     return run

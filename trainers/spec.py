@@ -30,10 +30,10 @@ class UserError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one model (either family). Names follow T5 / PaLM papers."""
+    """Architecture of one model (of any registered family). Names follow T5 / PaLM papers."""
 
     name: str = "tiny-1"
-    family: str = "t5"  # "t5" (encoder-decoder, T5 v1.1) | "decoder" (PaLM-style)
+    family: str = "t5"  # a trainers/families entry: "t5" (encoder-decoder, T5 v1.1) | "decoder" (PaLM-style)
     vocab_size: int = 512
     d_model: int = 64
     d_ff: int = 128
@@ -50,6 +50,8 @@ class ModelConfig:
     param_dtype: str = "float32"  # "float32" | "bfloat16"
     dtype: str = "float32"  # compute dtype
     remat: bool = False  # rematerialise each layer's activations in the backward pass
+    remat_policy: str = "full"  # with remat, what a layer keeps: "full" (its input) | "dots" | "dots_no_batch"
+    scan_layers: bool = True  # one scanned layer stack (params with a leading "layers" axis) vs unrolled
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,9 @@ _KEY_EXCLUDED = {"sweep", "mesh", "eval", "checkpoint", "pretrain_flops"}
 
 def cell_key(spec: CellSpec) -> str:
     d = {k: v for k, v in to_dict(spec).items() if k not in _KEY_EXCLUDED}
-    # Dtypes and remat change numerics or memory, not the experiment.
-    d["model"] = {k: v for k, v in d["model"].items() if k not in {"dtype", "remat"}}
+    # The compute dtype changes what the cell computes (a bf16 cell is not the fp32 cell, nor
+    # is its checkpoint); remat only recomputes the same activations, trading time for memory.
+    d["model"] = {k: v for k, v in d["model"].items() if k not in {"remat", "remat_policy"}}
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "micro_batches"}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

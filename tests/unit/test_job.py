@@ -66,7 +66,7 @@ def test_run_cell_logs_the_contract_metrics_into_mlflow(tmp_path):
     history = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(history) == list(range(1, STEPS + 1))
     for name in ("train/step_s", "train/tokens_per_s", "train/useful_tokens_per_s", "train/packing_efficiency",
-                 "train/mfu", "flops/finetune", "flops/pretrain", "flops/fraction", "train/xla_step_flops",
+                 "train/mfu", "flops/finetune", "flops/pretrain", "flops/fraction",
                  "train/analytic_step_flops"):
         assert name in run.data.metrics, name
     assert 0 < run.data.metrics["train/packing_efficiency"] <= 1
