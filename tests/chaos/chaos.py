@@ -132,15 +132,18 @@ class Chaos:
         self.logs = home / "logs"
         self.logs.mkdir(exist_ok=True)
         self.n_started = 0
+        self.log_of: dict[int, int] = {}  # controller pid -> number of its log
 
     # ---- controllers
 
     def start(self) -> subprocess.Popen:
         self.n_started += 1
         log = open(self.logs / f"controller-{self.n_started}.log", "w")
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "run", str(self.spec),
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "run", str(self.spec),
                                  "--no-progress"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        self.log_of[proc.pid] = self.n_started
+        return proc
 
     def _log_tail(self, n: int) -> str:
         """The controller's last line (its one-line verdict), Ray's own chatter aside."""
@@ -210,8 +213,18 @@ class Chaos:
             worker = self.store.tags(run).get(TAG_WORKER, "")
             pid = int(worker.rsplit(":", 1)[1]) if ":" in worker else 0
             if pid and psutil.pid_exists(pid):
+                before = int(self.store.tags(run).get(TAG_PREEMPTIONS, 0))
                 os.kill(pid, signal.SIGKILL)
                 fault.detail = f"worker pid {pid}"
+                # The next fault waits until the controller has recorded this one: two faults
+                # closer together than it can notice would be one interruption, not two.
+                deadline = time.monotonic() + 60
+                while int(self.store.tags(run).get(TAG_PREEMPTIONS, 0)) == before and proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        self.summary.violations.append(f"cell {key}: worker {pid} killed, no preemption recorded in 60 s")
+                        break
+                    time.sleep(0.1)
+                fault.answer_s = round(time.monotonic() - deadline + 60, 1)
             else:
                 fault.cells, fault.detail = [], f"no live worker ({worker!r})"
             return fault, proc
@@ -228,7 +241,7 @@ class Chaos:
         # The controller takes every running cell down with it.
         fault.cells = sorted({c[0] for c in self.running(proc.pid)} | {key})
         if kind == "sigterm":
-            n = self.n_started
+            n = self.log_of[proc.pid]
             proc.send_signal(signal.SIGTERM)
             fault.exit_code, took = self.wait_exit(proc)
             fault.answer_s, fault.detail = round(took, 1), self._log_tail(n)
@@ -236,6 +249,10 @@ class Chaos:
             proc.send_signal(signal.SIGKILL)
             fault.exit_code, _ = self.wait_exit(proc)
         self.reap(proc)
+        # A cell that had finished by the time its controller went down was not interrupted.
+        runs = self.store.cell_runs()
+        fault.cells = [k for k in fault.cells
+                       if not any(self.store.tags(r).get(TAG_STATE) == "finished" for r in runs.get(k, []))]
         if kind == "damage_checkpoint":
             fault.detail = self.damage(key)
         return fault, None
