@@ -213,8 +213,8 @@ def test_grafana_queries_return_a_live_sweeps_metrics(tmp_path, monkeypatch):
             q = f'max by (flanscale_state) (ray_flanscale_cell_state{{flanscale_sweep="{sweep}", flanscale_cell="{cell}"}})'
             return {json.loads(k)["flanscale_state"]: v for k, v in value(q).items() if v == 1.0}
 
-        deadline = time.monotonic() + 30  # the failed cell's last report may trail the finished one's
-        while state_of(failing) != {"failed": 1.0} and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # each cell's last report may trail the sweep's end by a scrape
+        while (state_of(failing), state_of(key)) != ({"failed": 1.0}, {"finished": 1.0}) and time.monotonic() < deadline:
             time.sleep(1)
         assert state_of(key) == {"finished": 1.0}
         assert state_of(failing) == {"failed": 1.0}

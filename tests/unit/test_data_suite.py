@@ -2,7 +2,6 @@
 
 import random
 import re
-import time
 
 from trainers.data.suite import build_suite, corpus_document, text_corpus
 from trainers.data.templates import COT_FORMATS, COT_TRIGGER
@@ -78,11 +77,9 @@ def test_few_shot_exemplars_dropped_to_fit():
     assert max(len(x) for x in long) > 150  # without the limit exemplars are kept
 
 
-def test_sizes_vary_and_building_is_fast():
-    start = time.perf_counter()
+def test_sizes_vary():
     build_suite.cache_clear()
     reg = build_suite(123)
-    assert time.perf_counter() - start < 1.0
     sizes = [t.source.num_examples for t in reg.by_submixture("niv2")]
     assert min(sizes) < 123 < max(sizes)
 
