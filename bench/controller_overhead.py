@@ -11,7 +11,7 @@ With the controller's cells in the store, it also times what a user waits for at
 `flanscale sweep status NAME --format json` (a fresh process, as typed), the status rows
 in-process, and the report's read of the sweep (dashboards.runs.load_sweep).
 
-    python bench/controller_overhead.py [--cells 48] [--slots 2] [--cell-s 0.5] [--skip tune]
+    python bench/controller_overhead.py [--cells 48] [--slots 2] [--cell-s 0.5] [--skip tune] [--work DIR]
 
 Prints one JSON object.
 """
@@ -19,6 +19,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -69,27 +70,37 @@ def through_controller(n: int, slots: int, cell_s: float, work: Path) -> dict:
 
 
 def reads(n: int, home: Path) -> dict:
-    """Seconds of the reads a user makes of an N-cell sweep."""
+    """Seconds of the reads a user makes of an N-cell sweep: `sweep status` as typed (a fresh
+    process; JSON and the table), its rows in-process through the SQLite reader it uses and
+    through MLflow's client, and the report's read of the sweep."""
     import subprocess
 
     from dashboards.runs import load_sweep
     from orchestrator.commands.sweep import status_rows
     from orchestrator.store import SweepStore, resolve_tracking_uri
+    from orchestrator.store_read import SqliteSweepReader
 
-    env = dict(os.environ, FLANSCALE_HOME=str(home))
+    env = dict(os.environ, FLANSCALE_HOME=str(home), COLUMNS="120")
     env.pop("MLFLOW_TRACKING_URI", None)
+    out: dict = {}
+    for fmt in ("json", "table"):
+        t0 = time.perf_counter()
+        text = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "status", "overhead", "--format", fmt],
+                              env=env, capture_output=True, text=True, check=True).stdout
+        out[f"sweep_status_{fmt}_cli_s"] = time.perf_counter() - t0
+        if fmt == "json":
+            assert json.loads(text)["total"] == n
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "status", "overhead", "--format", "json"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    status_cli = time.perf_counter() - t0
-    assert json.loads(out)["total"] == n
-    store = SweepStore(home=home)
+    reader = SqliteSweepReader(home / "mlflow.db", resolve_tracking_uri(home=home))
+    assert len(status_rows(reader, "overhead")) == n
+    out["status_rows_sqlite_reader_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    assert len(status_rows(store, "overhead")) == n
-    rows = time.perf_counter() - t0
+    assert len(status_rows(SweepStore(home=home), "overhead")) == n
+    out["status_rows_mlflow_client_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     assert len(load_sweep("overhead", resolve_tracking_uri(home=home)).cells) == n
-    return {"sweep_status_cli_s": status_cli, "status_rows_s": rows, "report_load_sweep_s": time.perf_counter() - t0}
+    out["report_load_sweep_s"] = time.perf_counter() - t0
+    return out
 
 
 def through_ray_tasks(n: int, slots: int, cell_s: float) -> dict:
@@ -128,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell-s", type=float, default=0.5)
     ap.add_argument("--skip", action="append", default=[], choices=("ray", "tune"),
                     help="leave a contender out (Ray Tune takes about 1.5 s a cell)")
+    ap.add_argument("--work", metavar="DIR", help="keep the stores here (a new folder) instead of a temporary one")
     args = ap.parse_args(argv)
     import ray
 
@@ -138,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ideal = args.cells * args.cell_s / args.slots
     out: dict = {"cells": args.cells, "slots": args.slots, "cell_s": args.cell_s, "ideal_wall_s": ideal,
                  "ray": ray.__version__, "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.work:
+        Path(args.work).mkdir(parents=True)
+    with contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         runs = {"bare_ray_tasks": lambda: through_ray_tasks(args.cells, args.slots, args.cell_s),
                 "flanscale_controller_mlflow": lambda: through_controller(args.cells, args.slots, args.cell_s, work),

@@ -126,6 +126,13 @@ def live_state(state: str, lease: Lease | None, now: float | None = None) -> str
     return str(state)
 
 
+def sweep_live_state(tags: dict[str, str]) -> tuple[str, Lease | None]:
+    """The state of a sweep as a person should read it from its run's tags (LAPSED for
+    "running" whose controller's lease lapsed), and that lease."""
+    lease = Lease.from_text(tags.get(TAG_LEASE))
+    return live_state(tags.get(TAG_STATE, CellState.PENDING), lease), lease
+
+
 def read_cells(runs: Iterable[Any]) -> list[CellRecord]:
     """One record per cell key from a sweep's cell runs. Should two runs of a cell ever exist
     (two controllers that shared a tracking server but not a home), the oldest describes the
@@ -148,3 +155,33 @@ def latest_steps(run: Any) -> dict[str, int]:
     # The stores return each metric's latest value together with its step; RunData keeps
     # those entity objects, its public dict keeps only the values.
     return {m.key: int(m.step) for m in getattr(run.data, "_metric_objs", [])}
+
+
+def _lower_is_better(metric: str) -> bool | None:
+    """Direction of a held-out metric worth a sweep-level best; None for the others."""
+    if metric == "eval/loss":
+        return True
+    return False if metric.endswith("normalized_average") else None
+
+
+def sweep_summary(records: Iterable[CellRecord]) -> tuple[dict[str, float], dict[str, str]]:
+    """The sweep's summary metrics from its cells' records, and the run name of the cell
+    holding each best. `sweep/flops_spent` counts finished cells' finetuning compute as
+    measured (planned where a cell has no measurement); the bests are over finished cells:
+    the lowest `eval/loss`, the highest of each normalized average."""
+    records = list(records)
+    finished = [r for r in records if r.state == "finished"]
+    metrics = {
+        "sweep/cells": float(len(records)),
+        "sweep/cells_finished": float(len(finished)),
+        "sweep/cells_failed": float(sum(r.state == "failed" for r in records)),
+        "sweep/flops_spent": sum(r.metrics.get("flops/finetune_measured", r.metrics.get("flops/finetune", 0.0))
+                                 for r in finished),
+    }
+    best: dict[str, str] = {}
+    for name in sorted({m for r in finished for m in r.metrics if _lower_is_better(m) is not None}):
+        sign = 1.0 if _lower_is_better(name) else -1.0
+        holder = min((r for r in finished if name in r.metrics), key=lambda r: sign * r.metrics[name])
+        metrics[f"sweep/best/{name}"] = holder.metrics[name]
+        best[name] = holder.name or holder.key
+    return metrics, best

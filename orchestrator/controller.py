@@ -86,6 +86,7 @@ class SweepController:
         self.run_ids: dict[str, str] = {}
         self.totals: dict[str, _Totals] = {}
         self.errored: set[str] = set()
+        self.records: dict[str, CellRecord] = {}  # as the store had them, updated as cells finish
         self.reevaluate: set[str] = set()  # finished cells to evaluate again (eval settings changed)
         self.cell_leases: dict[str, LeaseFile] = {}
         self.waiting: dict[str, float] = {}  # key -> when to ask again for a cell lease another holds
@@ -146,11 +147,12 @@ class SweepController:
 
     def _load(self) -> None:
         """Find or create every cell's run and take up its state and counts."""
-        records = {r.key: r for r in self.store.list_cells(self.name)}
+        self.records = {r.key: r for r in self.store.list_cells(self.name)}
+        runs = self.store.cell_runs(self.name, self.cells, self.records)
         budget = self.spec.retries
         for cell in self.cells:
-            rec = records.get(cell.key)
-            self.run_ids[cell.key] = self.store.cell_run(self.name, cell, known=rec)[0]
+            rec = self.records.get(cell.key)
+            self.run_ids[cell.key] = runs[cell.key][0]
             totals = _Totals(rec.attempts, rec.failures, rec.preemptions) if rec else _Totals()
             self.totals[cell.key] = totals
             if rec is not None and rec.error:
@@ -316,7 +318,22 @@ class SweepController:
                 self.store.delete_tag(handle.run_id, TAG_ERROR)
             self.summary.errors.pop(key, None)
             self.summary.results[key] = result
-            self.store.log_summary(self.name, self.parent)
+            self.records[key] = self.store.cell_record(handle.run_id)  # with the metrics the job wrote
+            self._log_summary()
+
+    def _log_summary(self) -> None:
+        """The sweep's summary on its parent run, from the records this session keeps (read
+        at its start, each finished cell's read again when it finishes) and the states it
+        knows now: no search over the sweep's runs per cell."""
+        records = dict(self.records)
+        for cell in self.cells:
+            if cell.key not in self.views:  # the session ended before it took up this cell
+                continue
+            state = CellState(self.views[cell.key].state)
+            rec = records.get(cell.key) or CellRecord(self.run_ids[cell.key], cell.key, cell_name(cell), state,
+                                                      0, 0, 0, "")
+            records[cell.key] = replace(rec, state=state)
+        self.store.log_summary(self.name, self.parent, records.values())
 
     def _check_placement(self) -> None:
         """Fail cells whose placement group waited longer than the timeout: the cluster
@@ -367,7 +384,7 @@ class SweepController:
         """Record the session's end and let go of every claim, whatever happened."""
         try:
             if self.parent:
-                self.store.log_summary(self.name, self.parent)  # failures and cancels since the last finish count
+                self._log_summary()  # failures and cancels since the last finish count
                 self.store.set_state(self.parent, sweep_state([v.state for v in self.views.values()], self.cancel))
                 self.store.delete_tag(self.parent, TAG_LEASE)
         finally:

@@ -24,12 +24,12 @@ import random
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, live_state,  # noqa: F401 (re-exported)
-                               read_cells)
+from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, read_cells, sweep_live_state,
+                               sweep_summary)
 from orchestrator.leases import Lease, file_lock
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
@@ -228,42 +228,79 @@ class SweepStore:
         exp_id = self.experiment_id(sweep, create=False)
         if exp_id is None:
             return None
-        # The oldest: if two ever existed, every reader agrees on the same one.
-        return _oldest(self._search(exp_id, f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_CELL_KEY}` = '{key}'"))
+        return self._cell_runs_by_key(exp_id, key).get(key)
+
+    def _cell_runs_by_key(self, exp_id: str, key: str | None = None) -> dict[str, Any]:
+        """The cell runs of an experiment (or of one cell key) by key; of two runs of one key,
+        the oldest, on which every reader agrees."""
+        query = f"tags.`{TAG_KIND}` = 'cell'" + (f" and tags.`{TAG_CELL_KEY}` = '{key}'" if key else "")
+        found: dict[str, Any] = {}
+        for run in self._search(exp_id, query):  # oldest first
+            found.setdefault(run.data.tags.get(TAG_CELL_KEY, ""), run)
+        return found
 
     def cell_run(self, sweep: str, cell: Any, known: CellRecord | None = None) -> tuple[str, bool]:
-        """Find the child run of `cell` by its key, or create it (tags, params, cell.json).
+        """(run_id, created) of one cell's run; see `cell_runs`."""
+        return self.cell_runs(sweep, [cell], {cell.key: known} if known is not None else {})[cell.key]
 
-        Returns (run_id, created). The tags are written in the same transaction as the run,
-        so a controller killed half-way never leaves a run that cannot be found again.
-        `known` is the record from a `list_cells` just made, which saves a search.
+    def cell_runs(self, sweep: str, cells: Sequence[Any],
+                  known: Mapping[str, CellRecord] | None = None) -> dict[str, tuple[str, bool]]:
+        """Find the child run of every cell by its key, or create it (tags, params, cell.json).
+
+        Returns {key: (run_id, created)}. `known` holds the records of a `list_cells` just
+        made, which need no search. The others cost one search for all of them, and, when
+        runs were created, one more: a controller sharing the tracking server but not this
+        home may have created a run of the same cell meanwhile, and the younger run gives
+        way. The tags are written in the same transaction as the run, so a controller killed
+        half-way never leaves a run that cannot be found again.
         """
-        if known is not None:
-            self._relabel(known.run_id, known.name, known.tags, cell)
-            return known.run_id, False
-        existing = self.find_cell_run(sweep, cell.key)
-        if existing is not None:
-            self.log_params(existing.info.run_id, cell_params(cell))
-            self._relabel(existing.info.run_id, existing.info.run_name or "", existing.data.tags, cell)
-            return existing.info.run_id, False
-        parent = self.sweep_run(sweep)
+        known = known or {}
+        out: dict[str, tuple[str, bool]] = {}
+        missing = []
+        for cell in cells:
+            rec = known.get(cell.key)
+            if rec is None:
+                missing.append(cell)
+                continue
+            self._relabel(rec.run_id, rec.name, rec.tags, cell)
+            out[cell.key] = (rec.run_id, False)
+        if not missing:
+            return out
         exp_id = self.experiment_id(sweep)
-        tags = {
-            TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
-            TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0", **cell_tags(cell),
-        }
-        run = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
-        run_id = run.info.run_id
-        winner = self.find_cell_run(sweep, cell.key)
-        if winner is not None and self._keep_oldest(run_id, [winner, run]) != run_id:
-            return winner.info.run_id, False
-        from mlflow.entities import Param
-
-        with_retry(self.client.log_batch, run_id, params=[Param(k, str(v)[:6000]) for k, v in cell_params(cell).items()])
-        to_json = getattr(cell, "to_json", None)
-        if to_json is not None:
-            self.log_json(run_id, "cell.json", to_json())
-        return run_id, True
+        found = self._cell_runs_by_key(exp_id, missing[0].key if len(missing) == 1 else None)
+        parent, created = None, {}
+        for cell in missing:
+            run = found.get(cell.key)
+            if run is not None:
+                self.log_params(run.info.run_id, cell_params(cell), existing=run.data.params)
+                self._relabel(run.info.run_id, run.info.run_name or "", run.data.tags, cell)
+                out[cell.key] = (run.info.run_id, False)
+                continue
+            parent = parent or self.sweep_run(sweep)
+            tags = {
+                TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
+                TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0", **cell_tags(cell),
+            }
+            created[cell.key] = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
+        if not created:
+            return out
+        after = self._cell_runs_by_key(exp_id, missing[0].key if len(missing) == 1 else None)
+        for cell in missing:
+            run = created.get(cell.key)
+            if run is None:
+                continue
+            winner = after.get(cell.key)
+            if winner is not None and winner.info.run_id != run.info.run_id:
+                with_retry(self.client.delete_run, run.info.run_id)
+                out[cell.key] = (winner.info.run_id, False)
+                continue
+            run_id = run.info.run_id
+            self.log_params(run_id, cell_params(cell), existing={})
+            to_json = getattr(cell, "to_json", None)
+            if to_json is not None:
+                self.log_json(run_id, "cell.json", to_json())
+            out[cell.key] = (run_id, True)
+        return out
 
     def _relabel(self, run_id: str, name: str, tags: dict[str, str], cell: Any) -> None:
         """Name and tag a run stored before cell runs had people's names and tags. A name given
@@ -274,10 +311,12 @@ class SweepStore:
         if name != cell_name(cell):
             with_retry(self.client.update_run, run_id, name=cell_name(cell))
 
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+    def log_params(self, run_id: str, params: dict[str, Any], existing: Mapping[str, str] | None = None) -> None:
+        """Log the params the run lacks (`existing`: its params, when just read)."""
         from mlflow.entities import Param
 
-        existing = with_retry(self.client.get_run, run_id).data.params
+        if existing is None:
+            existing = with_retry(self.client.get_run, run_id).data.params
         # Params are immutable in MLflow; a resumed cell (perhaps re-planned on other
         # hardware) keeps the values of its first attempt.
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
@@ -322,6 +361,10 @@ class SweepStore:
         runs = self._search(exp_id, f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'cell'")
         return read_cells(runs)
 
+    def cell_record(self, run_id: str) -> CellRecord:
+        """One cell's record, read from its run alone."""
+        return CellRecord.from_run(with_retry(self.client.get_run, run_id))
+
     def latest(self, run_id: str) -> tuple[dict[str, float], dict[str, int]]:
         """Latest value and its step of every metric of a run (one query, for live progress)."""
         run = with_retry(self.client.get_run, run_id)
@@ -342,12 +385,14 @@ class SweepStore:
         history = self.cell_history(run_id, metric)
         return history[-1] if history else None
 
-    def log_summary(self, sweep: str, parent_run_id: str) -> dict[str, float]:
+    def log_summary(self, sweep: str, parent_run_id: str,
+                    records: Iterable[CellRecord] | None = None) -> dict[str, float]:
         """Write the sweep's summary (see `sweep_summary`) on its parent run, at step = cells
-        finished, so the parent's charts follow the sweep as it fills in."""
+        finished, so the parent's charts follow the sweep as it fills in. `records`: the
+        cells' records as the caller keeps them up to date (else read from the store)."""
         from mlflow.entities import Metric, RunTag
 
-        metrics, best = sweep_summary(self.list_cells(sweep))
+        metrics, best = sweep_summary(self.list_cells(sweep) if records is None else records)
         step, now = int(metrics["sweep/cells_finished"]), int(time.time() * 1000)
         with_retry(self.client.log_batch, parent_run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
                    tags=[RunTag(TAG_BEST + k, v) for k, v in best.items()])
@@ -374,9 +419,7 @@ class SweepStore:
     def sweep_lease(self, sweep: str) -> tuple[str, Lease | None]:
         """The sweep's state as a person should read it (LAPSED for "running" whose
         controller's lease lapsed) and that lease."""
-        tags = self.sweep_tags(sweep)
-        lease = Lease.from_text(tags.get(TAG_LEASE))
-        return live_state(tags.get(TAG_STATE, CellState.PENDING), lease), lease
+        return sweep_live_state(self.sweep_tags(sweep))
 
     def settle_lapsed(self, sweep: str) -> list[str]:
         """Record the sweep, and its cells that say running, as cancelled: their controller is
@@ -394,33 +437,3 @@ class SweepStore:
 
 def _oldest(runs: list[Any]) -> Any | None:
     return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
-
-
-def _lower_is_better(metric: str) -> bool | None:
-    """Direction of a held-out metric worth a sweep-level best; None for the others."""
-    if metric == "eval/loss":
-        return True
-    return False if metric.endswith("normalized_average") else None
-
-
-def sweep_summary(records: Iterable[CellRecord]) -> tuple[dict[str, float], dict[str, str]]:
-    """The sweep's summary metrics from its cells' records, and the run name of the cell
-    holding each best. `sweep/flops_spent` counts finished cells' finetuning compute as
-    measured (planned where a cell has no measurement); the bests are over finished cells:
-    the lowest `eval/loss`, the highest of each normalized average."""
-    records = list(records)
-    finished = [r for r in records if r.state == "finished"]
-    metrics = {
-        "sweep/cells": float(len(records)),
-        "sweep/cells_finished": float(len(finished)),
-        "sweep/cells_failed": float(sum(r.state == "failed" for r in records)),
-        "sweep/flops_spent": sum(r.metrics.get("flops/finetune_measured", r.metrics.get("flops/finetune", 0.0))
-                                 for r in finished),
-    }
-    best: dict[str, str] = {}
-    for name in sorted({m for r in finished for m in r.metrics if _lower_is_better(m) is not None}):
-        sign = 1.0 if _lower_is_better(name) else -1.0
-        holder = min((r for r in finished if name in r.metrics), key=lambda r: sign * r.metrics[name])
-        metrics[f"sweep/best/{name}"] = holder.metrics[name]
-        best[name] = holder.name or holder.key
-    return metrics, best

@@ -172,7 +172,7 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
 
     rows = []
     seen = set()
-    for r in store.list_cells(name):
+    for r in (store.list_cells(name) if store is not None else []):
         total = r.total_steps
         step = total if r.state == "finished" else r.metric_steps.get("train/loss", 0)
         # "lapsed", not "running", once the controller that ran the cell is gone
@@ -187,8 +187,11 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.cells import sweep_live_state
     from orchestrator.progress import estimate_remaining_s, render_table, summary_line
-    from orchestrator.store import SweepStore
+    from orchestrator.store_read import open_reader
+    from trainers.home import flanscale_home
+    from trainers.home import tracking_uri as home_tracking_uri
 
     cells = None
     name = args.sweep
@@ -197,19 +200,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         spec, cells = load_and_plan(args.sweep, args.overrides)
         name = spec.name
         tracking_uri = tracking_uri or spec.tracking_uri
-    store = SweepStore(tracking_uri)
-    if store.sweep_run(name, create=False) is None and not cells:
-        raise UserError(f"sweep {name!r}: no such sweep in {store.tracking_uri}; give the sweep file or a name "
+    # A read needs no MLflow client where the store is the embedded one (orchestrator/store_read.py).
+    uri = home_tracking_uri(tracking_uri, flanscale_home())
+    reader = open_reader(uri)
+    tags = reader.sweep_tags(name) if reader is not None else {}
+    if not tags and not cells:
+        raise UserError(f"sweep {name!r}: no such sweep in {uri}; give the sweep file or a name "
                         "that `flanscale sweep run` has used")
-    rows = status_rows(store, name, cells)
-    tags = store.sweep_tags(name)
-    sweep_state, _ = store.sweep_lease(name)
+    rows = status_rows(reader, name, cells)
+    sweep_state, _ = sweep_live_state(tags)
     slots = int(tags.get(TAG_MAX_CONCURRENT, getattr(spec, "max_concurrent", 1) if cells else 1) or 1)
     done = sum(r.state in ("finished", "failed", "infeasible") for r in rows)
     if args.format == "json":
         eta = estimate_remaining_s(rows, slots)
         print(json.dumps({"sweep": name, "state": sweep_state if tags else "pending", "done": done,
-                          "total": len(rows), "eta_s": eta, "tracking_uri": store.tracking_uri,
+                          "total": len(rows), "eta_s": eta, "tracking_uri": uri,
                           "cells": [r.__dict__ for r in rows]}, indent=2))
         return 0
     from orchestrator.termtable import wide_console

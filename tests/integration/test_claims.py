@@ -159,9 +159,9 @@ def test_a_run_created_beside_another_for_the_same_cell_gives_way_to_the_older(t
     store = SweepStore(home=tmp_path / "home")
     first, created = store.cell_run("dup", cell)
     assert created
-    real = store.find_cell_run
-    calls = iter([None])  # the other's run is not visible yet when this one looks
-    monkeypatch.setattr(store, "find_cell_run", lambda sweep, key: next(calls, None) or real(sweep, key))
+    real = store._cell_runs_by_key
+    looks = []  # the other's run is not visible yet when this one first looks
+    monkeypatch.setattr(store, "_cell_runs_by_key", lambda *a: real(*a) if looks.append(a) or len(looks) > 1 else {})
     second, created = store.cell_run("dup", cell)
     assert (second, created) == (first, False)
     exp = store.experiment_id("dup", create=False)

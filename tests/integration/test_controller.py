@@ -262,6 +262,43 @@ def test_failure_is_recorded_and_others_go_on(ray_logical, make_sweep, module_ho
     assert records[by_tc[89]].attempts == 1 and records[by_tc[9]].attempts == 1
 
 
+def loss_by_tasks(spec, run_id, tracking_uri, home, should_stop):
+    from mlflow.tracking import MlflowClient
+
+    if spec["data"]["task_count"] == 89:
+        raise ValueError("bad shard in task 89")
+    MlflowClient(tracking_uri).log_metric(run_id, "eval/loss", 1.0 + spec["data"]["task_count"] / 1000)
+    return {"status": "finished"}
+
+
+@pytest.mark.ray
+def test_the_sweep_summary_comes_from_kept_records_not_a_search_per_cell(ray_logical, make_sweep, module_home,
+                                                                        monkeypatch):
+    """The parent's summary equals one computed from the store afterwards, while the session
+    listed the sweep's runs once (at its start), not once per finished cell."""
+    from orchestrator.cells import sweep_summary
+    from orchestrator.store import TAG_BEST
+
+    spec = load_spec(str(make_sweep("summarised", task_counts="[9, 89, 282]")), ["retries.failure=0"])
+    cells = plan(spec)
+    listed = []
+    real = SweepStore.list_cells
+    monkeypatch.setattr(SweepStore, "list_cells", lambda self, sweep: listed.append(sweep) or real(self, sweep))
+    summary = C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=loss_by_tasks)
+    monkeypatch.undo()
+    assert sorted(summary.states.values()) == ["failed", "finished", "finished"]
+    assert listed == ["summarised"]
+    store = SweepStore(home=module_home)
+    parent = store.client.get_run(store.sweep_run("summarised", create=False))
+    expected, best = sweep_summary(store.list_cells("summarised"))
+    assert {k: parent.data.metrics[k] for k in expected} == pytest.approx(expected)
+    assert expected["sweep/cells_finished"] == 2 and expected["sweep/cells_failed"] == 1
+    assert expected["sweep/best/eval/loss"] == pytest.approx(1.009)
+    assert parent.data.tags[TAG_BEST + "eval/loss"] == best["eval/loss"] == "tiny-1 · 9 tasks · mixed · seed 0"
+    steps = {m.step for m in store.client.get_metric_history(parent.info.run_id, "sweep/cells_finished")}
+    assert steps == {1, 2}  # a point as each cell finished
+
+
 @pytest.mark.ray
 def test_infeasible_cells_are_recorded_never_scheduled(ray_logical, make_sweep, module_home):
     spec = load_spec(str(make_sweep("toobig", task_counts="[9]")), ["models=[tiny-1,t5-xxl]", "max_devices=1"])

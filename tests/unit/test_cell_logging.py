@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from orchestrator.store import CellRecord, sweep_summary
+from orchestrator.cells import CellRecord, sweep_summary
 from trainers.cell_logging import log_evaluation, log_training_data, training_dataset, mixture_table
 from trainers.eval import loaders, prompts, runner
 from trainers.run_layout import TAG_SYSTEM_METRICS, cell_tags, run_name, ui_runs_url
