@@ -85,7 +85,8 @@ def train(cfg, rows: int, li: int, lt: int, batches: list[dict], accelerator: st
     from trainers.data.packing import packing_efficiency
     from trainers.job import make_setup, param_init
     from trainers.spec import MeshConfig, OptimConfig
-    from trainers.train import init_state, train_loop
+    from trainers.loop import train_loop
+    from trainers.train import init_state
 
     n = len(jax.devices())
     mesh = MeshConfig(accelerator=accelerator, devices=n, data=n)

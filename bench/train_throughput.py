@@ -89,7 +89,8 @@ def bench_jax(batches: list[dict], batch: int, cfg, li: int = LI, lt: int = LT, 
     from trainers.job import make_setup
     from trainers.models import init_params
     from trainers.spec import MeshConfig, OptimConfig
-    from trainers.train import init_state, train_loop
+    from trainers.loop import train_loop
+    from trainers.train import init_state
 
     optim = OptimConfig(batch_size=batch, learning_rate=5e-4)
     setup = make_setup(cfg, optim, MeshConfig(accelerator=accelerator), li, lt, packing_efficiency)

@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.store import TAG_CELL_KEY, with_retry
+from orchestrator.sqlite_store import with_retry
+from orchestrator.store import TAG_CELL_KEY
 
 log = logging.getLogger(__name__)
 

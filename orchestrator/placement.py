@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.store import TAG_WORKER
+from trainers.process import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from trainers.tracking import ENV_REEVALUATE
 
 # A cell function runs inside the Ray worker: (spec dict, run id, tracking uri, home, should_stop) -> result dict.
@@ -84,7 +85,7 @@ def _run_in_worker(cell_fn: CellFn | None, spec: dict, run_id: str | None, track
     if run_id:
         from mlflow.tracking import MlflowClient
 
-        from orchestrator.store import with_retry
+        from orchestrator.sqlite_store import with_retry
 
         # Where the cell runs now, so an operator (or a test) can find the process.
         worker = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
@@ -276,8 +277,8 @@ class Launcher:
             return
         handle.phase = "run"
         for rank, actor in enumerate(handle.actors):
-            rank_env = dict(env, FLANSCALE_COORDINATOR=value, FLANSCALE_NUM_PROCESSES=str(handle.hosts),
-                            FLANSCALE_PROCESS_ID=str(rank))
+            rank_env = dict(env, **{ENV_COORDINATOR: value, ENV_NUM_PROCESSES: str(handle.hosts),
+                                    ENV_PROCESS_ID: str(rank)})
             # Only process 0 reports to MLflow; the others train their shard silently.
             ref = actor.run.remote(*self._args(cell, handle.run_id if rank == 0 else None, rank_env))
             handle.refs[ref] = rank

@@ -8,29 +8,24 @@ named for a person and tagged with its grid coordinates, found again by its tag
 Everything goes through `MlflowClient` (never the global active run), because the controller
 writes into many runs at once and Ray workers write into the same ones.
 
-SQLite (the embedded default) allows one writer at a time. The controller and every Ray worker
-write into the same file, so the database is switched to WAL journaling (readers never block the
-writer) and every write here retries on "database is locked" instead of failing a cell.
-Creating the schema is not safe to race (two processes migrating one new file corrupt it for
-good), so the first client call on a SQLite store runs under an inter-process lock in the
-home; the database, its journal and the home are readable by their owner only.
+The embedded default, SQLite, is opened (and created) by orchestrator/sqlite_store.py, and
+every write here retries while SQLite reports a lock (`with_retry`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, read_cells, sweep_live_state,
                                sweep_summary)
-from orchestrator.leases import Lease, file_lock
+from orchestrator.leases import Lease
+from orchestrator.sqlite_store import open_sqlite_client, with_retry
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
@@ -45,8 +40,6 @@ from trainers.run_layout import cell_tags as layout_tags
 
 STATES = tuple(s.value for s in CellState)
 
-T = TypeVar("T")
-
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The home directory (trainers.home.flanscale_home), created: the store writes into it."""
@@ -58,25 +51,6 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
 def resolve_tracking_uri(explicit: str | None = None, home: str | os.PathLike[str] | None = None) -> str:
     """--tracking-uri, then MLFLOW_TRACKING_URI, then SQLite under FLANSCALE_HOME."""
     return home_tracking_uri(explicit, resolve_home(home))
-
-
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
-
-
-def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
-    """Call `fn`, retrying with jittered backoff while SQLite reports a lock (up to ~1 min)."""
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # MlflowException and SQLAlchemy both wrap the sqlite error
-            if not _is_lock_error(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 8.0)
-    raise AssertionError("unreachable")
 
 
 def cell_name(cell: Any) -> str:
@@ -121,36 +95,9 @@ class SweepStore:
         self.home = resolve_home(home)
         self.tracking_uri = resolve_tracking_uri(tracking_uri, self.home)
         if self.tracking_uri.startswith("sqlite:///"):
-            self.client = self._create_sqlite(Path(self.tracking_uri[len("sqlite:///"):]))
+            self.client = open_sqlite_client(self.tracking_uri, Path(self.tracking_uri[len("sqlite:///"):]))
         else:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
-
-    def _create_sqlite(self, db: Path) -> Any:
-        """Create (or open) the SQLite store, one process at a time: MLflow creates or migrates
-        the schema when its first client opens the file, which two processes must not do at
-        once; WAL is a property of the file and sticks. The file is made owner-only before
-        SQLite opens it, and SQLite gives its journal and WAL files the database's permissions."""
-        from mlflow.tracking import MlflowClient
-
-        db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with file_lock(db.with_name(db.name + ".lock")):
-            if not db.exists():
-                os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
-            client = MlflowClient(tracking_uri=self.tracking_uri)
-            with_retry(client.search_experiments, max_results=1)
-            self._enable_wal(str(db))
-        return client
-
-    @staticmethod
-    def _enable_wal(db_path: str) -> None:
-        def switch() -> None:
-            con = sqlite3.connect(db_path, timeout=30)
-            try:
-                con.execute("PRAGMA journal_mode=WAL")
-            finally:
-                con.close()
-
-        with_retry(switch)
 
     def _artifact_location(self) -> str | None:
         # A tracking server chooses its own artifact store; an embedded store keeps them at home.

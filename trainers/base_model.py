@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainers.home import flanscale_home
-from trainers.job import init_distributed, make_setup, param_init
+from trainers.job import make_setup, param_init
+from trainers.process import init_distributed
 from trainers.spec import UserError
 from trainers.tracking import NullTracker, Tracker
 
@@ -47,7 +48,8 @@ def pretrain(
     from trainers.data.pretrain import span_corruption_batches
     from trainers.data.tokenizer import load_tokenizer
     from trainers.spec import DataConfig, MeshConfig, OptimConfig
-    from trainers.train import init_state, train_loop
+    from trainers.loop import train_loop
+    from trainers.train import init_state
 
     from trainers.families import FAMILIES, family_of
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,99 +18,10 @@ from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
 from trainers.spec import CellSpec, UserError
+from trainers.process import StopFlag, init_distributed
 from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
 
 log = logging.getLogger(__name__)
-
-ENV_COORDINATOR = "FLANSCALE_COORDINATOR"
-ENV_NUM_PROCESSES = "FLANSCALE_NUM_PROCESSES"
-ENV_PROCESS_ID = "FLANSCALE_PROCESS_ID"
-
-
-def init_distributed(
-    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
-) -> bool:
-    """Joins a multi-host JAX job when a coordinator is given (args or FLANSCALE_* env).
-
-    Must run before any other JAX call touches the backend. Returns whether it joined.
-    """
-    coordinator = coordinator or os.environ.get(ENV_COORDINATOR)
-    if not coordinator:
-        return False
-    num = num_processes if num_processes is not None else os.environ.get(ENV_NUM_PROCESSES)
-    pid = process_id if process_id is not None else os.environ.get(ENV_PROCESS_ID)
-    if num is None or pid is None:
-        raise UserError(f"{ENV_COORDINATOR}={coordinator} needs {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} too")
-    import jax
-
-    if jax.distributed.is_initialized():
-        return True
-    # CPU processes exchange collectives over gloo; accelerators use their own transport.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # The stop flag (_StopFlag) needs the preemption sync point (on by default).
-    jax.config.update("jax_enable_preemption_service", True)
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=int(num), process_id=int(pid))
-    return True
-
-
-class _StopFlag:
-    """SIGTERM (preemption notice) and the caller's should_stop, merged into one check per step.
-
-    With one process the check is local: nothing is exchanged. Several processes must stop
-    at the same step or the collectives of the next step hang; they agree through JAX's
-    preemption sync point, which the coordination service settles in the background once
-    any process is told to stop, so no step waits on an exchange between hosts. JAX's
-    notifier listens for SIGTERM, so a local stop request reaches it as a SIGTERM too.
-    """
-
-    def __init__(self, should_stop: Callable[[], bool] | threading.Event | None) -> None:
-        self.should_stop = should_stop
-        self.signalled = False
-        self._previous: Any = None
-        self._notified = False
-
-    def install(self) -> None:
-        import jax
-
-        # Signal handlers can only be set from the main thread; elsewhere (a Ray actor
-        # thread, a test thread) the caller's should_stop is the only stop channel. With
-        # several processes SIGTERM belongs to JAX's preemption notifier.
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_term)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _on_term(self, signum, frame) -> None:
-        log.warning("SIGTERM received: checkpointing and stopping")
-        self.signalled = True
-
-    def local(self) -> bool:
-        stop = self.should_stop
-        if self.signalled or stop is None:
-            return self.signalled
-        # A threading.Event (or anything with is_set) works as well as a callable.
-        return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
-
-    def __call__(self, step: int) -> bool:
-        """Whether to checkpoint and stop before running `step` (every process agrees)."""
-        import jax
-
-        if jax.process_count() == 1:
-            return self.local()
-        from jax.experimental import multihost_utils
-
-        if multihost_utils.reached_preemption_sync_point(step):
-            log.warning("preemption sync point at step %d: checkpointing and stopping", step)
-            return True
-        if not self._notified and self.local():
-            self._notified = True
-            log.warning("stop requested: notifying every process through the preemption sync point")
-            os.kill(os.getpid(), signal.SIGTERM)
-        return False
-
 
 def _tracker(run_id: str | None, tracking_uri: str | None, home: Path, extra: Sequence[Tracker]) -> Tracker:
     import jax
@@ -175,7 +85,7 @@ def run_cell(
     cell = CellSpec.from_dict(spec) if isinstance(spec, dict) else spec
     home_path = flanscale_home(home)
     tracker = _tracker(run_id, tracking_uri, home_path, extra_trackers)
-    stop = _StopFlag(should_stop)
+    stop = StopFlag(should_stop)
     stop.install()
     try:
         with tracker.system_metrics():
@@ -188,14 +98,15 @@ def flops_fraction(finetune: float, pretrain: float) -> float | None:
     return finetune / pretrain if pretrain > 0 and math.isfinite(pretrain) else None
 
 
-def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: _StopFlag, steps: int | None) -> dict[str, Any]:
+def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: int | None) -> dict[str, Any]:
     import jax
 
     from trainers import accounting, models
     from trainers.cell_logging import log_evaluation, log_training_data
     from trainers.checkpoint import Checkpointer, checkpoint_dir
     from trainers.data import pipeline
-    from trainers.train import abstract_initial_state, init_state, train_loop
+    from trainers.loop import train_loop
+    from trainers.train import abstract_initial_state, init_state
 
     key = cell.key()
     total_steps = int(steps if steps is not None else cell.optim.steps)

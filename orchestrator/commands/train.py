@@ -99,7 +99,8 @@ def handle(args: argparse.Namespace) -> int:
     spec = load_cell(args.cell)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps: {args.steps} must be >= 1")
-    from trainers.job import init_distributed, run_cell
+    from trainers.job import run_cell
+    from trainers.process import init_distributed
 
     # Joins the other hosts before anything touches the JAX backend (no-op on one host).
     init_distributed(args.coordinator, args.num_processes, args.process_id)

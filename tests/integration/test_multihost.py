@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from trainers.checkpoint import checkpoint_dir
-from trainers.job import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, run_cell
+from trainers.job import run_cell
+from trainers.process import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 from trainers.spec import CellSpec
 
 STEPS = 2

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from trainers.job import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from trainers.process import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 _CHILD = """
 import json, os, signal, sys, time
-from trainers.job import _StopFlag, init_distributed
+from trainers.process import StopFlag, init_distributed
 
 init_distributed()
 import jax
@@ -22,7 +22,7 @@ how = sys.argv[1]
 requested = {"n": 0}
 def should_stop():  # process 1 asks to stop at its step 3
     return how == "request" and jax.process_index() == 1 and requested["n"] >= 3
-flag = _StopFlag(should_stop)
+flag = StopFlag(should_stop)
 flag.install()
 for step in range(1, 500):
     requested["n"] = step

@@ -19,7 +19,8 @@ from trainers.data.pipeline import make_batches
 from trainers.job import make_setup
 from trainers.models import init_params
 from trainers.spec import DataConfig, MeshConfig, ModelConfig, OptimConfig
-from trainers.train import init_state, train_loop
+from trainers.loop import train_loop
+from trainers.train import init_state
 
 assert jax.device_count() == 8, jax.devices()
 LI, LT = 32, 16

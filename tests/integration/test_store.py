@@ -89,7 +89,8 @@ def test_states_history_and_cancel(shared_home, make_sweep):
 def _hammer(uri: str, run_id: str, worker: int, n: int) -> None:
     from mlflow.entities import Metric
 
-    from orchestrator.store import SweepStore, with_retry
+    from orchestrator.sqlite_store import with_retry
+    from orchestrator.store import SweepStore
 
     store = SweepStore(uri)
     for step in range(1, n + 1):

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from trainers.job import ENV_COORDINATOR, FanOutTracker, init_distributed, run_cell
+from trainers.job import FanOutTracker, run_cell
+from trainers.process import ENV_COORDINATOR, init_distributed
 from trainers.spec import CellSpec, UserError
 from trainers.tracking import MemoryTracker
 

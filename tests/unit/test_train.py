@@ -11,7 +11,8 @@ import pytest
 
 from trainers.job import make_setup
 from trainers.spec import CellSpec, DataConfig, MeshConfig, ModelConfig, OptimConfig
-from trainers.train import NonFiniteLoss, init_state, token_loss, train_loop
+from trainers.loop import train_loop
+from trainers.train import NonFiniteLoss, init_state, token_loss
 
 LI, LT = 32, 16
 TINY = ModelConfig(

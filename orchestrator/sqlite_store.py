@@ -1,0 +1,70 @@
+"""The embedded tracking store: MLflow on one SQLite file under the home.
+
+SQLite allows one writer at a time. The controller and every Ray worker write into the same
+file, so the database is switched to WAL journaling (readers never block the writer) and
+every write retries on "database is locked" instead of failing a cell (`with_retry`).
+Creating the schema is not safe to race (two processes migrating one new file corrupt it for
+good), so the first client call on a SQLite store runs under an inter-process lock beside
+it; the database, its journal and the home are readable by their owner only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.leases import file_lock
+
+T = TypeVar("T")
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text or "database is busy" in text
+
+
+def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
+    """Call `fn`, retrying with jittered backoff while SQLite reports a lock (up to ~1 min)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException and SQLAlchemy both wrap the sqlite error
+            if not _is_lock_error(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+def open_sqlite_client(tracking_uri: str, db: Path) -> Any:
+    """Create (or open) the SQLite store, one process at a time: MLflow creates or migrates
+    the schema when its first client opens the file, which two processes must not do at
+    once; WAL is a property of the file and sticks. The file is made owner-only before
+    SQLite opens it, and SQLite gives its journal and WAL files the database's permissions."""
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with file_lock(db.with_name(db.name + ".lock")):
+        if not db.exists():
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+        client = MlflowClient(tracking_uri=tracking_uri)
+        with_retry(client.search_experiments, max_results=1)
+        _enable_wal(str(db))
+    return client
+
+
+def _enable_wal(db_path: str) -> None:
+    def switch() -> None:
+        con = sqlite3.connect(db_path, timeout=30)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+
+    with_retry(switch)
