@@ -170,6 +170,10 @@ def _parent_run(runs: list, sweep: str):
 
 def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:
     p = rec.params
+
+    def where(name: str) -> str:
+        return f"run {rec.run_id} (cell {rec.key}): param {name}"
+
     if plan is None:
         plan = _read_json(client, rec.run_id, "cell.json") if with_plan else {}
     plan = plan if isinstance(plan, dict) else {}
@@ -179,19 +183,19 @@ def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bo
         key=rec.key,
         run_id=rec.run_id,
         model=p.get("model") or plan.get("model", "?"),
-        params=_as_int(p.get("params", plan.get("params"))),
-        task_count=_as_int(p.get("task_count", plan.get("task_count"))),
+        params=_as_int(p.get("params", plan.get("params")), where("params")),
+        task_count=_as_int(p.get("task_count", plan.get("task_count")), where("task_count")),
         formats=_as_tuple(p.get("formats", plan.get("formats", ()))),
-        with_cot=_as_bool(p.get("with_cot", "true")),
+        with_cot=_as_bool(p.get("with_cot", "true"), where("with_cot")),
         mixture=p.get("mixture", ""),
         state=state,
-        seed=_as_int(p.get("seed", plan.get("seed"))),
+        seed=_as_int(p.get("seed", plan.get("seed")), where("seed")),
         attempts=rec.attempts,
         preemptions=rec.preemptions,
         error=rec.error,
         accelerator=p.get("accelerator") or plan.get("accelerator", ""),
-        devices=_as_int(p.get("devices", plan.get("devices"))),
-        steps=_as_int(p.get("steps")),
+        devices=_as_int(p.get("devices", plan.get("devices")), where("devices")),
+        steps=_as_int(p.get("steps"), where("steps")),
         start_time=_job_start(client, rec.run_id) if state not in (CellState.PENDING, CellState.INFEASIBLE) else None,
         end_time=end if state != CellState.RUNNING else None,
         metrics=dict(rec.metrics),
@@ -228,17 +232,28 @@ def _read_json(client, run_id: str, name: str) -> Any:
         return {}
 
 
-def _as_int(v: Any) -> int:
+def _as_int(v: Any, where: str) -> int:
+    """A count flanscale logged as a param; 0 where it was not logged (a run stored before it
+    was). Anything else is not a value flanscale writes, and is said so rather than read as 0."""
     if v is None or v == "":
         return 0
     try:
-        return int(float(v))
+        number = float(v)
     except (TypeError, ValueError):
-        return 0
+        number = math.nan
+    if not number.is_integer():
+        raise UserError(f"{where} is {v!r}; flanscale logs a whole number there")
+    return int(number)
 
 
-def _as_bool(v: Any) -> bool:
-    return str(v).strip().lower() in {"1", "true", "yes", "on"}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _as_bool(v: Any, where: str) -> bool:
+    text = str(v).strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise UserError(f"{where} is {v!r}; flanscale logs true or false there")
+    return text in _TRUE
 
 
 def _as_tuple(v: Any) -> tuple[str, ...]:

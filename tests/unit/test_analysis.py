@@ -8,7 +8,8 @@ import pytest
 
 from dashboards import analysis, tables
 from dashboards.kinds import domain_for
-from dashboards.runs import CellRun, _as_tuple
+from dashboards.runs import CellRun, _as_bool, _as_int, _as_tuple
+from trainers.spec import UserError
 
 PARAMS = [5e5, 2e6, 8e6, 3.2e7, 1.28e8, 5.12e8]
 
@@ -156,3 +157,15 @@ def test_cost_uses_device_hours_and_prices():
 @pytest.mark.parametrize("logged", ["zs_opt,fs_opt", "['zs_opt', 'fs_opt']", '["zs_opt","fs_opt"]', " zs_opt , fs_opt "])
 def test_formats_param_spellings(logged):
     assert _as_tuple(logged) == ("zs_opt", "fs_opt")
+
+
+def test_counts_and_flags_read_back_strictly():
+    """A param flanscale did not log reads as 0 (a run stored before it was); one that is no
+    value flanscale logs is named, never read as 0."""
+    assert _as_int("8", "p") == 8 and _as_int("1e9", "p") == 10**9 and _as_int(None, "p") == 0 and _as_int("", "p") == 0
+    for bad in ("eight", "2.5", "nan"):
+        with pytest.raises(UserError, match=f"run r1: param devices is '{bad}'; flanscale logs a whole number there"):
+            _as_int(bad, "run r1: param devices")
+    assert _as_bool("True", "p") is True and _as_bool("false", "p") is False
+    with pytest.raises(UserError, match="param with_cot is 'maybe'; flanscale logs true or false there"):
+        _as_bool("maybe", "run r1: param with_cot")
