@@ -87,15 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=16, help="greedy decoding length")
     ap.add_argument("--options", default="letters", choices=("letters", "texts"))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mesh", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
-                    metavar="DATA,FSDP,TENSOR", help="also decode on this mesh of simulated CPU devices")
+    ap.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                    help="also decode on this mesh of simulated CPU devices")
     args = ap.parse_args(argv)
+    mesh_cfg = None
     if args.mesh:
-        if len(args.mesh) != 3 or min(args.mesh) < 1:
-            ap.error(f"--mesh: {args.mesh} must be three sizes >= 1, e.g. 4,1,2")
+        from trainers.spec import UserError, mesh_from_sizes
+
+        try:
+            mesh_cfg = mesh_from_sizes(args.mesh, "--mesh")
+        except UserError as e:
+            ap.error(str(e))
         # The device count is fixed when JAX starts, so it is set before the import below.
-        devices = args.mesh[0] * args.mesh[1] * args.mesh[2]
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                                   f"--xla_force_host_platform_device_count={mesh_cfg.devices}")
 
     import jax
     import numpy as np
@@ -136,13 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         "rc_max_abs_logprob_diff": float(np.abs(a - b).max()),
         "rc_same_choice": float(np.mean(a.argmax(1) == b.argmax(1))),
     }
-    if args.mesh:
+    if mesh_cfg is not None:
         from trainers import partitioning
         from trainers.eval.placement import EvalMesh
-        from trainers.spec import MeshConfig
 
-        d, f, t = args.mesh
-        placement = EvalMesh(partitioning.make_mesh(MeshConfig(devices=d * f * t, data=d, fsdp=f, tensor=t)))
+        d, f, t = mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor
+        placement = EvalMesh(partitioning.make_mesh(mesh_cfg))
         sharded = TextGenerator(cfg, params, tok, max_new_tokens=args.new_tokens, batch_size=args.batch,
                                 placement=placement)
         s_sh, r_sh = timed(lambda: sharded.ids(prompts), args.repeats)

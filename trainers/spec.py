@@ -102,6 +102,15 @@ class MeshConfig:
     tensor: int = 1
 
 
+def mesh_from_sizes(text: str, where: str) -> MeshConfig:
+    """A mesh given as "DATA,FSDP,TENSOR" (sizes >= 1) on one host, e.g. "4,1,2"."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise UserError(f"{where}: {text!r} is not a mesh; give three sizes >= 1 as DATA,FSDP,TENSOR, e.g. 4,1,2")
+    data, fsdp, tensor = map(int, parts)
+    return MeshConfig(devices=data * fsdp * tensor, data=data, fsdp=fsdp, tensor=tensor)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation run at the end of a cell (and every `every_steps` if > 0): the

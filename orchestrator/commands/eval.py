@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed for self-consistency")
     p.add_argument("--predictions-out", help="write the model's outputs as JSON lines {id, prediction|samples}; "
                    "with several benchmarks the path must contain {benchmark}")
+    p.add_argument("--mesh", metavar="DATA,FSDP,TENSOR",
+                   help="evaluate on this mesh of the host's devices, parameters and decoding cache sharded as a "
+                        "cell's are (e.g. 1,1,8 for a model that fits no one device; default: one device); on a "
+                        "CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N devices")
     p.add_argument("--format", choices=("json", "table"), default="table")
     p.set_defaults(func=run_model)
 
@@ -175,16 +179,28 @@ def run_model(args: argparse.Namespace) -> int:
     from orchestrator.commands.export import resolve_model_dir
     from trainers import export
 
+    from trainers.spec import mesh_from_sizes
+
+    mesh_cfg = mesh_from_sizes(args.mesh, "--mesh") if args.mesh else None
     checkpoint, record = resolve_model_dir(args.checkpoint, args.sweep, args.tracking_uri, "--checkpoint")
-    # Bad data is reported before the model is loaded.
+    # Bad data and a mesh the host's devices cannot form are reported before the model is loaded.
     benches = {b: loaders.load(b, args.data_dir, args.mmlu_split).limited(args.max_examples) for b in names}
 
     from trainers.data.tokenizer import load_tokenizer
     from trainers.eval import rc
     from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
     from trainers.eval.rank import OptionScorer
+    from trainers.eval.placement import EvalMesh
     from trainers.spec import EvalConfig
 
+    placement = None
+    if mesh_cfg is not None:
+        from trainers import partitioning
+
+        try:
+            placement = EvalMesh(partitioning.make_mesh(mesh_cfg))
+        except UserError as e:
+            raise UserError(f"--mesh {args.mesh}: {str(e).removeprefix('mesh: ')}") from None
     loaded = export.load(checkpoint, record)
     model_cfg, params = loaded.model, loaded.params
     tokenizer = load_tokenizer(loaded.data, flanscale_home(), vocab_size=model_cfg.vocab_size)
@@ -192,7 +208,7 @@ def run_model(args: argparse.Namespace) -> int:
                      max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples, mmlu_split=args.mmlu_split)
     generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
-                             stop_sequences=DEFAULT_STOP)
+                             stop_sequences=DEFAULT_STOP, placement=placement)
     scorer = OptionScorer(model_cfg, generate.params, tokenizer, batch_size=args.batch_size,
                           max_prompt_tokens=args.max_prompt_tokens, placement=generate.placement)
     scores, outputs, rc_metrics = [], {}, {}

@@ -97,3 +97,69 @@ def test_kv_cache_is_split_over_rows_and_heads(report):
     for mesh in ("(2, 2, 2)", "(2, 1, 4)"):
         assert report[f"t5 {mesh}"]["cache_specs"] == [f"P(None, {rows}, None, 'tensor', None)"]
         assert report[f"decoder {mesh}"]["cache_specs"] == [f"P(None, {rows}, None, None, None)"]
+
+
+_CLI_CHILD = r"""
+import json, sys
+from pathlib import Path
+import jax
+from orchestrator import cli
+from trainers import models
+from trainers.spec import ModelConfig
+
+from trainers.eval import placement
+
+assert jax.device_count() == 8, jax.devices()
+work = Path(sys.argv[1])
+put = placement.EvalMesh.put_params
+sharded = []  # per placement of the parameters: (mesh shape, leaves not replicated)
+
+
+def recorded(self, model_cfg, params):
+    out = put(self, model_cfg, params)
+    sharded.append((dict(self.mesh.shape), sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(out))))
+    return out
+
+
+placement.EvalMesh.put_params = recorded
+cfg = ModelConfig(name="mesh-t5", vocab_size=384, d_model=32, d_ff=64, num_heads=4, d_kv=8,
+                  num_encoder_layers=1, num_decoder_layers=1)
+ckpt = models.save_pretrained(work / "ckpt", cfg, models.init_params(cfg, jax.random.PRNGKey(5)))
+(ckpt / "pretrain.json").write_text(json.dumps({"model": "mesh-t5", "tokenizer": "byte", "flops": 1.0}))
+base = ["eval", "--checkpoint", str(ckpt), "--benchmark", "mgsm,unseen_mc", "--max-examples", "2",
+        "--max-new-tokens", "4", "--max-prompt-tokens", "256", "--batch-size", "3", "--format", "json"]
+codes = {}
+for name, extra in {"one": [], "mesh": ["--mesh", "2,1,2"], "too_big": ["--mesh", "4,4,4"], "bad": ["--mesh", "2,2"]}.items():
+    preds = str(work / name / "{benchmark}.jsonl")
+    codes[name] = cli.main(base + extra + ["--predictions-out", preds])
+    print("END " + name, flush=True)
+print("CODES " + json.dumps(codes))
+print("SHARDED " + json.dumps(sharded))
+"""
+
+
+@pytest.mark.slow
+def test_flanscale_eval_on_a_mesh_answers_as_on_one_device(tmp_path):
+    """`flanscale eval --mesh 2,1,2` on 4 of 8 simulated devices: the same scores and the same
+    predictions as on one device; a mesh the host cannot form is one line, before loading."""
+    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "FLANSCALE_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-c", _CLI_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    codes, sharded = proc.stdout.split("CODES ", 1)[1].split("SHARDED ")
+    assert json.loads(codes) == {"one": 0, "mesh": 0, "too_big": 2, "bad": 2}
+    # every placement of the parameters: whole on one device, then split over data 2 x tensor 2
+    placed = [(tuple(shape.values()), split > 0) for shape, split in json.loads(sharded)]
+    assert placed[0] == ((1, 1, 1), False) and placed[-1] == ((2, 1, 2), True)
+    assert set(placed) == {((1, 1, 1), False), ((2, 1, 2), True)}
+    runs = proc.stdout.split("CODES ", 1)[0].split("END ")
+    one, mesh = json.loads(runs[0]), json.loads(runs[1].split("\n", 1)[1])
+    assert one["scores"] == mesh["scores"] and one["metrics"] == pytest.approx(mesh["metrics"], rel=1e-5)
+    for bench in ("mgsm", "unseen_mc"):
+        assert (tmp_path / "one" / f"{bench}.jsonl").read_text() == (tmp_path / "mesh" / f"{bench}.jsonl").read_text()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("flanscale: error:")]
+    assert errors == [
+        "flanscale: error: --mesh 4,4,4: needs 64 devices (data 4 x fsdp 4 x tensor 4) but only 8 are available",
+        "flanscale: error: --mesh: '2,2' is not a mesh; give three sizes >= 1 as DATA,FSDP,TENSOR, e.g. 4,1,2"]
+    assert not (tmp_path / "too_big").exists() and not (tmp_path / "bad").exists()

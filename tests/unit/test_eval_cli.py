@@ -152,3 +152,12 @@ def test_new_eval_inputs_are_one_line_errors(tmp_path):
     (reasoning / "bbh" / "odd_one_ot.json").write_text('{"examples": []}')
     with pytest.raises(UserError, match="unknown unseen_reasoning task 'odd_one_ot' \\(did you mean 'odd_one_out'\\?\\)"):
         _run(["eval", "--checkpoint", str(tmp_path), "--benchmark", "unseen_reasoning", "--data-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("bad", ["4,1", "0,1,1", "a,1,1", "4,1,2,1", "-1,2,2", ""])
+def test_a_mesh_is_three_sizes(bad):
+    from trainers.spec import MeshConfig, mesh_from_sizes
+
+    assert mesh_from_sizes(" 4, 1,2", "--mesh") == MeshConfig(devices=8, data=4, fsdp=1, tensor=2)
+    with pytest.raises(UserError, match=r"^--mesh: .* is not a mesh; give three sizes >= 1 as DATA,FSDP,TENSOR"):
+        mesh_from_sizes(bad, "--mesh")
