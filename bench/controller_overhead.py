@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave a contender out (Ray Tune takes about 1.5 s a cell)")
     ap.add_argument("--work", metavar="DIR", help="keep the stores here (a new folder) instead of a temporary one")
     args = ap.parse_args(argv)
+    if args.work and Path(args.work).exists():
+        ap.error(f"--work {args.work}: already exists; give a new folder (the stores of one run go there)")
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
