@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from orchestrator.cells import CellRecord, CellState, read_cells
+from orchestrator.cells import CellRecord, CellState, read_cells, run_age
 from orchestrator.store import TAG_CELL_KEY, TAG_PARENT, TAG_STATE, TAG_SWEEP
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.spec import UserError
@@ -165,7 +165,7 @@ def _parent_run(runs: list, sweep: str):
     parents = [r for r in runs if TAG_CELL_KEY not in r.data.tags and TAG_PARENT not in r.data.tags
                and r.data.tags.get(TAG_SWEEP) == sweep]
     # The oldest parent is the sweep's own; later ones could only come from a manual re-creation.
-    return min(parents, key=lambda r: r.info.start_time or 0) if parents else None
+    return min(parents, key=run_age) if parents else None
 
 
 def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bool) -> CellRun:

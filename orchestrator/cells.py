@@ -133,12 +133,18 @@ def sweep_live_state(tags: dict[str, str]) -> tuple[str, Lease | None]:
     return live_state(tags.get(TAG_STATE, CellState.PENDING), lease), lease
 
 
+def run_age(run: Any) -> tuple[int, str]:
+    """Sort key of runs, oldest first; runs started in the same millisecond by run id, so
+    every reader and writer picks the same "oldest"."""
+    return run.info.start_time or 0, run.info.run_id
+
+
 def read_cells(runs: Iterable[Any]) -> list[CellRecord]:
     """One record per cell key from a sweep's cell runs. Should two runs of a cell ever exist
     (two controllers that shared a tracking server but not a home), the oldest describes the
-    cell, as the controller that created the younger one decided (SweepStore.cell_run)."""
+    cell, as the controller that created the younger one decided (SweepStore.cell_runs)."""
     records: dict[str, CellRecord] = {}
-    for run in sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+    for run in sorted(runs, key=run_age):
         rec = CellRecord.from_run(run)
         records.setdefault(rec.key, rec)
     return list(records.values())

@@ -169,6 +169,9 @@ class SweepController:
                                             failures=0 if fresh else totals.failures,
                                             preemptions=0 if fresh else totals.preemptions)
             self._record_initial(cell, rec, state)
+            if rec is None:  # created now: nothing measured yet
+                self.records[cell.key] = CellRecord(self.run_ids[cell.key], cell.key, cell_name(cell), CellState(state),
+                                                    0, 0, 0, "")
 
     def _needs_evaluation(self, cell: Cell, rec: CellRecord) -> bool:
         """Finished with other eval settings than the spec's now, and its final checkpoint is
@@ -323,17 +326,11 @@ class SweepController:
 
     def _log_summary(self) -> None:
         """The sweep's summary on its parent run, from the records this session keeps (read
-        at its start, each finished cell's read again when it finishes) and the states it
+        at its start, each finished cell's read again when it finishes) with the states it
         knows now: no search over the sweep's runs per cell."""
-        records = dict(self.records)
-        for cell in self.cells:
-            if cell.key not in self.views:  # the session ended before it took up this cell
-                continue
-            state = CellState(self.views[cell.key].state)
-            rec = records.get(cell.key) or CellRecord(self.run_ids[cell.key], cell.key, cell_name(cell), state,
-                                                      0, 0, 0, "")
-            records[cell.key] = replace(rec, state=state)
-        self.store.log_summary(self.name, self.parent, records.values())
+        records = [rec if key not in self.views or rec.state == self.views[key].state
+                   else replace(rec, state=CellState(self.views[key].state)) for key, rec in self.records.items()]
+        self.store.log_summary(self.name, self.parent, records)
 
     def _check_placement(self) -> None:
         """Fail cells whose placement group waited longer than the timeout: the cluster

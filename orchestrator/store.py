@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, read_cells, sweep_live_state,
-                               sweep_summary)
+from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, read_cells, run_age,
+                               sweep_live_state, sweep_summary)
 from orchestrator.leases import Lease
 from orchestrator.sqlite_store import open_sqlite_client, with_retry
 from trainers.home import flanscale_home
@@ -171,18 +171,12 @@ class SweepStore:
 
     # ---- cell runs ----
 
-    def find_cell_run(self, sweep: str, key: str) -> Any | None:
-        exp_id = self.experiment_id(sweep, create=False)
-        if exp_id is None:
-            return None
-        return self._cell_runs_by_key(exp_id, key).get(key)
-
     def _cell_runs_by_key(self, exp_id: str, key: str | None = None) -> dict[str, Any]:
         """The cell runs of an experiment (or of one cell key) by key; of two runs of one key,
         the oldest, on which every reader agrees."""
         query = f"tags.`{TAG_KIND}` = 'cell'" + (f" and tags.`{TAG_CELL_KEY}` = '{key}'" if key else "")
         found: dict[str, Any] = {}
-        for run in self._search(exp_id, query):  # oldest first
+        for run in sorted(self._search(exp_id, query), key=run_age):  # oldest first
             found.setdefault(run.data.tags.get(TAG_CELL_KEY, ""), run)
         return found
 
@@ -214,7 +208,8 @@ class SweepStore:
         if not missing:
             return out
         exp_id = self.experiment_id(sweep)
-        found = self._cell_runs_by_key(exp_id, missing[0].key if len(missing) == 1 else None)
+        only = missing[0].key if len(missing) == 1 else None  # one cell: search for its key alone
+        found = self._cell_runs_by_key(exp_id, only)
         parent, created = None, {}
         for cell in missing:
             run = found.get(cell.key)
@@ -231,17 +226,15 @@ class SweepStore:
             created[cell.key] = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
         if not created:
             return out
-        after = self._cell_runs_by_key(exp_id, missing[0].key if len(missing) == 1 else None)
+        after = self._cell_runs_by_key(exp_id, only)
         for cell in missing:
             run = created.get(cell.key)
             if run is None:
                 continue
-            winner = after.get(cell.key)
-            if winner is not None and winner.info.run_id != run.info.run_id:
-                with_retry(self.client.delete_run, run.info.run_id)
-                out[cell.key] = (winner.info.run_id, False)
+            run_id = self._keep_oldest(run.info.run_id, [after[cell.key]] if cell.key in after else [])
+            if run_id != run.info.run_id:
+                out[cell.key] = (run_id, False)
                 continue
-            run_id = run.info.run_id
             self.log_params(run_id, cell_params(cell), existing={})
             to_json = getattr(cell, "to_json", None)
             if to_json is not None:
@@ -383,4 +376,4 @@ class SweepStore:
 
 
 def _oldest(runs: list[Any]) -> Any | None:
-    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id), default=None)
+    return min(runs, key=run_age, default=None)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cells import CellRecord, read_cells
+from orchestrator.cells import CellRecord, read_cells, run_age
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.run_layout import TAG_KIND, TAG_SWEEP
@@ -123,7 +123,7 @@ class SqliteSweepReader:
                 data._metric_objs.append(_Metric(key, data.metrics[key], int(step)))
         finally:
             con.close()
-        return sorted(runs.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        return sorted(runs.values(), key=run_age)
 
 
 def open_reader(tracking_uri: str | None = None) -> Any:
