@@ -221,6 +221,9 @@ def cannot_show(series: Series, domain: Domain, against: str) -> str | None:
     y = np.asarray(series.y)
     if domain.kind == "accuracy" and float(np.max(y)) <= domain.low + 0.5:
         return f"every point at or below chance ({domain.low:.4g}): nothing above chance to fit"
+    # Equal to rounding (their slope in ln x is then 1e-14, not 0): nothing moves at all.
+    if float(np.ptp(y)) <= 1e-9 * max(1.0, float(np.max(np.abs(y)))):
+        return f"flat: {y[0]:.4g} at every one of the {len(y)} {noun}; no trend to fit"
     t, noise = trend_t(series)
     if t is not None and abs(t[0]) < t[1]:
         return (f"flat: {y[0]:.4g} to {y[-1]:.4g} across {noun}, a slope in ln x within the noise "

@@ -82,6 +82,12 @@ def test_what_a_series_cannot_show_is_said_instead_of_a_fit():
     (r,) = analysis.analyse(chance, "eval/mmlu/direct", "params", n_boot=10).skipped
     assert "at or below chance (25)" in r.reason
     assert isinstance(analysis.fit_series(analysis.curves(chance, "eval/mmlu/direct")[0], d), analysis.Skipped)
+    # Equal scores at every size and seed (the demo's unseen average stuck at its floor): flat,
+    # though their slope in ln x is 1e-14, not 0, in floating point.
+    stuck = [cell(f"tiny-{i}", p, 89, {"eval/unseen/normalized_average": -33.7962962962963}, seed=s)
+             for i, p in enumerate((591232, 1870208, 8067072)) for s in (0, 1)]
+    a = analysis.analyse(stuck, "eval/unseen/normalized_average", "params", forecast_at=[8e7], n_boot=10)
+    assert a.fits == () and a.forecasts == () and a.skipped[0].reason == "flat: -33.8 at every one of the 3 sizes; no trend to fit"
 
 
 def test_loss_series_fit_forecast_and_backtest():
