@@ -22,3 +22,25 @@ def cli_runner(monkeypatch, capsys):
         return run
 
     return make
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process as soon as pytest is done with it, with pytest's own exit status.
+    After a full run the interpreter's teardown can crash (SIGSEGV after the summary was
+    printed) in the native threads that JAX, Ray and MLflow leave in this process; nothing
+    the tests check happens in that teardown."""
+    import os
+    import sys
+
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
