@@ -367,8 +367,11 @@ def _validate_model_and_eval(spec: SweepSpec, where: str) -> None:
     _positive(where, "eval.loss_examples", e.loss_examples)
     if e.data_dir and not Path(e.data_dir).is_dir():
         raise UserError(f"{where}: eval.data_dir: {e.data_dir!r} is not a directory")
-    for name in ("every_steps", "max_examples"):
+    for name in ("every_steps", "max_examples", "direct_max_new_tokens"):
         _positive(where, f"eval.{name}", getattr(e, name), zero_ok=True)
+    if e.shots < -1:
+        raise UserError(f"{where}: eval.shots: {e.shots!r} is not allowed; 0 = zero-shot, N = N exemplars, "
+                        "-1 = each benchmark's own number")
     for name in ("max_new_tokens", "sc_samples"):
         _positive(where, f"eval.{name}", getattr(e, name))
     _positive(where, "checkpoint.every_steps", spec.checkpoint.every_steps, zero_ok=True)

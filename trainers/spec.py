@@ -17,7 +17,7 @@ from typing import Any, Iterable, get_type_hints
 
 # Bump when the data pipeline changes what a given DataConfig produces, so old cells
 # are not mistaken for new ones (it is part of the cell key).
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 
 
 class UserError(ValueError):
@@ -124,7 +124,9 @@ class EvalConfig:
     loss_examples: int = 48  # held-out loss examples per group
     every_steps: int = 0
     max_examples: int = 0  # per task; 0 = all
-    max_new_tokens: int = 64
+    shots: int = -1  # exemplars per prompt; -1 = each benchmark's own (5 MMLU, 3 BBH, 1 TyDiQA, 8 MGSM), 0 = zero-shot
+    max_new_tokens: int = 64  # CoT and self-consistency rationales
+    direct_max_new_tokens: int = 0  # direct answers (a letter, a span, a number); 0 = max_new_tokens
     sc_samples: int = 40
     sc_temperature: float = 0.7
     sc_top_k: int = 40

@@ -39,7 +39,7 @@ def _uniform(texts, options):
     return [[Scored(-len(o) * math.log(4), len(o), len(o)) for o in opts] for opts in options]
 
 
-@pytest.mark.parametrize("name", ["mmlu", "bbh", "unseen_mc", "unseen_reasoning"])
+@pytest.mark.parametrize("name", ["mmlu", "bbh", "unseen_mc", "unseen_reasoning", "unseen_qa"])
 def test_oracle_scores_100_and_uniform_scores_chance(name):
     bench = loaders.load(name)
     info = benchmarks.get(name)
@@ -47,6 +47,8 @@ def test_oracle_scores_100_and_uniform_scores_chance(name):
     assert best.rc.score == pytest.approx(100.0) and best.rc_norm.score == pytest.approx(100.0)
     assert best.rc.normalized == pytest.approx(100.0)
     assert best.logprob == 0.0
+    # The oracle's gold option holds all but e^-5 of the mass among the options.
+    assert -0.05 < best.choice_logprob < 0.0
     flat = rc.run_rank(bench, _uniform)
     ranked = {t for t in bench.tasks if rc.task_options(bench, t) is not None}
     assert ranked and set(flat.rc.tasks) == ranked
@@ -57,10 +59,32 @@ def test_oracle_scores_100_and_uniform_scores_chance(name):
             assert score == pytest.approx(expected), task  # every option ties: 1/k credit each
         # Per character every option of a uniform model scores the same: exactly chance.
         assert flat.rc_norm.tasks[task] == pytest.approx(expected), task
-    if name in ("mmlu", "unseen_mc"):
-        assert flat.rc_norm.score == pytest.approx(info.chance) and flat.rc_norm.normalized == pytest.approx(0.0)
-    assert set(flat.metrics()) == {f"eval/{name}/{m}" for m in
-                                   ("rc", "rc/normalized", "rc_norm", "rc_norm/normalized", "rc_logprob")}
+    if name in ("mmlu", "unseen_mc", "unseen_qa"):
+        assert flat.rc_norm.score == pytest.approx(info.chance_for("rc"))
+        assert flat.rc_norm.normalized == pytest.approx(0.0)
+    assert set(flat.metrics()) == {f"eval/{name}/{m}" for m in ("rc", "rc/normalized", "rc_norm", "rc_norm/normalized",
+                                                                "rc_logprob", "rc_choice_logprob")}
+
+
+def test_choice_logprob_is_minus_log_k_for_a_uniform_model_and_0_for_an_oracle():
+    assert rc.choice_logprob([-3.0] * 4, 2) == pytest.approx(-math.log(4))
+    assert rc.choice_logprob([0.0, -1e9, -1e9], 0) == pytest.approx(0.0)
+    # Learning the format lifts every option alike: rc_logprob rises, rc_choice_logprob does not.
+    assert rc.choice_logprob([-30.0, -31.0, -32.0], 1) == pytest.approx(rc.choice_logprob([-3.0, -4.0, -5.0], 1))
+    # Over a benchmark: equal-length options of a uniform model score -log k per question.
+    bench = loaders.load("unseen_mc")
+    flat = rc.run_rank(bench, lambda texts, options: [[Scored(-1.0, 1, 1) for _ in o] for o in options])
+    assert flat.choice_logprob == pytest.approx(-math.log(4))
+
+
+def test_span_questions_rank_the_passages_candidates():
+    qa = loaders.load("unseen_qa")
+    for task, examples in qa.tasks.items():
+        for ex in examples:
+            c = rc.task_options(qa, task)[ex.id]
+            assert len(c.options) == 4 and c.options[c.gold] == ex.answers[0]
+            assert all(o in ex.context for o in c.options)  # every candidate is a span of the passage
+    assert benchmarks.get("unseen_qa").chance_for("rc") == 25.0 and benchmarks.get("unseen_qa").chance == 0.0
 
 
 def test_options_per_shape():
@@ -107,7 +131,8 @@ def test_run_all_runs_rc_beside_generation_and_the_unseen_average():
 
     metrics = runner.run_all(cfg, generate, _uniform)
     assert "eval/unseen_mc/rc" in metrics and "eval/unseen_reasoning/rc_logprob" in metrics
-    assert "eval/unseen_qa/rc" not in metrics  # extractive QA has no options
+    assert "eval/unseen_qa/rc" in metrics  # the passage's candidate spans
+    assert "eval/unseen_arith/rc" not in metrics  # arithmetic has no options
     assert "eval/unseen/normalized_average" in metrics and "eval/normalized_average" not in metrics
     # Without an option scorer rc is skipped, generation still runs.
     assert not any("/rc" in k for k in runner.run_all(cfg, generate))

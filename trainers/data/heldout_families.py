@@ -247,13 +247,16 @@ QA = {
     "hobbies": ("{n} took up {v} last summer.", {"v": WORDS["sports"]}, [("Which sport did {n} take up last summer?", "v")]),
 }
 P_QA = {t: (fact,) + tuple(q for q, _ in asks) for t, (fact, _, asks) in QA.items()}
+# People per passage: each question's candidate spans are the asked field of every person in
+# it, so rank classification picks one of this many (chance 100 / QA_CANDIDATES).
+QA_CANDIDATES = 4
 
 
 def _qa(task: str) -> Callable[[random.Random, int], Item]:
     fact, pools, asks = QA[task]
 
     def make(r: random.Random, wanted: int) -> Item:
-        k = r.randint(3, 4)
+        k = QA_CANDIDATES
         people = r.sample(PEOPLE, k)
         vals = [{f: v for f, v in zip(pools, col)} for col in zip(*(r.sample(p, k) for p in pools.values()))]
         for v in vals:
@@ -265,7 +268,8 @@ def _qa(task: str) -> Callable[[random.Random, int], Item]:
         start = len(" ".join(sentences[:i] + [""])) + fact.format(n=people[i], **{**vals[i], field: "\0"}).index("\0")
         context = " ".join(sentences)
         assert context[start: start + len(answer)] == answer
-        return Item(task, question.format(n=people[i], **vals[i]), answer, (), "", context, start)
+        options = tuple(v[field] for v in vals)
+        return Item(task, question.format(n=people[i], **vals[i]), answer, options, "", context, start)
     return make
 
 

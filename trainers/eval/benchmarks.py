@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from trainers.data.heldout import REASONING_BASELINES
+from trainers.data.heldout import QA_CANDIDATES, REASONING_BASELINES
 from trainers.spec import UserError, did_you_mean
 
 SHAPES = ("mmlu", "bbh", "tydiqa", "mgsm")
 # Every prompting mode the runner knows. rc (rank classification) scores each answer option
 # by its log-probability instead of generating, so it only applies to multiple-choice shapes.
 MODES = ("direct", "cot", "sc", "rc")
-RC_SHAPES = ("mmlu", "bbh")
+RC_SHAPES = ("mmlu", "bbh", "tydiqa")  # tydiqa: when its file lists candidate spans
 MMLU_SPLITS = ("dev", "val", "test")  # files of an MMLU-shaped release; dev supplies the shots
 _EVAL_DIR = Path(__file__).resolve().parent
 STANDINS = _EVAL_DIR / "standins"
@@ -73,8 +73,13 @@ class BenchmarkInfo:
     baselines: float | Mapping[str, float]
     shipped: Path  # the data flanscale ships for it (stand-ins, or the benchmark itself)
     description: str = ""
+    # Rank classification's baseline where it is not the generative one: a span question
+    # ranked among its k candidate spans has chance 100/k, generating the span has 0.
+    rc_baseline: float | None = None
 
-    def baseline(self, task: str) -> float:
+    def baseline(self, task: str, mode: str = "") -> float:
+        if self.rc_baseline is not None and mode.startswith("rc"):
+            return self.rc_baseline
         if isinstance(self.baselines, Mapping):
             if task not in self.baselines:
                 raise UserError(f"{self.name}: no random baseline for task {task!r}{did_you_mean(task, self.baselines)}; "
@@ -85,6 +90,12 @@ class BenchmarkInfo:
     @property
     def chance(self) -> float:
         """The benchmark-level random baseline in percent (the mean over subtasks for BBH)."""
+        return self.chance_for("")
+
+    def chance_for(self, mode: str) -> float:
+        """The random baseline in percent of `mode`'s scores (rank classification may differ)."""
+        if self.rc_baseline is not None and mode.startswith("rc"):
+            return self.rc_baseline
         if isinstance(self.baselines, Mapping):
             return sum(self.baselines.values()) / len(self.baselines)
         return float(self.baselines)
@@ -149,7 +160,8 @@ register(BenchmarkInfo("unseen_mc", "mmlu", "unseen", ("direct", "cot", "sc", "r
 register(BenchmarkInfo("unseen_reasoning", "bbh", "unseen", ("direct", "cot", "sc", "rc"), "direct", 3,
                        REASONING_BASELINES, UNSEEN / "reasoning",
                        "held-out multi-step reasoning with CoT rationales (BBH-shaped)"))
-register(BenchmarkInfo("unseen_qa", "tydiqa", "unseen", ("direct",), "direct", 1, 0.0, UNSEEN / "qa",
-                       "held-out extractive question answering (TyDiQA-shaped)"))
+register(BenchmarkInfo("unseen_qa", "tydiqa", "unseen", ("direct", "rc"), "direct", 1, 0.0, UNSEEN / "qa",
+                       "held-out extractive question answering (TyDiQA-shaped; rc ranks the passage's candidate spans)",
+                       rc_baseline=100.0 / QA_CANDIDATES))
 register(BenchmarkInfo("unseen_arith", "mgsm", "unseen", ("direct", "cot", "sc"), "cot", 8, 0.0, UNSEEN / "arith",
                        "held-out arithmetic word problems with rationales (MGSM-shaped)"))

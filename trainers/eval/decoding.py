@@ -270,21 +270,23 @@ class TextGenerator:
         return inputs
 
     def ids(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
-            top_k: int = 0, seed: int = 0) -> list[np.ndarray]:
-        """One [num_samples, max_new_tokens] array of generated token ids per prompt."""
+            top_k: int = 0, seed: int = 0, max_new_tokens: int | None = None) -> list[np.ndarray]:
+        """One [num_samples, max_new_tokens] array of generated token ids per prompt
+        (`max_new_tokens` defaults to the generator's own)."""
+        new = max_new_tokens or self.max_new_tokens
         encoded = [self.encode(p) for p in prompts]
         # Prompts ordered by length so batches pad little; a batch holds `per_batch` prompts
         # and decodes all their samples together (at least one prompt's worth of samples).
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
         per_batch = self.placement.rows(max(1, self.batch_size // num_samples))
-        results: list[np.ndarray] = [np.empty((0, self.max_new_tokens), np.int32)] * len(prompts)
+        results: list[np.ndarray] = [np.empty((0, new), np.int32)] * len(prompts)
         rng = jax.random.PRNGKey(seed)
         for start in range(0, len(order), per_batch):
             chunk = order[start: start + per_batch]
             # Fill the last batch with copies so every batch has the compiled shape.
             padded = chunk + [chunk[0]] * (per_batch - len(chunk))
             tokens = generate_ids(self.cfg, self.params, self._batch([encoded[i] for i in padded]), rng,
-                                  max_new_tokens=self.max_new_tokens, temperature=temperature, top_k=top_k,
+                                  max_new_tokens=new, temperature=temperature, top_k=top_k,
                                   samples=num_samples, stop_ids=self.stop_ids, prompt_ids=padded,
                                   placement=self.placement)
             for p, i in enumerate(chunk):
@@ -292,9 +294,10 @@ class TextGenerator:
         return results
 
     def __call__(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
-                 top_k: int = 0, seed: int = 0) -> list[list[str]]:
+                 top_k: int = 0, seed: int = 0, max_new_tokens: int | None = None) -> list[list[str]]:
         """One list of `num_samples` continuations per prompt (greedy when temperature is 0)."""
-        rows = self.ids(prompts, num_samples=num_samples, temperature=temperature, top_k=top_k, seed=seed)
+        rows = self.ids(prompts, num_samples=num_samples, temperature=temperature, top_k=top_k, seed=seed,
+                        max_new_tokens=max_new_tokens)
         return [[self.text(r) for r in prompt_rows] for prompt_rows in rows]
 
     def text(self, row: Sequence[int]) -> str:

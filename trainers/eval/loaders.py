@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainers.eval import benchmarks
@@ -49,7 +49,7 @@ class Example:
     task: str
     question: str
     answers: tuple[str, ...]
-    choices: tuple[str, ...] = ()  # MMLU options A-D
+    choices: tuple[str, ...] = ()  # MMLU options A-D; TyDiQA-shaped: candidate spans of the passage, when the file lists them
     context: str = ""  # TyDiQA passage
 
 
@@ -73,13 +73,22 @@ class Benchmark:
     shots: dict[str, tuple[Shot, ...]] = field(default_factory=dict)  # per task
     cot_shots: dict[str, tuple[Shot, ...]] = field(default_factory=dict)  # per task, with rationales
     descriptions: dict[str, str] = field(default_factory=dict)  # BBH task descriptions
+    num_shots: int = -1  # exemplars per prompt; -1 = the registry's (the paper's) number
+
+    @property
+    def k(self) -> int:
+        """How many exemplars a prompt of this benchmark shows."""
+        return benchmarks.get(self.name).shots if self.num_shots < 0 else self.num_shots
 
     def limited(self, max_examples: int) -> "Benchmark":
         """The first `max_examples` examples of each task (0 = all)."""
         if max_examples <= 0:
             return self
-        tasks = {t: ex[:max_examples] for t, ex in self.tasks.items()}
-        return Benchmark(self.name, self.shape, tasks, self.shots, self.cot_shots, self.descriptions)
+        return replace(self, tasks={t: ex[:max_examples] for t, ex in self.tasks.items()})
+
+    def with_shots(self, shots: int) -> "Benchmark":
+        """Prompts with `shots` exemplars (0 = zero-shot; -1 = the benchmark's own number)."""
+        return replace(self, num_shots=shots)
 
     def by_id(self) -> dict[str, Example]:
         return {e.id: e for ex in self.tasks.values() for e in ex}
@@ -275,7 +284,8 @@ def load_tydiqa(root: Path, name: str = "tydiqa") -> Benchmark:
                             raise UserError(f"{path}: question {qid!r} has no answers")
                         lang = TYDIQA_LANGUAGES.get(prefix, prefix)
                         by_lang.setdefault(lang, []).append(
-                            Example(id=qid, task=lang, question=qa["question"], answers=answers, context=context))
+                            Example(id=qid, task=lang, question=qa["question"], answers=answers, context=context,
+                                    choices=tuple(qa.get("options", ()))))
         except (KeyError, TypeError) as e:
             raise UserError(f"{path}: not SQuAD 1.1 JSON (data[].paragraphs[].context/qas[].id/question/answers[].text): missing {e}") from None
     if not by_lang:

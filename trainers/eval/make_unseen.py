@@ -12,7 +12,8 @@ Layout under OUT_DIR:
 - mc/data/{dev,val,test}/{subject}_{split}.csv and mc/cot-prompts/{subject}.txt (the dev rows
   with their rationales, for MMLU-CoT)
 - reasoning/bbh/{task}.json and reasoning/cot-prompts/{task}.txt (3 exemplars from dev)
-- qa/unseen-qa-dev.json (SQuAD 1.1; question ids "{task}-{n}")
+- qa/unseen-qa-dev.json (SQuAD 1.1; question ids "{task}-{n}"; each question also lists its
+  `options`, the passage's candidate spans, which rank classification scores)
 - arith/mgsm_{task}.tsv and arith/exemplars/mgsm_{task}.tsv (8 exemplars from dev)
 """
 
@@ -73,7 +74,9 @@ def write_qa(root: Path) -> None:
         paragraphs = [
             {"context": it.context,
              "qas": [{"id": f"{task.name}-{i}", "question": it.question,
-                      "answers": [{"text": it.answer, "answer_start": it.answer_start}]}]}
+                      "answers": [{"text": it.answer, "answer_start": it.answer_start}],
+                      # Not in SQuAD 1.1 (readers ignore it): the passage's candidate spans for rc.
+                      "options": list(it.options)}]}
             for i, it in enumerate(heldout.items(task.name, "test"))]
         data.append({"title": task.name, "paragraphs": paragraphs})
     _write(root / "unseen-qa-dev.json", json.dumps({"version": "1.1", "data": data}, indent=1, ensure_ascii=False) + "\n")

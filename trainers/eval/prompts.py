@@ -11,6 +11,10 @@
 - MGSM: 8-shot CoT from `exemplars/mgsm_{lang}.tsv` when present; otherwise the first 8
   other rows of the language's own file, answered "The answer is N." without a rationale.
 CoT queries end with the zero-shot CoT trigger "Let's think step by step."
+
+`eval.shots` sets how many exemplars a prompt shows (`Benchmark.k`): the paper's numbers by
+default, 0 for zero-shot prompts in each benchmark's own format (header, options, answer cue),
+which is what fits the short inputs small models train with.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import re
 
 from trainers.eval.extract import COT_TRIGGER
-from trainers.eval import benchmarks
 from trainers.eval.loaders import MMLU_LETTERS, Benchmark, Example, Shot
 
 def _others(shots: tuple[Shot, ...], ex: Example, k: int) -> list[Shot]:
     """The first k shots that are not the evaluated example itself (when shots and
     evaluated items come from the same file)."""
-    out = []
+    out: list[Shot] = []
+    if k <= 0:
+        return out
     for s in shots:
         if s.question == ex.question and s.context == ex.context:
             continue
@@ -57,15 +62,15 @@ def mmlu_prompt(bench: Benchmark, ex: Example, cot: bool, answer_text: bool = Fa
     rank-classification prompt, whose options are the texts)."""
     header = f"The following are multiple choice questions (with answers) about {_subject(ex.task)}.\n\n"
     if not cot:
-        shots = bench.shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
+        shots = bench.shots.get(ex.task, ())[: bench.k]
         body = "".join(f"{_mmlu_block(s.question, s.choices)}\nAnswer: {_choice_text(s) if answer_text else s.answer}\n\n"
                        for s in shots)
         return header + body + _mmlu_block(ex.question, ex.choices) + "\nAnswer:"
     if ex.task in bench.cot_shots:
-        shots = bench.cot_shots[ex.task][: benchmarks.get(bench.name).shots]
+        shots = bench.cot_shots[ex.task][: bench.k]
         body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
     else:
-        shots = bench.shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
+        shots = bench.shots.get(ex.task, ())[: bench.k]
         body = "".join(
             f"Q: {_mmlu_cot_question(s.question, s.choices)}\nA: So the answer is ({s.answer}).\n\n" for s in shots)
     return header + body + f"Q: {_mmlu_cot_question(ex.question, ex.choices)}\nA: {COT_TRIGGER}"
@@ -84,7 +89,7 @@ def option_texts(question: str) -> dict[str, str]:
 def bbh_prompt(bench: Benchmark, ex: Example, cot: bool, answer_text: bool = False) -> str:
     """`answer_text`: direct exemplar answers "(X)" are written as the option's text (the
     rank-classification prompt of subtasks whose options are listed in the question)."""
-    shots = bench.cot_shots.get(ex.task, ())[: benchmarks.get(bench.name).shots]
+    shots = bench.cot_shots.get(ex.task, ())[: bench.k]
     head = bench.descriptions.get(ex.task, "")
     parts = [head] if head else []
     for s in shots:
@@ -101,7 +106,7 @@ def _tydiqa_block(context: str, question: str) -> str:
 
 
 def tydiqa_prompt(bench: Benchmark, ex: Example) -> str:
-    shots = _others(bench.shots.get(ex.task, ()), ex, benchmarks.get(bench.name).shots)
+    shots = _others(bench.shots.get(ex.task, ()), ex, bench.k)
     body = "".join(f"{_tydiqa_block(s.context, s.question)} {s.answer}\n\n" for s in shots)
     return body + _tydiqa_block(ex.context, ex.question)
 
@@ -110,10 +115,10 @@ def tydiqa_prompt(bench: Benchmark, ex: Example) -> str:
 
 def mgsm_prompt(bench: Benchmark, ex: Example, cot: bool) -> str:
     if cot and ex.task in bench.cot_shots:
-        shots = _others(bench.cot_shots[ex.task], ex, benchmarks.get(bench.name).shots)
+        shots = _others(bench.cot_shots[ex.task], ex, bench.k)
         body = "".join(f"Q: {s.question}\nA: {s.rationale}\n\n" for s in shots)
     else:
-        shots = _others(bench.shots.get(ex.task, ()), ex, benchmarks.get(bench.name).shots)
+        shots = _others(bench.shots.get(ex.task, ()), ex, bench.k)
         body = "".join(f"Q: {s.question}\nA: The answer is {s.answer}.\n\n" for s in shots)
     return body + f"Q: {ex.question}\nA:" + (f" {COT_TRIGGER}" if cot else "")
 

@@ -16,12 +16,16 @@ options and are left out of rc.
 Three scores, as lm-evaluation-harness reports them: `rc` (accuracy of the option with the
 highest summed log-probability), `rc_norm` (accuracy after dividing each option's
 log-probability by its length in characters, which removes the bias towards short options),
-and `rc_logprob`, the mean log-probability of the correct option, a continuous measure
-that moves before accuracy does and that scaling fits can use.
+`rc_logprob`, the mean log-probability of the correct option, a continuous measure that moves
+before accuracy does and that scaling fits can use, and `rc_choice_logprob`, the mean
+log-probability of the correct option *among the options* (chance: -log k). `rc_logprob` rises
+as much when a model learns the answer format (every option likelier) as when it learns to
+tell options apart; `rc_choice_logprob` rises only with the latter.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -60,6 +64,11 @@ def task_options(bench: Benchmark, task: str) -> dict[str, Choices] | None:
     """Example id -> its choices, for every example of `task`; None when the task is not
     multiple choice (then rc skips it)."""
     examples = bench.tasks[task]
+    if bench.shape == "tydiqa":
+        # Span questions are rankable where the file lists candidate spans of the passage.
+        if not examples or not all(ex.choices and ex.answers[0] in ex.choices for ex in examples):
+            return None
+        return {ex.id: Choices(tuple(ex.choices), tuple(ex.choices), ex.choices.index(ex.answers[0])) for ex in examples}
     if bench.shape == "mmlu":
         return {ex.id: Choices(tuple(ex.choices), MMLU_LETTERS[: len(ex.choices)],
                                MMLU_LETTERS.index(ex.answers[0])) for ex in examples}
@@ -94,6 +103,7 @@ class RankResult:
     rc: Score
     rc_norm: Score
     logprob: float  # mean over tasks of the mean log-probability of the correct option
+    choice_logprob: float  # the same for log P(correct | one of the options): log-softmax over the options
     chosen: dict[str, tuple[str, str]]  # example id -> labels of the (rc, rc_norm) choices
 
     def metrics(self) -> dict[str, float]:
@@ -101,7 +111,7 @@ class RankResult:
         return {
             f"eval/{b}/rc": self.rc.score, f"eval/{b}/rc/normalized": self.rc.normalized,
             f"eval/{b}/rc_norm": self.rc_norm.score, f"eval/{b}/rc_norm/normalized": self.rc_norm.normalized,
-            f"eval/{b}/rc_logprob": self.logprob,
+            f"eval/{b}/rc_logprob": self.logprob, f"eval/{b}/rc_choice_logprob": self.choice_logprob,
         }
 
 
@@ -122,6 +132,7 @@ def run_rank(bench: Benchmark, score_options: ScoreOptions) -> RankResult:
     right: dict[str, list[float]] = {}
     right_norm: dict[str, list[float]] = {}
     logprobs: dict[str, list[float]] = {}
+    choice_logprobs: dict[str, list[float]] = {}
     chosen: dict[str, tuple[str, str]] = {}
     for (task, ex, c), scores in zip(items, scored):
         summed = [s.logprob for s in scores]
@@ -129,9 +140,23 @@ def run_rank(bench: Benchmark, score_options: ScoreOptions) -> RankResult:
         right.setdefault(task, []).append(_credit(summed, c.gold))
         right_norm.setdefault(task, []).append(_credit(per_char, c.gold))
         logprobs.setdefault(task, []).append(scores[c.gold].logprob)
+        choice_logprobs.setdefault(task, []).append(choice_logprob(summed, c.gold))
         chosen[ex.id] = (c.labels[summed.index(max(summed))], c.labels[per_char.index(max(per_char))])
     pct = lambda xs: 100.0 * sum(xs) / len(xs)  # noqa: E731
     rc = aggregate(bench.name, "rc", {t: pct(v) for t, v in right.items()})
     rc_norm = aggregate(bench.name, "rc_norm", {t: pct(v) for t, v in right_norm.items()})
-    mean_lp = sum(sum(v) / len(v) for v in logprobs.values()) / len(logprobs)
-    return RankResult(rc, rc_norm, mean_lp, chosen)
+    return RankResult(rc, rc_norm, _task_mean(logprobs), _task_mean(choice_logprobs), chosen)
+
+
+def _task_mean(per_task: dict[str, list[float]]) -> float:
+    """The unweighted mean over tasks of each task's mean."""
+    return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+
+
+def choice_logprob(summed: Sequence[float], gold: int) -> float:
+    """log P(gold | the options): the gold option's summed log-probability, log-softmaxed over
+    the options'. A model that cannot tell the options apart scores exactly -log(k), one that
+    puts all the mass on the gold option 0; unlike `rc_logprob` it does not rise when the model
+    merely learns the answer format and every option becomes likelier."""
+    top = max(summed)
+    return summed[gold] - (top + math.log(sum(math.exp(v - top) for v in summed)))

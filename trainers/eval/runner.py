@@ -20,7 +20,7 @@ from trainers.spec import EvalConfig, UserError
 
 class Generate(Protocol):
     def __call__(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
-                 top_k: int = 0, seed: int = 0) -> list[list[str]]: ...
+                 top_k: int = 0, seed: int = 0, max_new_tokens: int | None = None) -> list[list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ def run_benchmark(bench: loaders.Benchmark, mode: str, generate: Generate, cfg: 
     if mode == "sc":
         samples = generate(texts, num_samples=cfg.sc_samples, temperature=cfg.sc_temperature,
                            top_k=cfg.sc_top_k, seed=seed)
+    elif mode == "direct" and cfg.direct_max_new_tokens:
+        samples = generate(texts, max_new_tokens=cfg.direct_max_new_tokens)
     else:
         samples = generate(texts)
     outputs = {ex.id: list(s) for ex, s in zip(examples, samples)}
@@ -99,7 +101,7 @@ def check_config(cfg: EvalConfig) -> None:
 
 def load_all(cfg: EvalConfig) -> dict[str, loaders.Benchmark]:
     check_config(cfg)
-    return {b: loaders.load(b, cfg.data_dir, cfg.mmlu_split).limited(cfg.max_examples) for b in cfg.benchmarks}
+    return {b: loaders.load(b, cfg.data_dir, cfg.mmlu_split).limited(cfg.max_examples).with_shots(cfg.shots) for b in cfg.benchmarks}
 
 
 def sample_examples(bench: loaders.Benchmark, n: int, ids: Container[str] | None = None) -> list[loaders.Example]:

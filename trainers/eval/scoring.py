@@ -25,9 +25,9 @@ def normalize(score: float, baseline: float) -> float:
     return 100.0 * (score - baseline) / (100.0 - baseline)
 
 
-def baseline(benchmark: str, task: str) -> float:
-    """Random baseline in percent of one task of a registered benchmark."""
-    return benchmarks.get(benchmark).baseline(task)
+def baseline(benchmark: str, task: str, mode: str = "") -> float:
+    """Random baseline in percent of one task of a registered benchmark, scored in `mode`."""
+    return benchmarks.get(benchmark).baseline(task, mode)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def aggregate(benchmark: str, mode: str, task_scores: Mapping[str, float], missi
         raise UserError(f"{benchmark}: no tasks to score")
     tasks = dict(sorted(task_scores.items()))
     mean = sum(tasks.values()) / len(tasks)
-    normalized = sum(normalize(s, baseline(benchmark, t)) for t, s in tasks.items()) / len(tasks)
+    normalized = sum(normalize(s, baseline(benchmark, t, mode)) for t, s in tasks.items()) / len(tasks)
     return Score(benchmark, mode, tasks, mean, normalized, missing)
 
 
