@@ -3,8 +3,8 @@
 9 CoT tasks, 80 Muffin-like, 193 T0-SF-like and 1,554 NIV2-like tasks, drawn from the rule-based
 families of `suite_families` (arithmetic, ciphers, string and list manipulation,
 classification by rule, extraction, comparisons, counting, base conversion, ...). The
-family tasks are dealt to the three non-CoT sub-mixtures by a fixed shuffle, so each
-sub-mixture spans many families; what tells the sub-mixtures apart is their template
+family tasks are dealt to the three non-CoT sub-mixtures one family at a time, so each
+sub-mixture, and each rung of the ladder, spans every family; what tells the sub-mixtures apart is their template
 style (Flan 2021 instructions, T0 prompts, NIV2 Definition/Input/Output).
 
 Nothing is generated up front: example i of task t comes from `random.Random(f"{t}/{i}")`
@@ -29,7 +29,7 @@ from typing import Iterator
 from trainers.data.registry import PAPER_CAPS, PAPER_TASK_COUNTS, GeneratedSource, Task, TaskRegistry
 from trainers.data.suite_cot import COT_TASKS, PAPER_COT_SIZES
 from trainers.data.suite_families import FAMILIES
-from trainers.data.templates import COT_FORMATS, STANDARD_FORMATS, Template
+from trainers.data.templates import COT_FORMATS, STANDARD_FORMATS, Template, cot_target
 
 CAP_REFERENCE = PAPER_CAPS["niv2"]
 MIN_TASK_SIZE = 8
@@ -43,13 +43,36 @@ LAYOUTS = {
 }
 
 
+# The option styles (templates.OPTION_STYLES) a task's templates take in turn.
+_STYLE_TURNS = ("list", "letters", "list", "paren")
+
+
 def cap_scale(examples_per_task: int) -> float:
     """Factor that maps the paper's per-task caps onto the synthetic suite's sizes."""
     return examples_per_task / CAP_REFERENCE
 
 
 def _templates(sub: str, instructions: tuple[str, ...]) -> tuple[Template, ...]:
-    return tuple(Template(i, layout) for i in instructions for layout in LAYOUTS[sub])
+    """Every instruction in every layout of the sub-mixture; the non-CoT templates take turns
+    at the option styles (`_STYLE_TURNS`), so a task's options are listed and answered by text
+    in half of its templates and lettered and answered by letter in the other half. The CoT
+    datasets keep their own answer forms."""
+    pairs = [(i, layout) for i in instructions for layout in LAYOUTS[sub]]
+    return tuple(Template(i, layout, "list" if sub == "cot" else _STYLE_TURNS[j % len(_STYLE_TURNS)])
+                 for j, (i, layout) in enumerate(pairs))
+
+
+def _dealt(family_tasks: list[list]) -> list:
+    """The family tasks in the order the sub-mixtures take them: each family's tasks in a
+    seeded order, then dealt one family at a time, so every rung of the ladder (its first 80,
+    273, 1,827 tasks) draws on every family: the skills a rung teaches grow with it instead of
+    depending on where a shuffle put them."""
+    for i, tasks in enumerate(family_tasks):
+        random.Random(f"flanscale-suite-2/{i}").shuffle(tasks)
+    out, depth = [], max(map(len, family_tasks))
+    for j in range(depth):
+        out += [tasks[j] for tasks in family_tasks if j < len(tasks)]
+    return out
 
 
 def _size(name: str, sub: str, examples_per_task: int) -> int:
@@ -71,8 +94,7 @@ def build_suite(examples_per_task: int = 200) -> TaskRegistry:
         name = f"cot/{short}"
         size = max(MIN_TASK_SIZE, round(PAPER_COT_SIZES[short] * scale))
         reg.add(Task(name, "cot", GeneratedSource(gen, size, name), _templates("cot", instructions), COT_FORMATS))
-    family_tasks = [t for fam in FAMILIES for t in fam()]
-    random.Random("flanscale-suite-1").shuffle(family_tasks)
+    family_tasks = _dealt([list(fam()) for fam in FAMILIES])
     start = 0
     for sub in ("muffin", "t0sf", "niv2"):
         for task_id, gen, instructions in family_tasks[start : start + PAPER_TASK_COUNTS[sub]]:
@@ -96,8 +118,9 @@ def corpus_document(index: int, examples_per_task: int = 200) -> str:
         task = tasks[rng.randrange(len(tasks))]
         source = task.source
         ex = source.example(rng.randrange(source.num_examples))
-        text = rng.choice(task.templates).zero_shot(ex, with_options=rng.random() < 0.3)
-        answer = f"{ex.rationale} So the answer is {ex.answer}." if ex.rationale else ex.answer
+        template, with_options = rng.choice(task.templates), rng.random() < 0.3
+        text = template.zero_shot(ex, with_options)
+        answer = cot_target(ex, template) if ex.rationale else template.target(ex, with_options)
         parts.append(f"{text}\n{answer}")
     return "\n\n".join(parts)
 

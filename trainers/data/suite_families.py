@@ -56,7 +56,7 @@ def word_options(rng: random.Random, w: str, pool: list[str]) -> tuple[str, ...]
 
 
 def yes_no(rng: random.Random, cond: bool) -> tuple[str, tuple[str, ...]]:
-    return ("yes" if cond else "no"), ("yes", "no")
+    return ("Yes" if cond else "No"), ("Yes", "No")
 
 
 def _words(rng: random.Random, domain: str, n: int) -> list[str]:

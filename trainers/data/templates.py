@@ -61,28 +61,53 @@ class Example:
     rationale: str = ""  # CoT tasks: the reasoning, without the final answer sentence
 
 
+# How a template spells out answer options: Flan 2021's "OPTIONS:" list answered with the
+# option's text, or lettered options ("A. x" / "(A) x", as many T0 and NIV2 prompts write them)
+# answered with the letter.
+OPTION_STYLES = ("list", "letters", "paren")
+LETTERS = "ABCDEFGHIJ"
+
+
 @dataclass(frozen=True)
 class Template:
     """One phrasing of a task: an instruction placed into a layout.
 
     `layout` has the fields {instruction}, {question} and optionally {options}; it decides
     where the instruction sits (Flan 2021 puts it before or after the input, NIV2 uses
-    Definition/Input/Output). Without an {options} field the options go at the end.
+    Definition/Input/Output). Without an {options} field the options go at the end, written
+    in the template's `options` style (OPTION_STYLES).
     """
 
     instruction: str
     layout: str = "{instruction}\n\n{question}"
+    options: str = "list"
+
+    def _lettered(self, ex: Example) -> bool:
+        return self.options != "list" and bool(ex.options) and len(ex.options) <= len(LETTERS)
 
     def zero_shot(self, ex: Example, with_options: bool) -> str:
         opts = ""
         if with_options and ex.options:
-            opts = "\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in ex.options)
+            if not self._lettered(ex):
+                opts = "\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in ex.options)
+            elif self.options == "letters":
+                opts = "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(ex.options))
+            else:
+                opts = "\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(ex.options))
         text = self.layout.format(instruction=self.instruction, question=ex.question, options=opts)
         return text if "{options}" in self.layout else text + opts
 
+    def target(self, ex: Example, with_options: bool) -> str:
+        """The answer as this template asks for it: the option's letter when the options were
+        lettered, else the answer itself."""
+        if not (with_options and self._lettered(ex)) or ex.answer not in ex.options:
+            return ex.answer
+        letter = LETTERS[ex.options.index(ex.answer)]
+        return letter if self.options == "letters" else f"({letter})"
 
-def cot_target(ex: Example) -> str:
-    return f"{ex.rationale} So the answer is {ex.answer}."
+
+def cot_target(ex: Example, template: Template) -> str:
+    return f"{ex.rationale} So the answer is {template.target(ex, bool(ex.options))}."
 
 
 def _cot_query(template: Template, ex: Example) -> str:
@@ -99,16 +124,16 @@ def render(
 ) -> tuple[str, str]:
     """Render `ex` in format `fmt`; `fits(inputs)` says whether an input is short enough."""
     if fmt in ("zs_opt", "zs_noopt"):
-        return template.zero_shot(ex, fmt == "zs_opt"), ex.answer
+        return template.zero_shot(ex, fmt == "zs_opt"), template.target(ex, fmt == "zs_opt")
     if fmt == "cot_zs":
-        return _cot_query(template, ex), cot_target(ex)
+        return _cot_query(template, ex), cot_target(ex, template)
     if fmt in ("fs_opt", "fs_noopt"):
         opt = fmt == "fs_opt"
-        shots = [f"{template.zero_shot(e, opt)}\n{e.answer}" for e in exemplars]
-        query, target = template.zero_shot(ex, opt), ex.answer
+        shots = [f"{template.zero_shot(e, opt)}\n{template.target(e, opt)}" for e in exemplars]
+        query, target = template.zero_shot(ex, opt), template.target(ex, opt)
     elif fmt == "cot_fs":
-        shots = [f"{_cot_query(template, e)}\n{cot_target(e)}" for e in exemplars]
-        query, target = _cot_query(template, ex), cot_target(ex)
+        shots = [f"{_cot_query(template, e)}\n{cot_target(e, template)}" for e in exemplars]
+        query, target = _cot_query(template, ex), cot_target(ex, template)
     else:
         raise UserError(f"format {fmt!r} unknown; allowed: {', '.join(FORMATS)}")
     delimiter = rng.choice(FEWSHOT_DELIMITERS)
