@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def pretrain(
     Writes out/model.json + out/params (trainers.models.save_pretrained) and out/pretrain.json
     with the measured compute, so cells finetuning from it report a measured FLOPs fraction.
     """
+    started = time.perf_counter()
     init_distributed()
     import jax
 
@@ -90,6 +92,7 @@ def pretrain(
         "objective": "span_corruption",
         "tokenizer": tokenizer,
         "corpus": corpus or "suite",
+        "seconds": round(time.perf_counter() - started, 1),  # wall time, compilation included
     }
     out = Path(out).absolute()
     models.save_pretrained(out, model_cfg, result.state["params"])

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
     from trainers.loop import train_loop
     from trainers.train import abstract_initial_state, init_state
 
+    started = time.perf_counter()
     key = cell.key()
     total_steps = int(steps if steps is not None else cell.optim.steps)
     model_cfg = _model_config(cell, models)
@@ -122,7 +124,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
         )
 
     if cell.data.task_count == 0 or total_steps == 0:
-        return _evaluate_base(cell, home, tracker, model_cfg)
+        return _evaluate_base(cell, home, tracker, model_cfg, started)
 
     # Each process builds only its own contiguous rows of the global batch, which are the
     # rows its devices hold under the batch sharding; the loop assembles the global array.
@@ -186,6 +188,8 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
     def evaluate_during(step: int, st: Any) -> None:
         tracker.log_metrics(evaluate(st["params"])[0], step)
 
+    timing = {"time/setup_s": time.perf_counter() - started}
+    trained_from = time.perf_counter()
     try:
         result = train_loop(
             setup,
@@ -204,14 +208,18 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
         prefetched.close()
         ckpt.close()
 
+    timing["time/train_s"] = time.perf_counter() - trained_from
     measured = accounting.train_flops(model_cfg, counters["input_tokens"], counters["target_tokens"])
     eval_metrics: dict[str, float] = {}
     if result.status == "finished":
         tracker.log_metrics({"flops/finetune_measured": measured}, result.steps)
         if evaluate is not None:
+            evaluated_from = time.perf_counter()
             eval_metrics, details = evaluate(result.state["params"])
+            timing["time/eval_s"] = time.perf_counter() - evaluated_from
             tracker.log_metrics(eval_metrics, result.steps)
             log_evaluation(tracker, details, result.steps)
+        tracker.log_metrics(timing, result.steps)
     return {
         "key": key,
         "steps": result.steps,
@@ -225,7 +233,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
     }
 
 
-def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any) -> dict[str, Any]:
+def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any, started: float) -> dict[str, Any]:
     """The base model's cell (task count 0): no finetuning, only its held-out scores.
 
     It is the reference each finetuned cell of the same size is compared with, so it logs
@@ -244,10 +252,14 @@ def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any)
     tracker.log_params(_params_to_log(cell, accounting.param_count(model_cfg)))
     tracker.log_metrics({"flops/finetune": 0.0, "flops/pretrain": pretrain_flops}, 0)
     evaluate = _evaluator(cell, model_cfg, tokenizer)
+    timing = {"time/setup_s": time.perf_counter() - started}
+    evaluated_from = time.perf_counter()
     eval_metrics, details = evaluate(params) if evaluate is not None else ({}, None)
+    timing["time/eval_s"] = time.perf_counter() - evaluated_from
     if eval_metrics:
         tracker.log_metrics(eval_metrics, 0)
         log_evaluation(tracker, details, 0)
+    tracker.log_metrics(timing, 0)
     return {
         "key": key,
         "steps": 0,

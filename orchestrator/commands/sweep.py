@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--no-progress", action="store_true", help="no live table (for logs and CI)")
     run.add_argument("--no-system-metrics", action="store_true",
                      help="cells log no CPU/memory/GPU metrics into their MLflow runs (also: FLANSCALE_SYSTEM_METRICS=0)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also print MLflow's and Ray's routine INFO lines (database setup, each cell's "
+                          "system-metrics monitor, Ray's start and token notices)")
     # These two check their spec and input files first, then the cluster and store (which may
     # take up to --connect-timeout): a typo in the spec is reported without waiting on a network.
     run.set_defaults(func=cmd_run, flags_checked_by_command=True)
@@ -139,6 +142,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainers.run_layout import ui_runs_url
     from trainers.tracking import system_metrics_enabled
 
+    if not args.verbose:
+        from orchestrator.quiet import quiet
+
+        quiet()
     spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
     preflight.check_inputs(spec, args.spec)
     if refuse_infeasible(spec, cells, args.skip_infeasible):
