@@ -13,6 +13,7 @@ nor JAX.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -320,16 +321,19 @@ def connect_ray(ray_address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Ray sets its logger's level at init; keep a quieter one chosen before (orchestrator.quiet).
+    level = max(logging.INFO, logging.getLogger("ray").level)
     if address == "local":
         me = psutil.Process()
         before = {p.pid for p in me.children()}
         # Only plain dicts cross the object store, so it stays small on a shared machine. No
         # dashboard: nothing here needs it, and it would be one more listening port.
         ray.init(address="local", num_cpus=os.cpu_count() or 1, object_store_memory=256 * 2**20,
-                 include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+                 include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                 logging_level=level)
         _STARTED[:] = [p for p in me.children() if p.pid not in before]
     else:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=level)
     return True
 
 

@@ -372,7 +372,7 @@ def _validate_model_and_eval(spec: SweepSpec, where: str) -> None:
     if e.shots < -1:
         raise UserError(f"{where}: eval.shots: {e.shots!r} is not allowed; 0 = zero-shot, N = N exemplars, "
                         "-1 = each benchmark's own number")
-    for name in ("max_new_tokens", "sc_samples"):
+    for name in ("max_new_tokens", "sc_samples", "batch_size"):
         _positive(where, f"eval.{name}", getattr(e, name))
     _positive(where, "checkpoint.every_steps", spec.checkpoint.every_steps, zero_ok=True)
     _positive(where, "checkpoint.keep", spec.checkpoint.keep)

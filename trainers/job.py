@@ -373,7 +373,7 @@ def _evaluator(cell: CellSpec, model_cfg: Any, tokenizer: Any) -> Callable[[Any]
         if not e.benchmarks:
             return out, None
         # Prompts longer than the trained input length are cut from the left, as in training.
-        details = evaluate_run(e, model_cfg, params, tokenizer, max_prompt_tokens=li,
+        details = evaluate_run(e, model_cfg, params, tokenizer, max_prompt_tokens=li, batch_size=e.batch_size,
                                predictions=PREDICTIONS_PER_MODE, placement=placement)
         return {**out, **details.metrics}, details
 

@@ -127,6 +127,7 @@ class EvalConfig:
     shots: int = -1  # exemplars per prompt; -1 = each benchmark's own (5 MMLU, 3 BBH, 1 TyDiQA, 8 MGSM), 0 = zero-shot
     max_new_tokens: int = 64  # CoT and self-consistency rationales
     direct_max_new_tokens: int = 0  # direct answers (a letter, a span, a number); 0 = max_new_tokens
+    batch_size: int = 8  # prompts decoded (questions ranked) together
     sc_samples: int = 40
     sc_temperature: float = 0.7
     sc_top_k: int = 40

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default="byte", help='"byte", "spm" or a SentencePiece .model path')
     p.add_argument("--home", default=None, help="run-time directory (default $FLANSCALE_HOME or ./.flanscale)")
     p.add_argument("--every", type=int, default=10, help="print a loss line every N steps (default 10)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print one line when done instead of loss lines and the JSON summary (pretrain.json has it)")
     p.set_defaults(func=handle)
 
 
@@ -49,6 +51,7 @@ def handle(args: argparse.Namespace) -> int:
 
     from orchestrator.commands.train import ConsoleTracker
     from trainers.base_model import pretrain
+    from trainers.tracking import NullTracker
 
     home = flanscale_home(args.home)
     summary = pretrain(
@@ -63,7 +66,11 @@ def handle(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         tokenizer=args.tokenizer,
         home=home,
-        tracker=ConsoleTracker(args.every),
+        tracker=NullTracker() if args.quiet else ConsoleTracker(args.every),
     )
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    if args.quiet:
+        print(f"pretrained {summary['model']} ({summary['params']:,} params, {summary['steps']} steps, "
+              f"final loss {summary['final_loss']:.3f}, {summary['seconds']:.0f} s) -> {summary['out']}")
+    else:
+        print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
