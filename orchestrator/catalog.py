@@ -121,6 +121,7 @@ def _tiny(name: str, nominal: str, d: int, ff: int, heads: int, d_kv: int, layer
 
 
 for _p in (
+    _tiny("tiny-0", "0.3M", 64, 192, 2, 32, 2),
     _tiny("tiny-1", "0.6M", 96, 256, 4, 24, 2),
     _tiny("tiny-2", "1.9M", 128, 512, 4, 32, 3),
     _tiny("tiny-3", "8M", 256, 768, 8, 32, 4),

@@ -57,7 +57,7 @@ def test_paper_parameter_counts():
 
 
 def test_tiny_presets_sizes_and_byte_vocab():
-    sizes = {"tiny-1": (0.3e6, 0.8e6), "tiny-2": (1.5e6, 3e6), "tiny-3": (6e6, 10e6)}
+    sizes = {"tiny-0": (0.2e6, 0.4e6), "tiny-1": (0.3e6, 0.8e6), "tiny-2": (1.5e6, 3e6), "tiny-3": (6e6, 10e6)}
     for name, (lo, hi) in sizes.items():
         p = get_preset(name)
         assert lo <= p.params <= hi, (name, p.params)
@@ -73,7 +73,7 @@ def test_registry_rejects_duplicates_and_suggests():
         reg.register(preset)
     with pytest.raises(UserError, match=r"did you mean 'palm-62b'"):
         get_preset("palm-64b")
-    assert len(REGISTRY) == 14 and "tiny-1" in REGISTRY
+    assert len(REGISTRY) == 15 and "tiny-1" in REGISTRY
 
 
 def test_accelerator_table():
