@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.eval import benchmarks
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
@@ -64,6 +65,7 @@ def _params_to_log(spec: CellSpec, n_params: int) -> dict[str, Any]:
         "input_length": d.input_length,
         "target_length": d.target_length,
         "seed": spec.seed,
+        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
     }
 
 

@@ -222,3 +222,28 @@ def test_paper_flops_beside_the_physical_figures(tmp_path):
                                 "fraction": pytest.approx(tiny.finetune_tokens / 2e6)}
     (bare,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]"]))
     assert bare.paper_flops["pretrain"] is None and bare.paper_flops["fraction"] is None
+
+
+def test_cells_name_the_benchmarks_they_score_on_stand_ins(tmp_path):
+    import shutil
+
+    from orchestrator.store import cell_params
+    from trainers.eval.benchmarks import STANDINS, STANDINS_PARAM
+    from trainers.job import _params_to_log
+
+    def standins(*overrides):
+        (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", *overrides]))
+        logged = cell_params(cell)[STANDINS_PARAM]
+        assert _params_to_log(cell.spec, cell.params)[STANDINS_PARAM] == logged  # the job logs the same value
+        return logged
+
+    # Without data of their own, the paper's benchmarks are stand-ins (in the sweep's order);
+    # the built-in unseen-task benchmarks are real data.
+    assert standins("eval.benchmarks=[bbh,unseen_mc,mmlu,mgsm,tydiqa,unseen_qa]") == "bbh,mmlu,mgsm,tydiqa"
+    assert standins("eval.benchmarks=[unseen_mc,unseen_arith]") == ""
+    # A data folder holding MMLU in its release format: MMLU is the real benchmark.
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "eval" / "mmlu", data / "mmlu")
+    assert standins("eval.benchmarks=[mmlu,unseen_mc]", f"eval.data_dir={data}") == ""
+    # The shipped stand-ins given as the data folder are still stand-ins.
+    assert standins("eval.benchmarks=[mmlu,bbh]", f"eval.data_dir={STANDINS}") == "mmlu,bbh"

@@ -66,7 +66,7 @@ def base_checkpoint(path: str, where: str = "init_checkpoint") -> ModelConfig:
 
 def eval_data(benchmark_names: tuple[str, ...], data_dir: str, mmlu_split: str, where: str = "eval.data_dir") -> None:
     """Each benchmark that reads `data_dir` loads from it with the loader the cell uses."""
-    from trainers.eval import loaders
+    from trainers.eval import benchmarks, loaders
 
     for name in benchmark_names:
         try:
@@ -74,7 +74,7 @@ def eval_data(benchmark_names: tuple[str, ...], data_dir: str, mmlu_split: str, 
         except UserError as e:
             raise UserError(f"{where}: {name}: {e}") from None
         if not any(bench.tasks.values()):
-            raise UserError(f"{where}: {name}: no examples under {loaders.benchmark_root(name, data_dir)}")
+            raise UserError(f"{where}: {name}: no examples under {benchmarks.benchmark_root(name, data_dir)}")
 
 
 def tokenizer_model(path: str, where: str = "data.tokenizer") -> int:
