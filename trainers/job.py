@@ -300,19 +300,16 @@ def _step_optim(optim: Any) -> Any:
 
 
 def _model_config(cell: CellSpec, models: Any) -> Any:
-    """The spec's model, or the architecture of cell.init_checkpoint with the spec's numerics."""
-    import dataclasses
+    """The spec's model, or the architecture of cell.init_checkpoint with the spec's name and
+    numerics (trainers.architecture.trained_model, by which the planner counts it too)."""
+    from trainers.architecture import trained_model
 
     if not cell.init_checkpoint:
         return cell.model
     path = Path(cell.init_checkpoint)
     if not path.exists():
         raise UserError(f"init_checkpoint: {str(path)!r} does not exist")
-    saved = models.load_config(path)
-    # The architecture comes from the checkpoint; numerics, remat and layer layout from the spec.
-    m = cell.model
-    return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat,
-                               remat_policy=m.remat_policy, scan_layers=m.scan_layers)
+    return trained_model(cell.model, models.load_config(path))
 
 
 def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> Any:
