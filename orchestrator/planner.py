@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY, Preset
 from orchestrator.spec import COT_TASKS, FORMAT_SETS, SweepSpec
-from trainers import accounting
+from trainers import accounting, architecture
 from trainers.accounting import GIB, Accelerator, get_accelerator
 from trainers.spec import CellSpec, DataConfig, MeshConfig, ModelConfig, OptimConfig, UserError, to_dict
 
@@ -66,6 +67,9 @@ class Cell:
     feasible: bool = True
     reason: str = ""
     priority: int = 0
+    # Set when the cell's init checkpoint holds another architecture than its preset: the
+    # parameters, FLOPs, memory and cost above are the checkpoint's (Base.note).
+    architecture_note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "spec"}
@@ -116,29 +120,64 @@ def _data_config(spec: SweepSpec, preset: Preset, task_count: int, format_set: s
     )
 
 
-def _pretrain_flops(spec: SweepSpec, preset: Preset, model: ModelConfig, init_checkpoint: str) -> float:
+@dataclass(frozen=True)
+class Base:
+    """The model a preset's cells train: the preset's, or the architecture of its init
+    checkpoint (trainers.architecture.trained_model, as the job builds it), with a note
+    saying so when that is not the preset's."""
+
+    model: ModelConfig
+    init_checkpoint: str = ""
+    note: str = ""  # "" when the cells train the preset's own architecture
+
+    @property
+    def is_preset(self) -> bool:
+        return not self.note
+
+
+def base_model(spec: SweepSpec, preset: Preset) -> Base:
+    """The preset's model with the spec's overrides, or the architecture its init checkpoint's
+    model.json records. A checkpoint not readable here (no model.json) is planned as the
+    preset; `sweep run` refuses it before anything is scheduled (preflight.check_inputs)."""
+    model = _model_config(spec, preset)
+    path = spec.init_checkpoint.get(preset.name, "")
+    if not path or not (Path(path).expanduser() / architecture.BASE_CONFIG).is_file():
+        return Base(model, path)
+    where = f"init_checkpoint.{preset.name}"
+    trained = architecture.trained_model(model, architecture.read_base_config(path, where))
+    if trained == model:
+        return Base(model, path)
+    note = (f"{where}: {path} holds another architecture than preset {preset.name} "
+            f"({', '.join(architecture.differences(model, trained))}); its cells are planned, logged and "
+            f"trained as the checkpoint's {accounting.param_count(trained):,} parameters, not the preset's "
+            f"{accounting.param_count(model):,}")
+    return Base(trained, path, note)
+
+
+def _pretrain_flops(spec: SweepSpec, preset: Preset, base: Base) -> float:
     """The base model's compute: the spec's token override, else what `flanscale pretrain`
-    recorded beside the base checkpoint (pretrain.json), else the preset's pretraining."""
+    recorded beside the base checkpoint (pretrain.json), else the preset's pretraining (when
+    the cells train the preset's architecture; unknown, 0, for another)."""
     if preset.name in spec.pretrain_tokens:
-        return accounting.pretrain_flops(model, float(spec.pretrain_tokens[preset.name]))
-    measured = accounting.measured_pretrain_flops(init_checkpoint) if init_checkpoint else 0.0
+        return accounting.pretrain_flops(base.model, float(spec.pretrain_tokens[preset.name]))
+    measured = accounting.measured_pretrain_flops(base.init_checkpoint) if base.init_checkpoint else 0.0
     if measured > 0:
         return measured
-    return accounting.pretrain_flops(model, preset.pretrain_tokens)
+    return accounting.pretrain_flops(base.model, preset.pretrain_tokens if base.is_preset else 0.0)
 
 
-def _paper_flops(spec: SweepSpec, preset: Preset, model: ModelConfig, init_checkpoint: str,
-                 positions: float) -> dict[str, Optional[float]]:
+def _paper_flops(spec: SweepSpec, preset: Preset, base: Base, positions: float) -> dict[str, Optional[float]]:
     """Table 2's convention: the paper's own pretraining for its presets, unless the spec or a
-    base checkpoint says the model was pretrained otherwise."""
+    base checkpoint says the model was pretrained otherwise; a checkpoint of another
+    architecture than the preset's is counted as a model the paper does not name."""
     tokens: Optional[float] = None
     if preset.name in spec.pretrain_tokens:
         tokens = float(spec.pretrain_tokens[preset.name])
-    elif init_checkpoint and accounting.measured_pretrain_tokens(init_checkpoint) > 0:
-        tokens = accounting.measured_pretrain_tokens(init_checkpoint)
-    elif preset.name not in accounting.PAPER_TABLE2_BASIS and preset.pretrain_tokens > 0:
+    elif base.init_checkpoint and accounting.measured_pretrain_tokens(base.init_checkpoint) > 0:
+        tokens = accounting.measured_pretrain_tokens(base.init_checkpoint)
+    elif base.is_preset and preset.name not in accounting.PAPER_TABLE2_BASIS and preset.pretrain_tokens > 0:
         tokens = preset.pretrain_tokens
-    return accounting.paper_flops(model, positions, tokens)
+    return accounting.paper_flops(base.model, positions, tokens, paper_basis=base.is_preset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,10 +262,9 @@ def plan_resources(spec: SweepSpec, cell: CellSpec) -> Resources:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str, seed: int) -> Cell:
-    model = _model_config(spec, preset)
-    init_checkpoint = spec.init_checkpoint.get(preset.name, "")
-    pretrain = _pretrain_flops(spec, preset, model, init_checkpoint)
+def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_set: str, seed: int) -> Cell:
+    model = base.model
+    pretrain = _pretrain_flops(spec, preset, base)
     cell_spec = CellSpec(
         sweep=spec.name,
         model=model,
@@ -235,7 +273,7 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str, see
         eval=spec.eval,
         checkpoint=spec.checkpoint,
         seed=seed,
-        init_checkpoint=init_checkpoint,
+        init_checkpoint=base.init_checkpoint,
         pretrain_flops=pretrain,
     )
     res = plan_resources(spec, cell_spec)
@@ -269,7 +307,7 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str, see
         finetune_flops=finetune_flops,
         pretrain_flops=pretrain,
         flops_fraction=finetune_flops / pretrain if pretrain > 0 else None,
-        paper_flops=_paper_flops(spec, preset, model, init_checkpoint, positions),
+        paper_flops=_paper_flops(spec, preset, base, positions),
         step_flops=per_step,
         accelerator=acc.name,
         devices=res.devices,
@@ -282,6 +320,7 @@ def _cell(spec: SweepSpec, preset: Preset, task_count: int, format_set: str, see
         est_cost=hours * res.devices * price,
         feasible=res.feasible,
         reason=res.reason,
+        architecture_note=base.note,
     )
 
 
@@ -291,13 +330,14 @@ def plan(spec: SweepSpec) -> list[Cell]:
     seen: set[str] = set()
     for name in spec.models:
         preset = REGISTRY.get(name, field="models")
+        trains = base_model(spec, preset)
         for task_count in spec.task_counts:
             # The base model depends on neither the format set nor the seed (it is evaluated,
             # not trained, and evaluation is deterministic): one cell per model.
             base = task_count == 0
             for format_set in spec.formats[:1] if base else spec.formats:
                 for seed in spec.seeds[:1] if base else spec.seeds:
-                    cell = _cell(spec, preset, task_count, format_set, seed)
+                    cell = _cell(spec, preset, trains, task_count, format_set, seed)
                     if cell.key not in seen:
                         seen.add(cell.key)
                         cells.append(cell)

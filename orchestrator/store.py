@@ -26,6 +26,7 @@ from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, rea
                                sweep_live_state, sweep_summary)
 from orchestrator.leases import Lease
 from orchestrator.sqlite_store import open_sqlite_client, with_retry
+from trainers.eval import benchmarks
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
@@ -83,6 +84,7 @@ def cell_params(cell: Any) -> dict[str, Any]:
         "accelerator": getattr(cell, "accelerator", spec.mesh.accelerator),
         "devices": getattr(cell, "devices", spec.mesh.devices),
         "seed": spec.seed,
+        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
     }
 
 

@@ -230,15 +230,18 @@ PAPER_TABLE2_BASIS: dict[str, tuple[float, float]] = {
 }
 
 
-def paper_flops(cfg: ModelConfig, finetune_positions: float, pretrain_tokens: float | None = None) -> dict[str, float | None]:
+def paper_flops(cfg: ModelConfig, finetune_positions: float, pretrain_tokens: float | None = None,
+                paper_basis: bool = True) -> dict[str, float | None]:
     """Pretraining and finetuning compute in the paper's Table 2 convention, and their ratio.
 
     `finetune_positions`: steps x batch x (input + target length). `pretrain_tokens`
     overrides the paper's pretraining tokens (a spec's own base model); for a model the
-    paper does not name, N is its exact parameter count and pretraining is unknown (None)
+    paper does not name (or, without `paper_basis`, one named like a paper model but of
+    another architecture), N is its exact parameter count and pretraining is unknown (None)
     unless `pretrain_tokens` is given.
     """
-    nominal, paper_tokens = PAPER_TABLE2_BASIS.get(cfg.name, (float(param_count(cfg)), 0.0))
+    exact = (float(param_count(cfg)), 0.0)
+    nominal, paper_tokens = PAPER_TABLE2_BASIS.get(cfg.name, exact) if paper_basis else exact
     c = family_of(cfg).flops_per_param_token
     tokens = paper_tokens if pretrain_tokens is None else pretrain_tokens
     pretrain = c * nominal * tokens if tokens > 0 else None

@@ -3,8 +3,10 @@
 - its training data as a dataset input (source, task count, formats, mixture, caps, digest)
   and `data/mixture.json`, the tasks it draws from with their examples and mixing rates;
 - its final evaluation as tables: `eval/scores.json` (per benchmark and mode),
-  `eval/task_scores.json` (per task) and `eval/predictions.json`, a sample of what the model
-  answered per benchmark and mode (prompt, output, extracted answer, gold, correct).
+  `eval/task_scores.json` (per task), both with a `standin` column true where the benchmark
+  was scored on flanscale's synthetic stand-ins, and `eval/predictions.json`, a sample of
+  what the model answered per benchmark and mode (prompt, output, extracted answer, gold,
+  correct).
 
 Evaluation tables carry the step they were evaluated at. A resumed cell logs its tables
 again; the tracker adds only rows a table does not hold yet (trainers/tracking.py), so a
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from trainers.data.mixtures import caps
 from trainers.spec import DataConfig, to_dict
@@ -90,20 +92,26 @@ def log_training_data(tracker: Tracker, data: DataConfig, mixture: Any) -> None:
     tracker.log_table(table, "data/mixture.json")
 
 
-def score_tables(scores: Sequence[Any], step: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """(per benchmark and mode, per task) tables of trainers.eval.scoring.Score objects."""
+def score_tables(scores: Sequence[Any], step: int, standins: Collection[str] = ()
+                 ) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """(per benchmark and mode, per task) tables of trainers.eval.scoring.Score objects; the
+    `standin` column is true for the benchmarks in `standins` (scored on stand-in data)."""
     overall: dict[str, list[Any]] = {k: [] for k in ("step", "benchmark", "mode", "tasks", "score", "normalized",
-                                                      "flex_score", "flex_normalized", "missing")}
-    by_task: dict[str, list[Any]] = {k: [] for k in ("step", "benchmark", "mode", "task", "score", "flex_score")}
+                                                      "flex_score", "flex_normalized", "missing", "standin")}
+    by_task: dict[str, list[Any]] = {k: [] for k in ("step", "benchmark", "mode", "task", "score", "flex_score",
+                                                     "standin")}
     for s in scores:
         flex = s.flex
+        standin = s.benchmark in standins
         for k, v in (("step", step), ("benchmark", s.benchmark), ("mode", s.mode), ("tasks", len(s.tasks)),
                      ("score", s.score), ("normalized", s.normalized), ("flex_score", flex.score if flex else None),
-                     ("flex_normalized", flex.normalized if flex else None), ("missing", s.missing)):
+                     ("flex_normalized", flex.normalized if flex else None), ("missing", s.missing),
+                     ("standin", standin)):
             overall[k].append(v)
         for task, value in s.tasks.items():
             for k, v in (("step", step), ("benchmark", s.benchmark), ("mode", s.mode), ("task", task),
-                         ("score", value), ("flex_score", flex.tasks.get(task) if flex else None)):
+                         ("score", value), ("flex_score", flex.tasks.get(task) if flex else None),
+                         ("standin", standin)):
                 by_task[k].append(v)
     return overall, by_task
 
@@ -122,7 +130,7 @@ def log_evaluation(tracker: Tracker, run: Any, step: int) -> None:
     benchmarks: the held-out loss is all metrics)."""
     if run is None or not run.scores:
         return
-    overall, by_task = score_tables(run.scores, step)
+    overall, by_task = score_tables(run.scores, step, run.standins)
     tracker.log_table(overall, "eval/scores.json")
     tracker.log_table(by_task, "eval/task_scores.json")
     if run.predictions:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainers.architecture import BASE_CONFIG, trained_model
 from trainers.spec import CellSpec, DataConfig, ModelConfig, UserError, from_dict, to_dict
 
 CELL_RECORD = "cell.json"
@@ -56,7 +57,7 @@ def kind_of(path: str | os.PathLike) -> str:
         raise UserError(f"{path}: does not exist")
     if not path.is_dir():
         raise UserError(f"{path}: not a directory (expected a model checkpoint directory)")
-    if (path / "model.json").is_file():
+    if (path / BASE_CONFIG).is_file():
         return "base"
     if (path / "config.json").is_file():
         return "hf"
@@ -106,12 +107,9 @@ def cell_model_config(record: dict) -> ModelConfig:
     if isinstance(record.get("model"), dict):
         return from_dict(ModelConfig, record["model"])
     spec = CellSpec.from_dict(record["spec"])
-    base = Path(spec.init_checkpoint) / "model.json" if spec.init_checkpoint else None
+    base = Path(spec.init_checkpoint) / BASE_CONFIG if spec.init_checkpoint else None
     if base is not None and base.is_file():
-        saved = from_dict(ModelConfig, _read_json(base))
-        m = spec.model
-        return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat,
-                                   remat_policy=m.remat_policy, scan_layers=m.scan_layers)
+        return trained_model(spec.model, from_dict(ModelConfig, _read_json(base)))
     return spec.model
 
 
@@ -281,7 +279,7 @@ def export(loaded: Loaded, out: str | os.PathLike, fmt: str, force: bool = False
     from trainers import models
 
     models.save_pretrained(out, loaded.model, loaded.params)
-    files = ["model.json", "params/"]
+    files = [BASE_CONFIG, "params/"]
     data = loaded.data
     source = tokenizer_file(data, loaded.model)
     if source is not None:

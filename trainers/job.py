@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.eval import benchmarks
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
@@ -65,6 +66,7 @@ def _params_to_log(spec: CellSpec, n_params: int) -> dict[str, Any]:
         "input_length": d.input_length,
         "target_length": d.target_length,
         "seed": spec.seed,
+        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
     }
 
 
@@ -310,19 +312,16 @@ def _step_optim(optim: Any) -> Any:
 
 
 def _model_config(cell: CellSpec, models: Any) -> Any:
-    """The spec's model, or the architecture of cell.init_checkpoint with the spec's numerics."""
-    import dataclasses
+    """The spec's model, or the architecture of cell.init_checkpoint with the spec's name and
+    numerics (trainers.architecture.trained_model, by which the planner counts it too)."""
+    from trainers.architecture import trained_model
 
     if not cell.init_checkpoint:
         return cell.model
     path = Path(cell.init_checkpoint)
     if not path.exists():
         raise UserError(f"init_checkpoint: {str(path)!r} does not exist")
-    saved = models.load_config(path)
-    # The architecture comes from the checkpoint; numerics, remat and layer layout from the spec.
-    m = cell.model
-    return dataclasses.replace(saved, dtype=m.dtype, dropout_rate=m.dropout_rate, remat=m.remat,
-                               remat_policy=m.remat_policy, scan_layers=m.scan_layers)
+    return trained_model(cell.model, models.load_config(path))
 
 
 def _initial_params(cell: CellSpec, model_cfg: Any, setup: Any, models: Any) -> Any:

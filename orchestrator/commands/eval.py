@@ -124,12 +124,21 @@ def read_predictions(path: Path) -> tuple[dict[str, list[str]], bool]:
     return out, has_samples
 
 
-def _print_score(score, fmt: str) -> None:
+STANDIN_NOTE = "on flanscale's synthetic stand-in data, not the real benchmark; give --data-dir"
+
+
+def _score_json(score, data_dir: str) -> dict:
+    """A score as JSON, with `standin`: whether it was scored on stand-in data."""
+    return {**score.to_json(), "standin": benchmarks.standin(score.benchmark, data_dir)}
+
+
+def _print_score(score, fmt: str, data_dir: str) -> None:
     if fmt == "json":
-        print(json.dumps(score.to_json(), indent=2, sort_keys=True))
+        print(json.dumps(_score_json(score, data_dir), indent=2, sort_keys=True))
         return
     width = max([len(t) for t in score.tasks] + [10])
-    print(f"{score.benchmark} ({score.mode})")
+    standin = benchmarks.standin(score.benchmark, data_dir)
+    print(f"{score.benchmark} ({score.mode})" + (f" stand-in: {STANDIN_NOTE}" if standin else ""))
     for task, value in score.tasks.items():
         print(f"  {task:<{width}}  {value:6.2f}")
     print(f"  {'mean':<{width}}  {score.score:6.2f}")
@@ -158,7 +167,7 @@ def score_predictions(args: argparse.Namespace) -> int:
     if score.missing:
         total = sum(len(e) for e in bench.tasks.values())
         print(f"flanscale: {score.missing} of {total} examples have no prediction (counted wrong)", file=sys.stderr)
-    _print_score(score, args.format)
+    _print_score(score, args.format, args.data_dir)
     return 0
 
 
@@ -231,11 +240,22 @@ def run_model(args: argparse.Namespace) -> int:
                 for ex_id, row in rows.items():
                     f.write(json.dumps({"id": ex_id, **row}, ensure_ascii=False) + "\n")
     metrics = {**scoring.metrics([s for s in scores if s.mode not in ("rc", "rc_norm")]), **rc_metrics}
+    standins = [b for b in names if benchmarks.standin(b, args.data_dir)]
     if args.format == "json":
-        print(json.dumps({"scores": [s.to_json() for s in scores], "metrics": metrics}, indent=2, sort_keys=True))
+        print(json.dumps({"scores": [_score_json(s, args.data_dir) for s in scores], "metrics": metrics,
+                          "standins": standins}, indent=2, sort_keys=True))
         return 0
     for score in scores:
-        _print_score(score, args.format)
+        _print_score(score, args.format, args.data_dir)
     for key, value in metrics.items():
-        print(f"{key} = {value:.2f}")
+        print(f"{key} = {value:.2f}" + (" (stand-in)" if _standin_metric(key, standins) else ""))
     return 0
+
+
+def _standin_metric(key: str, standins: list[str]) -> bool:
+    """Whether metric `key` is a stand-in benchmark's score, or an average with one among its members."""
+    parts = key.split("/")
+    if len(parts) > 2 and parts[1] in standins:
+        return True
+    return any(key == benchmarks.average_metric(suite) and any(b in standins for b, _ in benchmarks.average_members(suite))
+               for suite in benchmarks.SUITES)

@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
             "Expand a sweep spec (models x task counts x format sets) into cells and show, for "
             "each, its key, parameters, finetuning tokens and FLOPs, pretraining FLOPs, the "
             "finetune/pretrain fraction, the devices, hosts and mesh it needs, memory per "
-            "device, and estimated hours and cost. Nothing is scheduled."
+            "device, and estimated hours and cost. A cell finetuning from an init_checkpoint is "
+            "counted as the architecture the checkpoint's model.json records, with a note where "
+            "that is not its preset's. Nothing is scheduled."
         ),
     )
     p.add_argument("spec", metavar="SPEC", help="sweep file (Hydra YAML), e.g. sweeps/demo.yaml")
@@ -161,6 +163,7 @@ _COMPILE_RANKS = {"XLA GiB": 16, "compile s": 11}
 
 def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled: dict | None = None) -> None:
     from rich import box
+    from rich.markup import escape
 
     from orchestrator.termtable import Column, FittedTable, wide_console
 
@@ -200,6 +203,8 @@ def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled
                         show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
     console = wide_console(table)
     console.print(table)
+    # A base checkpoint of another architecture than its preset, said once for all its cells.
+    notes += [f"[yellow]architecture[/yellow] {escape(n)}" for n in dict.fromkeys(c.architecture_note for c in cells) if n]
     for note in notes:
         # Whole lines (a terminal wraps them), so a refusal can be searched for as printed.
         console.print(note, highlight=False, soft_wrap=True)

@@ -42,6 +42,27 @@ def test_plan_table_shows_cells_totals_and_refusals(flanscale):
     assert "infeasible [1] palm-540b" in out and "does not fit cpu memory" in out
 
 
+def test_plan_counts_an_imported_architecture_and_says_so_once(flanscale, tmp_path):
+    import dataclasses
+
+    from orchestrator.catalog import get_preset
+    from trainers import accounting
+    from trainers.spec import to_dict
+
+    small = dataclasses.replace(get_preset("tiny-1").model, d_model=64, d_ff=128, num_heads=2, d_kv=16)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.json").write_text(json.dumps(to_dict(small)))
+    argv = ("plan", DEMO, "models=[tiny-1]", "task_counts=[0,9,89]", "seeds=[0,1]", f"+init_checkpoint.tiny-1={tmp_path / 'base'}")
+    code, out, err = flanscale(*argv, "--format", "json")
+    assert code == 0, err
+    cells = json.loads(out)
+    assert len(cells) == 5 and {c["params"] for c in cells} == {accounting.param_count(small)}
+    assert len({c["architecture_note"] for c in cells}) == 1 and "another architecture" in cells[0]["architecture_note"]
+    code, out, err = flanscale(*argv, "--wide")
+    assert code == 0, err
+    assert out.count("another architecture than preset tiny-1") == 1 and "d_model 64 not 96" in out
+
+
 @pytest.mark.parametrize("argv,needles", [
     (["nope.yaml"], ["nope.yaml: no such sweep file"]),
     ([DEMO, "models=[tiny-7]"], ["'tiny-7'", "did you mean"]),

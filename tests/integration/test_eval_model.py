@@ -96,6 +96,8 @@ def test_cli_evaluates_a_checkpoint_and_its_predictions_rescore(tmp_path, capsys
     ran = cli(["eval", "--checkpoint", str(ckpt), "--benchmark", "mmlu,mgsm", "--max-examples", "1",
                "--max-new-tokens", "6", "--max-prompt-tokens", "512", "--predictions-out", preds, "--format", "json"])
     assert [(s["benchmark"], s["mode"]) for s in ran["scores"]] == [("mmlu", "direct"), ("mgsm", "cot")]
+    # Without --data-dir the paper's benchmarks are scored on the shipped stand-ins, and say so.
+    assert all(s["standin"] is True for s in ran["scores"]) and ran["standins"] == ["mmlu", "mgsm"]
     assert set(ran["metrics"]) == {f"eval/{b}{flex}{norm}" for b in ("mmlu/direct", "mgsm/cot")
                                    for flex in ("", "_flex") for norm in ("", "/normalized")}
     for s in ran["scores"]:
@@ -109,6 +111,7 @@ def test_cli_evaluates_a_checkpoint_and_its_predictions_rescore(tmp_path, capsys
     assert [(s["benchmark"], s["mode"]) for s in ranked["scores"]] == [
         ("unseen_mc", "rc"), ("unseen_mc", "rc_norm"), ("unseen_reasoning", "rc"), ("unseen_reasoning", "rc_norm")]
     assert ranked["metrics"]["eval/unseen_mc/rc_logprob"] < 0
+    assert not any(s["standin"] for s in ranked["scores"]) and ranked["standins"] == []  # real built-in data
     mc = ranked["scores"][0]
     rescored = cli(["eval", "score", "--benchmark", "unseen_mc", "--predictions", preds.format(benchmark="unseen_mc"),
                     "--max-examples", "2", "--mode", "direct"])

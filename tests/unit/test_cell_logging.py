@@ -205,6 +205,17 @@ def test_an_evaluation_without_benchmarks_logs_no_tables():
     assert memory.tables == {}
 
 
+def test_evaluation_tables_mark_the_benchmarks_scored_on_stand_ins():
+    cfg = EvalConfig(benchmarks=("mmlu", "unseen_mc", "mgsm"), modes=("direct",), max_examples=1, loss=False)
+    result = runner.run_eval(cfg, lambda texts, **kw: [["A"] for _ in texts])
+    assert result.standins == ("mmlu", "mgsm")  # the paper's benchmarks without data of their own
+    memory = MemoryTracker()
+    log_evaluation(memory, result, 5)
+    for name in ("eval/scores.json", "eval/task_scores.json"):
+        table = memory.tables[name]
+        assert table["standin"] == [b != "unseen_mc" for b in table["benchmark"]]
+
+
 def _system_metrics(client, run_id):
     return {k for k in client.get_run(run_id).data.metrics if k.startswith("system/")}
 

@@ -46,7 +46,7 @@ def test_score_mmlu_json_with_missing(tmp_path, capsys):
     assert _run(["eval", "score", "--benchmark", "mmlu", "--data-dir", str(FIXTURES), "--predictions", str(preds)]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert out["benchmark"] == "mmlu" and out["mode"] == "direct"
+    assert out["benchmark"] == "mmlu" and out["mode"] == "direct" and out["standin"] is False
     assert out["tasks"] == {"astronomy": pytest.approx(100 / 3), "virology": 100.0}
     assert out["score"] == pytest.approx(200 / 3)
     assert out["normalized"] == pytest.approx(100 * (200 / 3 - 25) / 75)
@@ -116,6 +116,14 @@ def test_score_standins_with_max_examples(tmp_path, capsys):
     assert _run(["eval", "score", "--benchmark", "tydiqa", "--predictions", str(preds), "--max-examples", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["score"] == 100.0 and set(out["tasks"]) == {"ar", "fi", "sw"}
+    # Scored on the shipped stand-ins, not on TyDiQA: the JSON and the table say so.
+    assert out["standin"] is True
+    assert _run(["eval", "score", "--benchmark", "tydiqa", "--predictions", str(preds), "--format", "table"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("tydiqa (direct) stand-in: ")
+    # So does the shipped data given as --data-dir; the built-in unseen-task benchmark is real data.
+    from trainers.eval import benchmarks
+    assert benchmarks.standin("tydiqa", benchmarks.STANDINS) and benchmarks.standin("mmlu", benchmarks.STANDINS / "mmlu")
+    assert not benchmarks.standin("unseen_qa") and not benchmarks.standin("tydiqa", FIXTURES)
 
 
 def test_flanscale_main_runs_eval_score_and_reports_errors_in_one_line(tmp_path, capsys, monkeypatch):

@@ -222,3 +222,74 @@ def test_paper_flops_beside_the_physical_figures(tmp_path):
                                 "fraction": pytest.approx(tiny.finetune_tokens / 2e6)}
     (bare,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]"]))
     assert bare.paper_flops["pretrain"] is None and bare.paper_flops["fraction"] is None
+
+
+def _base_checkpoint(path: Path, model) -> Path:
+    """A base checkpoint's model.json (the planner reads no weights)."""
+    from trainers.spec import to_dict
+
+    path.mkdir()
+    (path / "model.json").write_text(json.dumps(to_dict(model)))
+    return path
+
+
+def test_an_init_checkpoint_of_another_architecture_is_planned_logged_and_trained_as_itself(tmp_path):
+    from orchestrator.store import cell_params
+    from trainers.architecture import trained_model
+
+    preset = get_preset("tiny-1").model
+    small = dataclasses.replace(preset, name="imported", d_model=64, d_ff=128, num_heads=2, d_kv=16)
+    ckpt = _base_checkpoint(tmp_path / "base", small)
+    cells = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[0,9]", "seeds=[0]",
+                                  f"+init_checkpoint.tiny-1={ckpt}"]))
+    n = accounting.param_count(small)
+    assert n < accounting.param_count(preset)
+    for c in cells:
+        # The job builds the model by the same rule, so plan, MLflow and training agree.
+        assert c.spec.model == trained_model(c.spec.model, small) and c.spec.model.name == "tiny-1"
+        assert c.params == n == cell_params(c)["params"]
+        o, d = c.spec.optim, c.spec.data
+        assert c.finetune_flops == accounting.train_flops(small, o.steps * o.batch_size * d.input_length,
+                                                          o.steps * o.batch_size * d.target_length)
+        # Another architecture was not pretrained the preset's way: no paper basis, pretraining unknown.
+        assert c.pretrain_flops == 0.0 and c.paper_flops["pretrain"] is None
+    # The mismatch is one note shared by the preset's cells, naming what differs and the counts.
+    (note,) = {c.architecture_note for c in cells}
+    assert note.startswith(f"init_checkpoint.tiny-1: {ckpt} holds another architecture than preset tiny-1")
+    assert "d_model 64 not 96" in note and f"{n:,} parameters" in note
+    assert "name" not in note and "\n" not in note
+
+    # A checkpoint of the preset's own architecture changes nothing (same keys, no note).
+    same = _base_checkpoint(tmp_path / "same", dataclasses.replace(preset, dtype="bfloat16", name="x"))
+    spec = ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", f"+init_checkpoint.tiny-1={same}"]
+    (cell,) = plan(load_spec(DEMO, spec))
+    assert cell.architecture_note == "" and cell.spec.model == get_preset("tiny-1").model
+    assert cell.params == accounting.param_count(preset)
+    with pytest.raises(UserError, match=r"init_checkpoint\.tiny-1: .*model\.json: invalid JSON"):
+        (same / "model.json").write_text("{")
+        plan(load_spec(DEMO, spec))
+
+
+def test_cells_name_the_benchmarks_they_score_on_stand_ins(tmp_path):
+    import shutil
+
+    from orchestrator.store import cell_params
+    from trainers.eval.benchmarks import STANDINS, STANDINS_PARAM
+    from trainers.job import _params_to_log
+
+    def standins(*overrides):
+        (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", *overrides]))
+        logged = cell_params(cell)[STANDINS_PARAM]
+        assert _params_to_log(cell.spec, cell.params)[STANDINS_PARAM] == logged  # the job logs the same value
+        return logged
+
+    # Without data of their own, the paper's benchmarks are stand-ins (in the sweep's order);
+    # the built-in unseen-task benchmarks are real data.
+    assert standins("eval.benchmarks=[bbh,unseen_mc,mmlu,mgsm,tydiqa,unseen_qa]") == "bbh,mmlu,mgsm,tydiqa"
+    assert standins("eval.benchmarks=[unseen_mc,unseen_arith]") == ""
+    # A data folder holding MMLU in its release format: MMLU is the real benchmark.
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "eval" / "mmlu", data / "mmlu")
+    assert standins("eval.benchmarks=[mmlu,unseen_mc]", f"eval.data_dir={data}") == ""
+    # The shipped stand-ins given as the data folder are still stand-ins.
+    assert standins("eval.benchmarks=[mmlu,bbh]", f"eval.data_dir={STANDINS}") == "mmlu,bbh"

@@ -9,15 +9,11 @@ the benchmark files through their own loaders) and raise UserError naming the fi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from trainers.data.flan import find_files, format_of, read_records, submixture_of
-from trainers.spec import ModelConfig, UserError, from_dict
-
-# What trainers.models.save_pretrained writes (and load_pretrained reads) in a base checkpoint.
-BASE_CONFIG = "model.json"
-BASE_PARAMS = "params"
+from trainers.architecture import BASE_CONFIG, BASE_PARAMS, read_base_config
+from trainers.spec import ModelConfig, UserError
 
 
 def flan_exports(paths: tuple[str, ...], where: str = "data.paths") -> int:
@@ -43,20 +39,9 @@ def base_checkpoint(path: str, where: str = "init_checkpoint") -> ModelConfig:
     root = Path(path).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
-        raise UserError(f"{where}: {path!r} {what}; give a base checkpoint folder (model.json + params/), "
+        raise UserError(f"{where}: {path!r} {what}; give a base checkpoint folder ({BASE_CONFIG} + {BASE_PARAMS}/), "
                         "as `flanscale pretrain --out` or `flanscale convert` write")
-    cfg_file = root / BASE_CONFIG
-    if not cfg_file.is_file():
-        raise UserError(f"{where}: {path!r} has no {BASE_CONFIG}; not a flanscale base checkpoint "
-                        "(model.json + params/)")
-    try:
-        cfg = from_dict(ModelConfig, json.loads(cfg_file.read_text()))
-    except OSError as e:
-        raise UserError(f"{where}: {cfg_file}: cannot read ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where}: {cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    except (UserError, TypeError, AttributeError) as e:
-        raise UserError(f"{where}: {cfg_file}: not a model config ({e})") from None
+    cfg = read_base_config(path, where)
     params = root / BASE_PARAMS
     if not params.is_dir() or not any(params.iterdir()):
         raise UserError(f"{where}: {path!r} has no {BASE_PARAMS}/ folder with the weights; "
@@ -66,7 +51,7 @@ def base_checkpoint(path: str, where: str = "init_checkpoint") -> ModelConfig:
 
 def eval_data(benchmark_names: tuple[str, ...], data_dir: str, mmlu_split: str, where: str = "eval.data_dir") -> None:
     """Each benchmark that reads `data_dir` loads from it with the loader the cell uses."""
-    from trainers.eval import loaders
+    from trainers.eval import benchmarks, loaders
 
     for name in benchmark_names:
         try:
@@ -74,7 +59,7 @@ def eval_data(benchmark_names: tuple[str, ...], data_dir: str, mmlu_split: str, 
         except UserError as e:
             raise UserError(f"{where}: {name}: {e}") from None
         if not any(bench.tasks.values()):
-            raise UserError(f"{where}: {name}: no examples under {loaders.benchmark_root(name, data_dir)}")
+            raise UserError(f"{where}: {name}: no examples under {benchmarks.benchmark_root(name, data_dir)}")
 
 
 def tokenizer_model(path: str, where: str = "data.tokenizer") -> int:

@@ -7,13 +7,17 @@ benchmarks are one shape each; the built-in unseen-task benchmark reuses the sam
 on tasks that no finetuning mixture contains (`trainers/data/heldout.py`), so both are
 loaded, prompted, extracted and scored by the same code. Adding a benchmark is one module
 (its data or loader) and one `register` call here.
+
+Without data of their own (`eval.data_dir`), the paper's benchmarks are scored on small
+synthetic stand-ins in the release formats; `standin` says when, so that such scores are
+never taken for the real benchmarks'.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from trainers.data.heldout import QA_CANDIDATES, REASONING_BASELINES
 from trainers.spec import UserError, did_you_mean
@@ -145,6 +149,52 @@ def average_members(suite: str) -> tuple[tuple[str, str], ...]:
 def average_metric(suite: str) -> str:
     """The metric name of a suite's normalized average."""
     return "eval/normalized_average" if suite == "paper" else f"eval/{suite}/normalized_average"
+
+
+def benchmark_root(benchmark: str, data_dir: str | Path = "") -> Path:
+    """The directory holding `benchmark`'s files: `data_dir/<benchmark>` if it exists, else
+    `data_dir` itself for the paper's benchmarks; the shipped data when `data_dir` is empty
+    (and always for a built-in benchmark that `data_dir` does not hold)."""
+    info = get(benchmark)
+    if not data_dir:
+        return info.shipped
+    base = Path(data_dir)
+    if not base.is_dir():
+        raise UserError(f"eval data_dir: {str(base)!r} is not a directory")
+    if (base / benchmark).is_dir() and not _looks_like_root(info.shape, base):
+        return base / benchmark
+    if info.suite != "paper":
+        return info.shipped
+    return base
+
+
+def _looks_like_root(shape: str, path: Path) -> bool:
+    # BBH's own root holds a folder named bbh/, so "has a child named like the benchmark"
+    # alone cannot tell a benchmark root from a directory of benchmarks.
+    if shape == "mmlu":
+        return (path / "data" / "dev").is_dir() or (path / "dev").is_dir()
+    if shape == "bbh":
+        return (path / "bbh").is_dir() and (path / "cot-prompts").is_dir()
+    if shape == "mgsm":
+        return any(path.glob("mgsm_*.tsv"))
+    return any(path.glob("*.json"))
+
+
+def standin(benchmark: str, data_dir: str | Path = "") -> bool:
+    """Whether `benchmark` read from `data_dir` is scored on flanscale's synthetic stand-ins
+    (the files under STANDINS) rather than on the benchmark it is named after: a paper
+    benchmark without data of its own. The built-in unseen-task benchmarks are real data."""
+    return benchmark_root(benchmark, data_dir).resolve().is_relative_to(STANDINS)
+
+
+# The run param naming the benchmarks of a cell that are scored on stand-ins.
+STANDINS_PARAM = "eval_standins"
+
+
+def standins_param(names: Sequence[str], data_dir: str | Path = "") -> dict[str, str]:
+    """{STANDINS_PARAM: the stand-in benchmarks among `names`, comma-separated in their order
+    ("" when none)}: the one value the controller and the cell's job both log."""
+    return {STANDINS_PARAM: ",".join(b for b in names if standin(b, data_dir))}
 
 
 register(BenchmarkInfo("mmlu", "mmlu", "paper", ("direct", "cot", "sc", "rc"), "direct", 5, 25.0, STANDINS / "mmlu",

@@ -5,7 +5,7 @@ examples per task (subject, subtask or language) and the few-shot material the p
 need. Malformed input raises `UserError` naming the file (and line or row) and what was
 expected, before any model runs.
 
-Roots (see `benchmark_root`): a data directory may hold all four benchmarks as
+Roots (see `benchmarks.benchmark_root`): a data directory may hold all four benchmarks as
 `<dir>/{mmlu,bbh,tydiqa,mgsm}/...`, or be one benchmark's root itself.
 - MMLU: `data/{dev,val,test}/{subject}_{split}.csv` (the `data/` level may be omitted);
   optional `cot-prompts/{subject}.txt` (BBH CoT-prompt format) with worked rationales.
@@ -94,40 +94,11 @@ class Benchmark:
         return {e.id: e for ex in self.tasks.values() for e in ex}
 
 
-def benchmark_root(benchmark: str, data_dir: str | Path = "") -> Path:
-    """The directory holding `benchmark`'s files: `data_dir/<benchmark>` if it exists, else
-    `data_dir` itself for the paper's benchmarks; the shipped data when `data_dir` is empty
-    (and always for a built-in benchmark that `data_dir` does not hold)."""
-    info = benchmarks.get(benchmark)
-    if not data_dir:
-        return info.shipped
-    base = Path(data_dir)
-    if not base.is_dir():
-        raise UserError(f"eval data_dir: {str(base)!r} is not a directory")
-    if (base / benchmark).is_dir() and not _looks_like_root(info.shape, base):
-        return base / benchmark
-    if info.suite != "paper":
-        return info.shipped
-    return base
-
-
-def _looks_like_root(shape: str, path: Path) -> bool:
-    # BBH's own root holds a folder named bbh/, so "has a child named like the benchmark"
-    # alone cannot tell a benchmark root from a directory of benchmarks.
-    if shape == "mmlu":
-        return (path / "data" / "dev").is_dir() or (path / "dev").is_dir()
-    if shape == "bbh":
-        return (path / "bbh").is_dir() and (path / "cot-prompts").is_dir()
-    if shape == "mgsm":
-        return any(path.glob("mgsm_*.tsv"))
-    return any(path.glob("*.json"))
-
-
 def load(benchmark: str, data_dir: str | Path = "", mmlu_split: str = "test") -> Benchmark:
     """Load a registered benchmark from its release-format files; `mmlu_split` is the split
     MMLU-shaped benchmarks evaluate (`dev` always supplies the 5 shots)."""
     info = benchmarks.get(benchmark)
-    root = benchmark_root(benchmark, data_dir)
+    root = benchmarks.benchmark_root(benchmark, data_dir)
     if info.shape == "mmlu":
         return load_mmlu(root, mmlu_split, name=info.name)
     if info.shape == "bbh":

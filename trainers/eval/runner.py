@@ -52,6 +52,7 @@ class EvalRun:
     metrics: dict[str, float]
     scores: tuple[scoring.Score, ...]  # strict generative scores (flexible twin inside), rc and rc_norm
     predictions: tuple[Prediction, ...]  # up to `predictions` per benchmark and mode
+    standins: tuple[str, ...] = ()  # the benchmarks scored on flanscale's stand-in data (benchmarks.standin)
 
 
 def check_mode(benchmark: str, mode: str) -> None:
@@ -163,7 +164,8 @@ def run_eval(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions
             run = run_benchmark(data[b], mode, generate, cfg, seed)
             scores.append(run.score)
             sample += generated_predictions(data[b], run, predictions)
-    return EvalRun({**scoring.metrics(scores), **out}, (*scores, *ranked), tuple(sample))
+    standins = tuple(b for b in cfg.benchmarks if benchmarks.standin(b, cfg.data_dir))
+    return EvalRun({**scoring.metrics(scores), **out}, (*scores, *ranked), tuple(sample), standins)
 
 
 def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,

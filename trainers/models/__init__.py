@@ -26,6 +26,7 @@ import flax.linen as nn
 
 from trainers.families import family_of, validate
 from trainers.models.stacking import stack_layers, unstack_layers
+from trainers.architecture import BASE_CONFIG, BASE_PARAMS
 from trainers.spec import ModelConfig, UserError, from_dict, to_dict
 
 _LAYER_MAJOR = ("cache", "cross")  # decoding-state entries whose leaves are [layers, batch, ...]
@@ -169,17 +170,17 @@ def save_pretrained(dst, cfg: ModelConfig, params) -> Path:
     dst = Path(dst).absolute()
     dst.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(dst / "params", params, force=True)
+    checkpointer.save(dst / BASE_PARAMS, params, force=True)
     checkpointer.wait_until_finished()
-    (dst / "model.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+    (dst / BASE_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
     return dst
 
 
 def load_config(path) -> ModelConfig:
     path = Path(path)
-    cfg_file = path / "model.json"
+    cfg_file = path / BASE_CONFIG
     if not cfg_file.is_file():
-        raise UserError(f"{path}: not a flanscale model checkpoint (missing model.json)")
+        raise UserError(f"{path}: not a flanscale model checkpoint (missing {BASE_CONFIG})")
     try:
         return from_dict(ModelConfig, json.loads(cfg_file.read_text()))
     except json.JSONDecodeError as e:
@@ -200,8 +201,8 @@ def load_pretrained(path, shardings: Any = None, scan_layers: bool | None = None
 
     path = Path(path).absolute()
     saved = load_config(path)
-    if not (path / "params").is_dir():
-        raise UserError(f"{path}: not a flanscale model checkpoint (missing params/)")
+    if not (path / BASE_PARAMS).is_dir():
+        raise UserError(f"{path}: not a flanscale model checkpoint (missing {BASE_PARAMS}/)")
     cfg = saved if scan_layers is None else dataclasses.replace(saved, scan_layers=scan_layers)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if shardings is None:
@@ -210,7 +211,7 @@ def load_pretrained(path, shardings: Any = None, scan_layers: bool | None = None
     def restore(layout: ModelConfig, target_shardings):
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                               param_shapes(layout), target_shardings)
-        return ocp.StandardCheckpointer().restore(path / "params", target)
+        return ocp.StandardCheckpointer().restore(path / BASE_PARAMS, target)
 
     try:
         return cfg, restore(cfg, shardings)
