@@ -26,8 +26,10 @@ adds Gaussian noise of that scale (and never less than a point's own seed spread
 metric's resolution) to a law form's fitted values, refits that form and predicts. Drawing the
 scale, rather than plugging in the estimate, makes the interval t-like: wide with 3 points
 instead of collapsing to the spread of pairwise lines (the drawn scale is capped at the
-points' own spread). Each form the points cannot rule out is bootstrapped and the interval is
-the union of theirs: with 3 points a pure power law and one that levels off at E fit equally
+points' own spread); the spread over seeds, which measures the noise free of any misfit, is
+pooled into the residuals with its own degrees of freedom. Each form the points cannot rule
+out (an F test) is bootstrapped and the interval takes the percentiles of all their
+replicates together: with 3 points a pure power law and one that levels off at E fit equally
 well, and a forecast one decade on may lie anywhere between them, so the interval says so.
 """
 
@@ -46,8 +48,8 @@ from dashboards.kinds import Domain
 MIN_POINTS = 3  # two parameters and one degree of freedom for the noise
 DEFAULT_BOOTSTRAP = 200
 DEFAULT_LEVEL = 0.95
-INTERVAL_METHOD = ("parametric bootstrap of each law form (noise scale drawn from chi-square, seed spread and "
-                   "resolution as floors), union over the forms the points cannot rule out")
+INTERVAL_METHOD = ("parametric bootstrap of each law form the points cannot rule out, pooled (noise scale drawn "
+                   "from chi-square over the residuals and the seed spread; seed spread and resolution as floors)")
 _EDGE = 0.5  # points: half a point from a bound is as close as a fit may read a score
 _ALPHA = (math.log(1e-4), math.log(5.0))  # exponent range of the power laws
 _WIDE = 60.0  # bound on the unconstrained parameters (keeps the optimiser finite)
@@ -258,18 +260,16 @@ class Fit:
     x: tuple[float, ...]
 
     def interval(self, x) -> tuple[np.ndarray, np.ndarray] | None:
-        """The union of each law form's percentile interval (and the point law's value)."""
+        """Percentiles of every law form's replicates pooled, the forms weighted alike (an
+        average over the forms the points cannot rule out), widened to hold the point law."""
         if self.boot is None:
             return None
         xs = np.atleast_1d(np.asarray(x, dtype=float))
         tail = (1 - self.level) / 2 * 100
+        preds = np.concatenate([np.stack([b.predict(xs) for b in reps]) for reps in self.boot])
         point = self.law.predict(xs)
-        lo, hi = point.copy(), point.copy()
-        for reps in self.boot:
-            preds = np.stack([b.predict(xs) for b in reps])
-            lo = np.minimum(lo, np.percentile(preds, tail, axis=0))
-            hi = np.maximum(hi, np.percentile(preds, 100 - tail, axis=0))
-        return lo, hi
+        lo = np.minimum(point, np.percentile(preds, tail, axis=0))
+        return lo, np.maximum(point, np.percentile(preds, 100 - tail, axis=0))
 
     def extrapolation(self, x: float) -> float:
         """Decades beyond the fitted x (0 inside the range)."""
@@ -288,8 +288,9 @@ def fit(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd: Sequenc
 
     The point law is AICc's choice where AICc can judge (5 points or more), else the
     two-parameter law, and the three-parameter law wherever an F test rules the
-    two-parameter one out. The interval is the union over the forms the points cannot rule
-    out, so an irreducible loss (or a ceiling) the data may already show is not forecast away.
+    two-parameter one out. The interval pools the bootstraps of the forms the points cannot
+    rule out, so an irreducible loss (or a ceiling) the data may already show is not forecast
+    away.
     `seed_sd`/`n_seeds`: the spread of each point over its seeds, when points are seed means;
     it sets a floor under the noise the bootstrap adds (and allows an interval at n = k).
     """
@@ -315,7 +316,7 @@ def fit(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd: Sequenc
             chosen, forms = laws[1], laws[1:]
             notes.append(f"the {base} law is ruled out (F test p = {p_base:.2g}); interval from the {extended} law")
         else:
-            notes.append(f"interval: union of the {base} and {extended} laws' bootstraps (the points cannot tell "
+            notes.append(f"interval: the {base} and {extended} laws' bootstraps pooled (the points cannot tell "
                          "them apart)")
     boot = None
     sem = _seed_sem(domain, y, seed_sd, n_seeds)
@@ -326,7 +327,8 @@ def fit(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd: Sequenc
         if len(x) - noise.k < 1:
             notes.append(f"interval from the seed spread alone ({len(x)} points leave no residual): "
                          "it does not include any misfit of the law")
-        boot = _bootstrap(forms, noise, x, sem, seed, n_boot)
+        seed_df = float(np.sum(np.maximum(np.asarray(n_seeds, dtype=float) - 1, 0))) if sem is not None else 0.0
+        boot = _bootstrap(forms, noise, x, sem, seed_df, seed, n_boot)
     return Fit(chosen, tuple(laws), boot, level, "; ".join(notes), tuple(float(v) for v in x))
 
 
@@ -353,13 +355,18 @@ def _seed_sem(domain, y, seed_sd, n_seeds) -> np.ndarray | None:
     return sem * _fit_space_slope(domain, y)
 
 
-def _bootstrap(forms: Sequence[Law], noise: Law, x: np.ndarray, sem: np.ndarray | None, seed: int,
+def _bootstrap(forms: Sequence[Law], noise: Law, x: np.ndarray, sem: np.ndarray | None, seed_df: float, seed: int,
                n_boot: int) -> tuple[tuple[Law, ...], ...]:
-    """Replicates drawn around each law form and refitted with it; the noise scale comes from
-    the residuals of `noise` (the point law, or the two-parameter law where it has none)."""
+    """Replicates drawn around each law form and refitted with it. The noise scale of a point
+    (a mean over seeds) is drawn from the residuals of `noise` (the point law, or the
+    two-parameter law where it has none) pooled with the spread over seeds, each with its
+    degrees of freedom: seeds measure the noise free of any misfit, and with 3 points the
+    residual alone (one degree of freedom) says almost nothing about it."""
     rng = np.random.default_rng(seed)
     u = np.log(x / noise.scale)
     df = len(x) - noise.k
+    rss = noise.rss + (float(np.sum(seed_df / len(x) * sem ** 2)) if sem is not None else 0.0)
+    df_all = max(df, 0) + seed_df
     # With one or two degrees of freedom the drawn scale has a very heavy tail; it is capped
     # at the spread of the points themselves: noise larger than all the points vary by would
     # leave no trend to fit.
@@ -374,7 +381,7 @@ def _bootstrap(forms: Sequence[Law], noise: Law, x: np.ndarray, sem: np.ndarray 
         z_hat = form.z(x)
         reps = []
         for _ in range(n_boot):
-            sigma = min(math.sqrt(noise.rss / rng.chisquare(df)), cap) if df >= 1 else 0.0
+            sigma = min(math.sqrt(rss / rng.chisquare(df_all)), cap) if df_all >= 1 else 0.0
             sd = np.maximum(sigma, sem) if sem is not None else np.full(len(x), sigma)
             sd = np.maximum(sd, resolution)
             reps.append(_refit(form, u, z_hat + rng.normal(0.0, 1.0, len(x)) * sd))

@@ -66,7 +66,7 @@ def test_with_few_points_the_interval_spans_both_law_forms():
     power law keeps falling, but the points cannot rule out a law that levels off at E, so the
     interval one rung on holds the level already reached."""
     f = laws.fit([9, 89, 282], [3.278, 2.950, 2.945], LOSS, n_boot=100)
-    assert f.law.name == "power" and "union of the power and power+offset" in f.note
+    assert f.law.name == "power" and "the power and power+offset laws' bootstraps pooled" in f.note
     assert all(v > 0 for v in f.law.predict(np.geomspace(1, 1e30, 50)))
     p = laws.predict(f, 1836)
     assert p.extrapolation and p.low < p.value < 2.9 < 2.94 < p.high
