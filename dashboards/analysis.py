@@ -9,10 +9,12 @@ A *series* is one line of a scaling plot and follows one lineage:
 Cells that differ only by seed are one point: the mean over seeds, with the min-max spread
 and the number of seeds. Laws (dashboards/laws.py) are fitted to the means.
 
-Before fitting, a series must be able to show a trend: at least 3 distinct x, something
-above chance (accuracy), and a slope in ln x that a t-test tells from the noise (the spread
-over seeds when points have several, else the scatter about a line). Otherwise the report
-says which of these the data lack at this scale instead of drawing a fit.
+A law is fitted to a series only where the pooled test over all of the metric's cells
+(dashboards/trends.py) finds a trend along the axis, and the series itself has at least 3
+distinct x, something above chance (accuracy), means that differ by more than the metric's
+resolution and, where points have several seeds, seeds that do not all agree exactly (no
+measured noise). Otherwise the report says which of these the data lack at this scale
+instead of drawing a fit.
 """
 
 from __future__ import annotations
@@ -133,16 +135,15 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
-           states: Iterable[str] = ("finished",)) -> list[Series]:
-    """Series of `metric` by lineage, seeds aggregated into points (see module doc)."""
+def grouped(cells: Sequence[CellRun], metric: str, against: str = "params",
+            states: Iterable[str] = ("finished",)) -> dict[tuple, dict[object, list[CellRun]]]:
+    """The cells of each series (see module doc): group -> member (preset or task count) -> cells."""
     if against not in AGAINST:
         raise ValueError(f"against must be one of {AGAINST}, not {against!r}")
     pts = usable(cells, metric, states)
     finetuned = [c for c in pts if c.task_count > 0]
     split_cot = len({c.with_cot for c in finetuned}) > 1
     split_formats = len({c.formats for c in finetuned}) > 1
-    one_family = len({lineage(c.model) for c in pts}) <= 1
     groups: dict[tuple, dict[object, list[CellRun]]] = defaultdict(lambda: defaultdict(list))
     for c in pts:
         if against == "task_count":
@@ -158,12 +159,20 @@ def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
         if split_formats and c.task_count > 0:
             g.append(("formats", c.formats))
         groups[tuple(g)][member].append(c)
+    return groups
+
+
+def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
+           states: Iterable[str] = ("finished",)) -> list[Series]:
+    """Series of `metric` by lineage, seeds aggregated into points (see module doc)."""
+    groups = grouped(cells, metric, against, states)
+    one_family = len({lineage(c.model) for m in groups.values() for cs in m.values() for c in cs}) <= 1
     order = {c.model: c.params for c in cells}
     out = []
     for g, members in sorted(groups.items(), key=lambda kv: _group_order(kv[0], order)):
         points, base = [], None
         for member, cs in members.items():
-            x = _x(cs[0], against)
+            x = axis_x(cs[0], against)
             name = f"{member} tasks" if against == "task_count" else str(member)
             p = _point(x, [c.metric(metric) for c in cs], [c.key for c in cs], name)  # type: ignore[misc]
             if against == "task_count" and x <= 0:
@@ -174,7 +183,7 @@ def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
     return out
 
 
-def _x(c: CellRun, against: str) -> float:
+def axis_x(c: CellRun, against: str) -> float:
     if against == "params":
         return float(c.params)
     if against == "task_count":
@@ -212,7 +221,9 @@ def _label(g: tuple, one_family: bool) -> str:
 
 
 def cannot_show(series: Series, domain: Domain, against: str) -> str | None:
-    """Why the series cannot show a trend at this scale, in plain words; None when it can."""
+    """Why the series cannot carry a law at this scale, in plain words; None when it can.
+    Whether the metric moves along the axis at all is the pooled test's to say
+    (dashboards/trends.py); this is what one series itself lacks."""
     noun = X_NOUN[against]
     if len(set(series.x)) < laws.MIN_POINTS:
         n = len(set(series.x))
@@ -223,36 +234,16 @@ def cannot_show(series: Series, domain: Domain, against: str) -> str | None:
         return f"every point at or below chance ({domain.low:.4g}): nothing above chance to fit"
     # Equal to rounding (their slope in ln x is then 1e-14, not 0): nothing moves at all.
     if float(np.ptp(y)) <= 1e-9 * max(1.0, float(np.max(np.abs(y)))):
-        return f"flat: {y[0]:.4g} at every one of the {len(y)} {noun}; no trend to fit"
-    t, noise = trend_t(series)
-    if t is not None and abs(t[0]) < t[1]:
-        return (f"flat: {y[0]:.4g} to {y[-1]:.4g} across {noun}, a slope in ln x within the noise "
-                f"(|t| = {abs(t[0]):.2g} < {t[1]:.3g}, {noise}); no trend to fit")
+        return f"the same value, {y[0]:.4g}, at every one of the {len(y)} {noun}: no law to fit"
+    res = float(domain.resolution(float(np.mean(y))))
+    if float(np.ptp(y)) < res:
+        return (f"the means differ by {np.ptp(y):.2g} across {noun} ({y[0]:.4g} to {y[-1]:.4g}), less than the "
+                f"metric's resolution ({res:.2g}): no law to fit")
+    seeded = [p for p in series.points if p.n > 1]
+    if seeded and all(p.sd == 0 for p in seeded):
+        return ("the seeds agree exactly at every point: no noise is measured, so nothing tells a change from "
+                "chance; no law to fit")
     return None
-
-
-def trend_t(series: Series) -> tuple[tuple[float, float] | None, str]:
-    """(t statistic of the slope of the means in ln x, its 95% critical value), and what the
-    noise was measured from: the spread over seeds when points have several, else the
-    scatter about a straight line. None when the points are exactly flat or exactly on a line."""
-    from scipy.stats import t as student_t
-
-    u = np.log(np.asarray(series.x))
-    y = np.asarray(series.y)
-    n = np.asarray([p.n for p in series.points], dtype=float)
-    w = (u - u.mean()) / np.sum((u - u.mean()) ** 2)
-    slope = float(np.sum(w * y))
-    df_seeds = float(np.sum(n - 1))
-    if df_seeds > 0:
-        pooled = float(np.sum((n - 1) * np.asarray([p.sd for p in series.points]) ** 2) / df_seeds)
-        se, df, noise = math.sqrt(float(np.sum(w ** 2 * pooled / n))), df_seeds, "noise from the spread over seeds"
-    else:
-        resid = y - (y.mean() + slope * (u - u.mean()))
-        df = len(y) - 2.0
-        se, noise = math.sqrt(float(np.sum(resid ** 2)) / df * float(np.sum(w ** 2))), "noise from the scatter about a line"
-    if se == 0:
-        return ((0.0, 1.0) if slope == 0 else None), noise
-    return (slope / se, float(student_t.ppf(0.975, df))), noise
 
 
 def fit_series(series: Series, domain: Domain, against: str = "params", seed: int = 0,
@@ -266,9 +257,14 @@ def fit_series(series: Series, domain: Domain, against: str = "params", seed: in
     return SeriesFit(series, f)
 
 
-def backtest(series: Series, domain: Domain, seed: int = 0, n_boot: int = laws.DEFAULT_BOOTSTRAP,
-             level: float = laws.DEFAULT_LEVEL) -> Backtest | None:
+def backtest(series: Series, domain: Domain, against: str = "params", seed: int = 0,
+             n_boot: int = laws.DEFAULT_BOOTSTRAP, level: float = laws.DEFAULT_LEVEL) -> Backtest | None:
+    """The largest x held out and forecast from the rest by the forecasts' own procedure: the
+    same checks of the series, law forms and bootstrap. None where that procedure would not
+    forecast from the rest."""
     pts = series.points
+    if cannot_show(Series(series.label, series.group, pts[:-1]), domain, against) is not None:
+        return None
     h = laws.holdout([p.x for p in pts], [p.mean for p in pts], domain, [p.sd for p in pts], [p.n for p in pts],
                      seed=seed, n_boot=n_boot, level=level)
     return Backtest(series.label, h) if h is not None else None
@@ -276,19 +272,24 @@ def backtest(series: Series, domain: Domain, seed: int = 0, n_boot: int = laws.D
 
 def analyse(cells: Sequence[CellRun], metric: str, against: str = "params", forecast_at: Sequence[float] = (),
             seed: int = 0, n_boot: int = laws.DEFAULT_BOOTSTRAP, level: float = laws.DEFAULT_LEVEL,
-            domain: Domain | None = None) -> ScalingAnalysis:
-    """Curves, a fit per series that can show a trend, forecasts at `forecast_at` and back-tests."""
+            domain: Domain | None = None, no_trend: str | None = None) -> ScalingAnalysis:
+    """Curves, a fit per series that can carry a law, forecasts at `forecast_at` and back-tests.
+    `no_trend`: why the pooled test finds no trend along this axis; then no series is fitted."""
     domain = domain or domain_for(metric)
     series = curves(cells, metric, against)
     fits, skipped, fcs, bts = [], [], [], []
     for i, s in enumerate(series):
+        if no_trend is not None:
+            skipped.append(Skipped(s.label, f"the pooled test with {X_NOUN[against][:-1]}: {no_trend}; "
+                                            "no law is fitted"))
+            continue
         r = fit_series(s, domain, against, seed=seed + i, n_boot=n_boot, level=level)
         if isinstance(r, Skipped):
             skipped.append(r)
             continue
         fits.append(r)
         fcs.extend(Forecast(s.label, laws.predict(r.fit, x), r.fit.law.name) for x in forecast_at if x not in s.x)
-        b = backtest(s, domain, seed=seed + i, n_boot=n_boot, level=level)
+        b = backtest(s, domain, against, seed=seed + i, n_boot=n_boot, level=level)
         if b is not None:
             bts.append(b)
     notes = []

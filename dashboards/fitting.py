@@ -1,7 +1,8 @@
 """Fit a table of points from a CSV file with the report's laws (`flanscale fit`).
 
 Rows with the same x are one point, as seeds are in a report: their mean is fitted and their
-spread sets a floor under the interval's noise. Every check on the input raises UserError
+spread sets a floor under the interval's noise. Whether y moves with x at all is the report's
+trend test (dashboards/trends.py) on every row. Every check on the input raises UserError
 with one line naming the file, the row or flag, the bad value and what is allowed.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dashboards import analysis, laws, paper
+from dashboards import analysis, laws, paper, trends
 from dashboards.kinds import Domain
 from trainers.spec import UserError
 
@@ -44,6 +45,7 @@ class Points:
     sd: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    values: tuple[tuple[float, ...], ...]  # every row's y, per x
 
 
 def read_points(path: str, x_col: str, y_col: str, where: Sequence[str] = ()) -> Points:
@@ -74,7 +76,8 @@ def read_points(path: str, x_col: str, y_col: str, where: Sequence[str] = ()) ->
     vals = [np.asarray(by_x[x]) for x in xs]
     return Points(path, tuple(xs), tuple(float(v.mean()) for v in vals), tuple(len(v) for v in vals),
                   tuple(float(v.std(ddof=1)) if len(v) > 1 else 0.0 for v in vals),
-                  tuple(float(v.min()) for v in vals), tuple(float(v.max()) for v in vals))
+                  tuple(float(v.min()) for v in vals), tuple(float(v.max()) for v in vals),
+                  tuple(tuple(float(y) for y in v) for v in vals))
 
 
 def _filter(path: str, columns: list[str], rows: list, cond: str) -> list:
@@ -126,7 +129,8 @@ def check_domain(points: Points, domain: Domain, y_col: str, chance_given: bool)
 
 def fit_points(points: Points, domain: Domain, at: Sequence[float] = (), seed: int = 0,
                n_boot: int = laws.DEFAULT_BOOTSTRAP, level: float = laws.DEFAULT_LEVEL) -> dict[str, Any]:
-    """The fit as plain data: law, formula, parameters, points, forecasts and the back-test."""
+    """The fit as plain data: the trend test, law, formula, parameters, points, forecasts and
+    the back-test."""
     if len(points.x) < laws.MIN_POINTS:
         raise UserError(f"{points.source}: {len(points.x)} distinct x value(s); a law needs at least {laws.MIN_POINTS} "
                         "(2 parameters and one degree of freedom for its interval)")
@@ -139,6 +143,9 @@ def fit_points(points: Points, domain: Domain, at: Sequence[float] = (), seed: i
     reason = analysis.cannot_show(series, domain, "params")
     if reason is not None:
         notes.append("the report would not fit these points: " + reason.replace(" sizes", " x values"))
+    # The report's pooled test on one series: every row an observation, rows of one x replicates.
+    u = [math.log(x) for x, vs in zip(points.x, points.values) for _ in vs]
+    trend = trends.pooled(u, [v for vs in points.values for v in vs], ["points"] * len(u), domain, level=level)
     h = laws.holdout(points.x, points.mean, domain, points.sd, points.n, seed=seed, n_boot=n_boot, level=level)
     forecasts = []
     for x in at:
@@ -151,6 +158,7 @@ def fit_points(points: Points, domain: Domain, at: Sequence[float] = (), seed: i
                                 {"skipped": f"{len(points.x) - 1} points left after holding out the largest x "
                                             f"cannot give an interval (needs {laws.MIN_POINTS})"})
     return {
+        "trend": trend.to_json(),
         "law": f.law.name,
         "kind": domain.kind,
         "domain": domain.describe(),
@@ -170,7 +178,14 @@ def fit_points(points: Points, domain: Domain, at: Sequence[float] = (), seed: i
 def format_table(result: dict[str, Any]) -> str:
     """The fit for people: the law, its parameters, forecasts with intervals, the back-test."""
     g = _g
-    out = [f"law:      {result['law']} ({result['domain']})", f"formula:  {result['formula']}",
+    t = result["trend"]
+    if t["direction"] == "none":
+        trend = t["verdict"]
+    else:
+        p = "p < 0.001" if t["p"] < 1e-3 else f"p = {t['p']:.2g}"
+        trend = (f"{t['direction']}, {t['slope']:+.3g} per e-fold of x [{t['low']:+.3g}, {t['high']:+.3g}] "
+                 f"(t = {t['t']:.1f}, df {t['df']}, {p})")
+    out = [f"trend:    {trend}", f"law:      {result['law']} ({result['domain']})", f"formula:  {result['formula']}",
            "params:   " + ", ".join(f"{k} = {g(v)}" for k, v in result["params"].items())]
     pts = result["points"]
     seeds = sorted({p["n"] for p in pts})

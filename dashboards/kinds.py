@@ -23,6 +23,11 @@ from typing import Mapping
 from trainers.spec import UserError
 
 KINDS = ("loss", "accuracy", "score")
+# The smallest change a metric can show: half a point of a percent (accuracy, score), since
+# benchmarks of a few hundred items move in steps of a few tenths of a point, and 1% of a
+# loss. Trends smaller than this are not told apart from nothing, and no interval is narrower.
+RESOLUTION_POINTS = 0.5
+RESOLUTION_LOSS = 0.01
 # The lowest normalized score a benchmark with a 50% baseline allows; used when a score's
 # components are not known (a user's own column).
 DEFAULT_SCORE_FLOOR = -100.0
@@ -38,6 +43,10 @@ class Domain:
     chance: float | None = None  # reference level drawn on plots (accuracy: chance, score: 0)
     sign: float = 1.0  # -1 when the metric is a negated cross-entropy (rc_logprob)
     source: str = ""  # where `low` came from, for the report
+
+    def resolution(self, y):
+        """The metric's resolution at the value(s) y, in the metric's units (see RESOLUTION_*)."""
+        return RESOLUTION_LOSS * abs(y) if self.kind == "loss" else RESOLUTION_POINTS
 
     def describe(self) -> str:
         if self.kind == "loss":

@@ -14,18 +14,23 @@ geometric mean of the fitted x (which keeps the optimiser conditioned over nine 
                  as that half point (a logit of exactly chance is infinite).
 
 Every parameter is a transform of an unconstrained one, so every law, and so every forecast
-and interval drawn from laws, stays inside the domain by construction. The three-parameter
-variant (the irreducible loss E, the ceiling T) is tried from 5 points and kept only when
-AICc prefers it; otherwise E or T is not identified by the points and the two-parameter law
-stands. The point fit uses a robust loss (soft L1), so one bad cell bends it less.
+and interval drawn from laws, stays inside the domain by construction. Both forms are fitted
+from 3 points on. The point law is the two-parameter one unless AICc (which can judge from 5
+points) prefers the three-parameter variant (the irreducible loss E, the ceiling T) or an F
+test rules the two-parameter law out. The point fit uses a robust loss (soft L1), so one bad
+cell bends it less.
 
 Intervals: a parametric bootstrap in the fitting space. Each replicate draws the noise scale
 from its scaled-inverse-chi-square distribution (residual sum of squares over chi2(n - k)),
-adds Gaussian noise of that scale (and never less than a point's own seed spread) to the
-fitted values, refits and predicts. Drawing the scale, rather than plugging in the estimate,
-makes the interval t-like: wide with 3 points instead of collapsing to the spread of
-pairwise lines (the drawn scale is capped at the points' own spread). On each replicate every
-candidate law is refitted and AICc chooses again, so the doubt about the law is in the interval.
+adds Gaussian noise of that scale (and never less than a point's own seed spread or the
+metric's resolution) to a law form's fitted values, refits that form and predicts. Drawing the
+scale, rather than plugging in the estimate, makes the interval t-like: wide with 3 points
+instead of collapsing to the spread of pairwise lines (the drawn scale is capped at the
+points' own spread); the spread over seeds, which measures the noise free of any misfit, is
+pooled into the residuals with its own degrees of freedom. Each form the points cannot rule
+out (an F test) is bootstrapped and the interval takes the percentiles of all their
+replicates together: with 3 points a pure power law and one that levels off at E fit equally
+well, and a forecast one decade on may lie anywhere between them, so the interval says so.
 """
 
 from __future__ import annotations
@@ -41,12 +46,10 @@ from scipy.special import expit, log_expit, logit
 from dashboards.kinds import Domain
 
 MIN_POINTS = 3  # two parameters and one degree of freedom for the noise
-MIN_POINTS_3PARAM = 5  # AICc with 3 parameters needs n - k - 1 > 0, and one point to spare
 DEFAULT_BOOTSTRAP = 200
 DEFAULT_LEVEL = 0.95
-INTERVAL_METHOD = ("parametric bootstrap (noise scale drawn from chi-square, seed spread as floor, "
-                   "law re-chosen per replicate)")
-EXTRAPOLATION_DECADES = 1.0
+INTERVAL_METHOD = ("parametric bootstrap of each law form the points cannot rule out, pooled (noise scale drawn "
+                   "from chi-square over the residuals and the seed spread; seed spread and resolution as floors)")
 _EDGE = 0.5  # points: half a point from a bound is as close as a fit may read a score
 _ALPHA = (math.log(1e-4), math.log(5.0))  # exponent range of the power laws
 _WIDE = 60.0  # bound on the unconstrained parameters (keeps the optimiser finite)
@@ -249,21 +252,24 @@ def candidates_for(domain: Domain) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Fit:
-    law: Law
+    law: Law  # the point law (see `fit`)
     candidates: tuple[Law, ...]
-    boot: tuple[Law, ...] | None  # the laws refitted to each replicate; None when no interval
+    boot: tuple[tuple[Law, ...], ...] | None  # per law form the interval spans, its replicates; None: no interval
     level: float
     note: str
     x: tuple[float, ...]
 
     def interval(self, x) -> tuple[np.ndarray, np.ndarray] | None:
+        """Percentiles of every law form's replicates pooled, the forms weighted alike (an
+        average over the forms the points cannot rule out), widened to hold the point law."""
         if self.boot is None:
             return None
         xs = np.atleast_1d(np.asarray(x, dtype=float))
-        preds = np.stack([b.predict(xs) for b in self.boot])
         tail = (1 - self.level) / 2 * 100
-        lo, hi = np.percentile(preds, tail, axis=0), np.percentile(preds, 100 - tail, axis=0)
-        return np.minimum(lo, hi), np.maximum(lo, hi)
+        preds = np.concatenate([np.stack([b.predict(xs) for b in reps]) for reps in self.boot])
+        point = self.law.predict(xs)
+        lo = np.minimum(point, np.percentile(preds, tail, axis=0))
+        return lo, np.maximum(point, np.percentile(preds, 100 - tail, axis=0))
 
     def extrapolation(self, x: float) -> float:
         """Decades beyond the fitted x (0 inside the range)."""
@@ -278,8 +284,13 @@ class Fit:
 def fit(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd: Sequence[float] | None = None,
         n_seeds: Sequence[int] | None = None, seed: int = 0, n_boot: int = DEFAULT_BOOTSTRAP,
         level: float = DEFAULT_LEVEL) -> Fit:
-    """Fit the domain's laws to points (x > 0), keep the better by AICc, bootstrap it.
+    """Fit both law forms of the domain to points (x > 0) and bootstrap each.
 
+    The point law is AICc's choice where AICc can judge (5 points or more), else the
+    two-parameter law, and the three-parameter law wherever an F test rules the
+    two-parameter one out. The interval pools the bootstraps of the forms the points cannot
+    rule out, so an irreducible loss (or a ceiling) the data may already show is not forecast
+    away.
     `seed_sd`/`n_seeds`: the spread of each point over its seeds, when points are seed means;
     it sets a floor under the noise the bootstrap adds (and allows an interval at n = k).
     """
@@ -291,25 +302,47 @@ def fit(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd: Sequenc
     base, extended = candidates_for(domain)
     laws = [fit_law(base, x, y, domain)]
     notes = []
-    if len(x) >= MIN_POINTS_3PARAM:
+    if len(np.unique(x)) >= MIN_POINTS:
         laws.append(fit_law(extended, x, y, domain, scale=laws[0].scale))
     else:
         what = "irreducible loss E" if domain.kind == "loss" else "ceiling below 100"
-        notes.append(f"{what} not identified by {len(x)} points (needs {MIN_POINTS_3PARAM}); {base} law")
-    chosen = laws[0]
-    if len(laws) == 2 and laws[1].aicc is not None and laws[0].aicc is not None and laws[1].aicc < laws[0].aicc:
-        chosen = laws[1]
+        notes.append(f"{what} not identified by {len(x)} points; {base} law only")
+    chosen, forms = laws[0], laws
+    if len(laws) == 2:
+        if laws[1].aicc is not None and laws[0].aicc is not None and laws[1].aicc < laws[0].aicc:
+            chosen = laws[1]
+        p_base = _f_test(laws[0], laws[1])
+        if p_base is not None and p_base < 1 - level:
+            chosen, forms = laws[1], laws[1:]
+            notes.append(f"the {base} law is ruled out (F test p = {p_base:.2g}); interval from the {extended} law")
+        else:
+            notes.append(f"interval: the {base} and {extended} laws' bootstraps pooled (the points cannot tell "
+                         "them apart)")
     boot = None
     sem = _seed_sem(domain, y, seed_sd, n_seeds)
-    df = len(x) - chosen.k
-    if df < 1 and sem is None:
+    noise = chosen if len(x) > chosen.k else laws[0]
+    if len(x) - noise.k < 1 and sem is None:
         notes.append(f"no interval: {len(x)} points leave no residual to estimate the noise from, and no seed spread")
     elif n_boot > 0:
-        if df < 1:
+        if len(x) - noise.k < 1:
             notes.append(f"interval from the seed spread alone ({len(x)} points leave no residual): "
                          "it does not include any misfit of the law")
-        boot = _bootstrap(chosen, laws, x, sem, seed, n_boot)
+        seed_df = float(np.sum(np.maximum(np.asarray(n_seeds, dtype=float) - 1, 0))) if sem is not None else 0.0
+        boot = _bootstrap(forms, noise, x, sem, seed_df, seed, n_boot)
     return Fit(chosen, tuple(laws), boot, level, "; ".join(notes), tuple(float(v) for v in x))
+
+
+def _f_test(small: Law, big: Law) -> float | None:
+    """p-value of the extra parameter of `big` (nested: E -> 0 or T -> 100 gives `small`)."""
+    from scipy.stats import f as f_dist
+
+    df = big.n - big.k
+    if df < 1:
+        return None
+    if big.rss <= 0:
+        return 0.0 if small.rss > 0 else None
+    stat = max(small.rss - big.rss, 0.0) / (big.k - small.k) / (big.rss / df)
+    return float(f_dist.sf(stat, big.k - small.k, df))
 
 
 def _seed_sem(domain, y, seed_sd, n_seeds) -> np.ndarray | None:
@@ -322,44 +355,75 @@ def _seed_sem(domain, y, seed_sd, n_seeds) -> np.ndarray | None:
     return sem * _fit_space_slope(domain, y)
 
 
-def _bootstrap(chosen: Law, candidates: Sequence[Law], x: np.ndarray, sem: np.ndarray | None, seed: int,
-               n_boot: int) -> tuple[Law, ...]:
-    """Replicates drawn around the chosen law; on each, every candidate is refitted and AICc
-    picks again, so the interval carries the doubt about the choice of law too."""
+def _bootstrap(forms: Sequence[Law], noise: Law, x: np.ndarray, sem: np.ndarray | None, seed_df: float, seed: int,
+               n_boot: int) -> tuple[tuple[Law, ...], ...]:
+    """Replicates drawn around each law form and refitted with it. The noise scale of a point
+    (a mean over seeds) is drawn from the residuals of `noise` (the point law, or the
+    two-parameter law where it has none) pooled with the spread over seeds, each with its
+    degrees of freedom: seeds measure the noise free of any misfit, and with 3 points the
+    residual alone (one degree of freedom) says almost nothing about it."""
     rng = np.random.default_rng(seed)
-    u = np.log(x / chosen.scale)
-    z_hat = chosen.z(x)
-    df = len(x) - chosen.k
+    u = np.log(x / noise.scale)
+    df = len(x) - noise.k
+    rss = noise.rss + (float(np.sum(seed_df / len(x) * sem ** 2)) if sem is not None else 0.0)
+    df_all = max(df, 0) + seed_df
     # With one or two degrees of freedom the drawn scale has a very heavy tail; it is capped
     # at the spread of the points themselves: noise larger than all the points vary by would
     # leave no trend to fit.
-    cap = max(float(np.std(z_hat, ddof=1)), math.sqrt(chosen.rss / max(df, 1)))
+    cap = max(float(np.std(noise.z(x), ddof=1)), math.sqrt(noise.rss / max(df, 1)))
     # Points that agree exactly (scores pinned at a bound, seeds that all gave the same answer)
-    # leave no measured noise; a metric is never known better than its resolution, half a
-    # point of a score or 1% of a loss, so the interval never has zero width.
-    y_hat = chosen.predict(x)
-    dom = chosen.domain
-    resolution = _fit_space_slope(dom, y_hat) * (0.01 * np.abs(y_hat) if dom.kind == "loss" else _EDGE)
-    reps = []
-    for _ in range(n_boot):
-        sigma = min(math.sqrt(chosen.rss / rng.chisquare(df)), cap) if df >= 1 else 0.0
-        sd = np.maximum(sigma, sem) if sem is not None else np.full(len(x), sigma)
-        sd = np.maximum(sd, resolution)
-        z = z_hat + rng.normal(0.0, 1.0, len(x)) * sd
-        refits = [_refit(c, u, z) for c in candidates]
-        scored = [r for r in refits if r.aicc is not None]
-        reps.append(min(scored, key=lambda r: r.aicc) if len(scored) == len(refits) else _refit(chosen, u, z))
-    return tuple(reps)
+    # leave no measured noise; a metric is never known better than its resolution, so the
+    # interval never has zero width.
+    y_hat = noise.predict(x)
+    resolution = _fit_space_slope(noise.domain, y_hat) * noise.domain.resolution(y_hat)
+    out = []
+    for form in forms:
+        z_hat = form.z(x)
+        reps = []
+        for _ in range(n_boot):
+            sigma = min(math.sqrt(rss / rng.chisquare(df_all)), cap) if df_all >= 1 else 0.0
+            sd = np.maximum(sigma, sem) if sem is not None else np.full(len(x), sigma)
+            sd = np.maximum(sd, resolution)
+            reps.append(_refit(form, u, z_hat + rng.normal(0.0, 1.0, len(x)) * sd))
+        out.append(tuple(reps))
+    return tuple(out)
 
 
 def _refit(law: Law, u: np.ndarray, z: np.ndarray) -> Law:
-    # The replicate's noise is Gaussian by construction, so plain least squares is the right
-    # refit; started from the point fit, which is close.
-    if law.name in ("power", "sigmoid"):
-        theta = _linear_refit(law, u, z)
-        rss = float(np.sum((_z(law.name, theta, u, law.domain, law.y_ref) - z) ** 2))
-        return Law(law.name, law.domain, tuple(float(t) for t in theta), law.scale, len(u), rss, law.y_ref)
-    return _fit_z(law.name, u, z, law.domain, law.scale, law.y_ref, robust=False, start=[np.array(law.theta)])
+    # The replicate's noise is Gaussian by construction, so plain least squares is the right refit.
+    theta = _linear_refit(law, u, z) if law.name in ("power", "sigmoid") else _profile_refit(law, u, z)
+    rss = float(np.sum((_z(law.name, theta, u, law.domain, law.y_ref) - z) ** 2))
+    return Law(law.name, law.domain, tuple(float(t) for t in theta), law.scale, len(u), rss, law.y_ref)
+
+
+_PROFILE = np.linspace(-8.0, 8.0, 65)  # the third parameter's grid (logit of E's or T's share)
+
+
+def _profile_refit(law: Law, u: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Least squares of a three-parameter law, profiled: for each E (or ceiling T) on a grid
+    the other two are a straight line in a transformed space, solved in closed form; the grid
+    value with the least residual in the fitting space wins. With 3 or 4 points E and T lie on
+    a long flat ridge that an iterative optimiser crawls along; the profile walks all of it at
+    once, for every replicate of the bootstrap."""
+    g = expit(_PROFILE)[:, None]
+    if law.name == "power+offset":
+        e = law.y_ref * g  # (G, 1)
+        w = np.log(np.maximum(np.exp(z)[None, :] - e, 1e-12 * law.y_ref))  # ln(L - E) = ln A - alpha u
+    else:
+        span = law.domain.high - law.domain.low
+        c = (law.y_ref + (law.domain.high - law.y_ref) * g - law.domain.low) / span
+        q = np.clip(expit(z)[None, :] / c, 1e-9, 1 - 1e-9)
+        w = np.log(q) - np.log1p(-q)  # logit(q) = a + b u
+    uc = u - u.mean()
+    slope = (w - w.mean(axis=1, keepdims=True)) @ uc / max(float(uc @ uc), 1e-300)
+    if law.name == "power+offset":
+        alpha = np.clip(-slope, math.exp(_ALPHA[0]), math.exp(_ALPHA[1]))
+        thetas = np.stack([np.mean(w + alpha[:, None] * u, axis=1), np.log(alpha), _PROFILE], axis=1)
+    else:
+        slope = np.clip(slope, -_WIDE, _WIDE)
+        thetas = np.stack([np.clip(w.mean(axis=1) - slope * u.mean(), -_WIDE, _WIDE), slope, _PROFILE], axis=1)
+    rss = [float(np.sum((_z(law.name, t, u, law.domain, law.y_ref) - z) ** 2)) for t in thetas]
+    return thetas[int(np.argmin(rss))]
 
 
 def _linear_refit(law: Law, u: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -383,7 +447,8 @@ class Prediction:
 
     @property
     def extrapolation(self) -> bool:
-        return self.decades_beyond > EXTRAPOLATION_DECADES
+        """Outside the range of the fitted x, by any distance."""
+        return self.decades_beyond > 0
 
 
 def predict(f: Fit, at: float) -> Prediction:
@@ -417,16 +482,14 @@ class Holdout:
 
 def holdout(x: Sequence[float], y: Sequence[float], domain: Domain, seed_sd=None, n_seeds=None, seed: int = 0,
             n_boot: int = DEFAULT_BOOTSTRAP, level: float = DEFAULT_LEVEL) -> Holdout | None:
-    """Hold out the largest x and predict it with an interval; None when the rest cannot give
-    one (fewer than 3 points, or 2 without a seed spread)."""
+    """Hold out the largest x and predict it from the rest by the forecasts' own procedure;
+    None when the rest are fewer than the MIN_POINTS a forecast is made from."""
     order = np.argsort(np.asarray(x, dtype=float))
     xs, ys = np.asarray(x, dtype=float)[order], np.asarray(y, dtype=float)[order]
-    if len(np.unique(xs[:-1])) < 2:
+    if len(np.unique(xs[:-1])) < MIN_POINTS:
         return None
     sd = np.asarray(seed_sd, dtype=float)[order][:-1] if seed_sd is not None else None
     ns = np.asarray(n_seeds)[order][:-1] if n_seeds is not None else None
     f = fit(xs[:-1], ys[:-1], domain, sd, ns, seed=seed, n_boot=n_boot, level=level)
-    if len(xs) - 1 < MIN_POINTS and f.boot is None:
-        return None  # a line through two points with no noise estimate checks nothing
     p = predict(f, float(xs[-1]))
     return Holdout(float(xs[-1]), float(ys[-1]), p.value, p.low, p.high, f.law.name, len(xs) - 1)

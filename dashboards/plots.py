@@ -34,11 +34,13 @@ class Figure:
 
 
 def scaling_figure(a: ScalingAnalysis, out_dir: Path, name: str,
-                   paper: Sequence[tuple[float, PaperPoint]] = ()) -> Figure:
-    """Points (means over seeds, bars: min-max over seeds), the fitted law (dotted), its
-    interval (band), forecasts (hollow diamonds; a cross inside when more than a decade
-    beyond the data), the base model of a task-count series (square at 0), chance (grey line)
-    and, for the paper's presets, the paper's own values (grey stars)."""
+                   paper: Sequence[tuple[float, PaperPoint]] = (), label: str = "") -> Figure:
+    """Points (means over seeds, bars: min-max over seeds), the fitted law (dotted over the
+    data, dashed beyond it), its interval (band), forecasts (diamonds: open beyond the data,
+    filled within it), the base model of a task-count series (square at 0), chance (grey
+    line) and, for the paper's presets, the paper's own values (grey stars). `label`: the
+    metric's name as the report shows it."""
+    label = label or a.metric
     fig, ax = plt.subplots(figsize=(7.0, 4.4), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fits = {f.series.label: f.fit for f in a.fits}
@@ -59,7 +61,12 @@ def scaling_figure(a: ScalingAnalysis, out_dir: Path, name: str,
             continue
         targets = [fc.prediction.at for fc in a.forecasts if fc.series == s.label]
         grid = np.geomspace(min(xs.min(), *targets) if targets else xs.min(), max([xs.max(), *targets]), 160)
-        ax.plot(grid, f.law.predict(grid), ":", color=color, linewidth=1.1)
+        inside = (grid >= xs.min()) & (grid <= xs.max())
+        law = f.law.predict(grid)
+        ax.plot(grid[inside], law[inside], ":", color=color, linewidth=1.1)
+        for side in (grid < xs.min(), grid > xs.max()):
+            if side.any():
+                ax.plot(grid[side], law[side], "--", color=color, linewidth=1.1)
         iv = f.interval(grid)
         if iv is not None:
             ax.fill_between(grid, iv[0], iv[1], color=color, alpha=0.12, linewidth=0)
@@ -68,9 +75,10 @@ def scaling_figure(a: ScalingAnalysis, out_dir: Path, name: str,
                 continue
             p = fc.prediction
             err = [[p.value - p.low], [p.high - p.value]] if p.low is not None and p.high is not None else None
-            ax.errorbar([p.at], [p.value], yerr=err, fmt="D", mfc="white", color=color, capsize=3)
-            if p.extrapolation:
-                ax.plot([p.at], [p.value], "x", color=color, markersize=5)
+            ax.errorbar([p.at], [p.value], yerr=err, fmt="D", mfc="white" if p.extrapolation else color, color=color,
+                        capsize=3)
+    if a.forecasts:
+        ax.plot([], [], "D--", color="0.35", mfc="white", label="beyond the data: extrapolation")
     # Against task count a series is a preset: its paper stars take its colour. Against size
     # the stars are named instead.
     color_of = {dict(s.group).get("model"): colors[i % len(colors)] for i, s in enumerate(a.series)}
@@ -94,10 +102,10 @@ def scaling_figure(a: ScalingAnalysis, out_dir: Path, name: str,
     else:
         ax.set_xscale("log")
     ax.set_xlabel(AXIS_LABEL[a.against] + (" (log scale)" if not has_zero else " (symlog scale; 0 = base model)"))
-    ax.set_ylabel(a.metric + (" (training loss, own mixture)" if a.metric == "train/loss" else ""))
+    ax.set_ylabel(label + (" (training loss, own mixture)" if a.metric == "train/loss" else ""))
     # Plain tick labels: an offset axis ("1e-11 + 25.8") hides the value of a flat series.
     ax.ticklabel_format(axis="y", useOffset=False)
-    title = f"{a.metric} vs {AXIS_LABEL[a.against]}"
+    title = f"{label} vs {AXIS_LABEL[a.against]}"
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="both", alpha=0.25)
     if a.series:

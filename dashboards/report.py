@@ -1,31 +1,27 @@
-"""A sweep's report: figures (PNG + SVG), tables (CSV + Markdown), fits and forecasts, and one
-self-contained HTML page, all written to a folder and logged on the sweep's parent run.
+"""A sweep's report: pooled trend tests, figures (PNG + SVG), tables (CSV + Markdown), fits
+and forecasts, and one self-contained HTML page (dashboards/render.py), all written to a
+folder and logged on the sweep's parent run.
 
-The HTML carries everything inline (PNG as data URIs, styles in the page, no fonts or
-scripts from elsewhere; a Content-Security-Policy forbids any fetch), so it opens the same
-from disk, from an MLflow artifact view, or attached to an e-mail.
+A law is fitted along an axis only where the pooled test finds a trend there; every forecast
+says whether it lies beyond the data; back-tests run the forecasts' own procedure.
 """
 
 from __future__ import annotations
 
-import base64
 import difflib
-import csv
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from dashboards import analysis, laws, paper, plots, tables
+from dashboards import analysis, findings, laws, paper, plots, render, standins, tables, trends
 from dashboards.kinds import domain_for, metric_kind
 from dashboards.runs import SweepRuns, load_history
 from dashboards.tables import Table
 from trainers.spec import UserError
 
-TEMPLATES = Path(__file__).parent / "templates"
 # The paper's ladder of task counts: forecasts go to the next rung not yet run.
 TASK_LADDER = (9, 89, 282, 1836)
 LOSS_FALLBACK_NOTE = ("this sweep logged no eval/loss, so train/loss stands in as the loss metric: it is each "
@@ -126,21 +122,34 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
     presets = {c.model for c in runs.cells}
     params_of = {c.model: c.params for c in runs.cells if c.params > 0}
 
-    sections, figures, rows = [], [], {"fits": [], "forecasts": [], "backtests": [], "series": []}
-    fits_json = []
+    sections, figures, fig_of = [], [], {}
+    rows: dict[str, list] = {"fits": [], "forecasts": [], "backtests": [], "series": [], "trends": []}
+    fits_json: list = []
+    tested, skipped = [], {}
     for metric in metrics:
         domain = domain_for(metric) if metric_kind(metric) else domain_for(metric, kind="loss")
-        section = {"metric": metric, "domain": domain.describe(), "figures": [], "skipped": [], "notes": [],
-                   "calibration": ""}
+        label = standins.label(metric, runs.cells)
+        found = trends.sweep_trends(runs.cells, metric, domain)
+        tested.append(findings.MetricTrends(metric, label, tuple(found)))
+        rows["trends"].extend(_trend_row(label, t) for t in found)
+        by_axis = {t.against: t for t in found}
+        section = {"metric": metric, "label": label, "domain": domain.describe(), "figures": [], "skipped": [],
+                   "notes": [], "calibration": ""}
         if metric == "train/loss" and loss_note:
             section["notes"].append(loss_note)
+        if "flops" not in by_axis:
+            section["notes"].append("compute is proportional to model size within every series, so its trend test "
+                                    "is the size test")
         judged = [0, 0]
         for against in analysis.AGAINST:
+            gate = by_axis.get(against, by_axis["params"])
             a = analysis.analyse(runs.cells, metric, against, forecast_at=at[against], seed=options.seed,
-                                 n_boot=options.n_boot, domain=domain)
-            overlay = _overlay(metric, against, presets, params_of)
-            fig = plots.scaling_figure(a, fig_dir, f"{_slug(metric)}_vs_{against}", overlay)
+                                 n_boot=options.n_boot, domain=domain,
+                                 no_trend=gate.verdict if gate.direction == "none" else None)
+            overlay = [] if standins.is_standin(metric, runs.cells) else _overlay(metric, against, presets, params_of)
+            fig = plots.scaling_figure(a, fig_dir, f"{_slug(metric)}_vs_{against}", overlay, label)
             figures.append(fig)
+            fig_of[(metric, against)] = fig
             section["figures"].append(fig)
             axis = plots.AXIS_LABEL[against]
             section["skipped"].extend(f"{s.series} (vs {axis}): {s.reason}" for s in a.skipped)
@@ -148,11 +157,11 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
             hit, n = a.calibration()
             judged[0] += hit
             judged[1] += n
-            _collect(rows, fits_json, metric, against, a)
+            _collect(rows, fits_json, label, against, a)
         if judged[1]:
-            section["calibration"] = (f"back-tests: the truth fell inside {judged[0]} of {judged[1]} "
-                                      f"{int(laws.DEFAULT_LEVEL * 100)}% intervals")
+            section["calibration"] = "back-tests: " + coverage(*judged)
         section["notes"] = sorted(set(section["notes"]))
+        skipped[metric] = section["skipped"]
         sections.append(section)
 
     history_figs = _histories(runs, fig_dir)
@@ -162,31 +171,62 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
     now = time.time()
     summary = tables.cost_summary(runs.cells, prices, now)
     held_out = [m for m in metrics if m != "train/loss"]
+    headline = findings.headline_metrics(tested, loss)
+    hits = sum(1 for r in rows["backtests"] if r[-1] == "yes")
+    judged_all = sum(1 for r in rows["backtests"] if r[-1] in ("yes", "no"))
     all_tables = [
+        *[tables.headline_table(runs.cells, m) for m in headline],
+        trends_table(rows["trends"]),
         tables.cells_table(runs.cells, prices, now),
         tables.flops_table(runs.cells),
         tables.results_table(runs.cells),
         tables.gains_table(runs.cells, held_out or metrics),
-        *result_tables(rows, sum(1 for r in rows["backtests"] if r[-1] == "yes"),
-                       sum(1 for r in rows["backtests"] if r[-1] in ("yes", "no"))),
+        *result_tables(rows, hits, judged_all),
         paper_table(presets),
     ]
     table_paths = []
     for t in all_tables:
-        table_paths.extend(write_table(t, tab_dir))
+        table_paths.extend(render.write_table(t, tab_dir))
     by_name = {t.name: t for t in all_tables}
     (out_dir / "fits.json").write_text(json.dumps(
-        {"fits": fits_json,
+        {"trends": [dict(zip(by_name["trends"].columns, r)) for r in rows["trends"]],
+         "fits": fits_json,
          "forecasts": [dict(zip(by_name["forecasts"].columns, r)) for r in rows["forecasts"]],
          "backtests": [dict(zip(by_name["backtests"].columns, r)) for r in rows["backtests"]]},
         indent=1, default=str))
-    held = {"loss_metric": loss, "loss_note": loss_note,
-            "cannot_show": [f"{s['metric']}: {n}" for s in sections if s["metric"] != "train/loss" for n in s["skipped"]]}
-    (out_dir / "report.md").write_text(render_markdown(runs, sections, history_figs, all_tables, summary, held))
+    page = {
+        "findings": findings.sentences(tested, runs.cells, loss),
+        "first_figures": [fig_of[k] for k in findings.figures(tested, loss) if k in fig_of],
+        "headline_tables": [t.name for t in all_tables[:len(headline)]],
+        "limits": findings.limits(tested, skipped, [loss_note] if loss_note else []),
+        "sections": sections, "histories": history_figs, "loss_metric": loss, "loss_note": loss_note,
+    }
+    (out_dir / "report.md").write_text(render.render_markdown(runs, page, all_tables, summary))
     html = out_dir / "report.html"
-    html.write_text(render_html(runs, sections, history_figs, all_tables, summary, prices, held))
-    notes = tuple(n for s in sections for n in s["notes"])
+    html.write_text(render.render_html(runs, page, all_tables, summary, prices))
+    notes = tuple(dict.fromkeys(n for s in sections for n in s["notes"]))
     return Report(out_dir, html, tuple(figures), tuple(table_paths), None, notes)
+
+
+def coverage(hits: int, judged: int) -> str:
+    """Back-test coverage against the nominal level of the intervals."""
+    return (f"the truth fell inside {hits} of {judged} {int(laws.DEFAULT_LEVEL * 100)}% intervals "
+            f"(coverage {100 * hits / judged:.0f}% against the nominal {int(laws.DEFAULT_LEVEL * 100)}%)")
+
+
+def _trend_row(label: str, t: trends.Trend) -> tuple:
+    return (label, t.against, t.verdict, t.slope, t.low, t.high, t.t, t.df, t.p, t.cells, t.series, t.change,
+            t.resolution, t.p_flat, ("yes" if t.consistent else "no") if len(t.series_slopes) > 1 else "—",
+            t.p_interaction)
+
+
+def trends_table(rows: Sequence[tuple]) -> Table:
+    level = f"{int(trends.LEVEL * 100)}%"
+    return Table("trends", f"Trends: one pooled model per metric and axis ({trends.TEST}; {level} interval)",
+                 ("metric", "against", "verdict", "slope per e-fold", "low", "high", "t", "df", "p", "cells", "series",
+                  "change across the data", "resolution (equivalence margin)", "equivalence p",
+                  "same sign in every series", "interaction p"), tuple(rows),
+                 "" if rows else "no metric to test")
 
 
 def _overlay(metric: str, against: str, presets: set[str], params_of: dict[str, int]):
@@ -226,8 +266,8 @@ def _collect(rows: dict, fits_json: list, metric: str, against: str, a: analysis
                           "note": f.fit.note})
     for fc in a.forecasts:
         p = fc.prediction
-        beyond = f"yes ({p.decades_beyond:.1f} decades beyond the data)" if p.extrapolation else "no"
-        rows["forecasts"].append((metric, against, fc.series, p.at, p.value, p.low, p.high, fc.law, beyond))
+        rows["forecasts"].append((metric, against, fc.series, p.at, p.value, p.low, p.high, fc.law,
+                                  "yes" if p.extrapolation else "no", round(p.decades_beyond, 3)))
     for b in a.backtests:
         h = b.holdout
         rows["backtests"].append((metric, against, b.series, h.fitted_points, h.held_out_x, h.actual, h.predicted,
@@ -245,13 +285,15 @@ def result_tables(rows: dict, hits: int, judged: int) -> list[Table]:
                "candidates (AICc)", "interval", "note"),
               tuple(rows["fits"]), "" if rows["fits"] else "no series could show a trend to fit"),
         Table("forecasts", f"Forecasts at sizes / task counts / compute not run ({level} interval)",
-              ("metric", "against", "series", "at", "forecast", "low", "high", "law", "extrapolation"),
+              ("metric", "against", "series", "at", "forecast", "low", "high", "law", "extrapolation",
+               "decades beyond the data"),
               tuple(rows["forecasts"]), "" if rows["forecasts"] else "no fitted series to forecast from"),
-        Table("backtests", f"Back-tests: largest x held out, rest fitted ({level} interval)",
+        Table("backtests", f"Back-tests: largest x held out, forecast from the rest as forecasts are ({level} interval)",
               ("metric", "against", "series", "fitted points", "held out at", "actual", "predicted", "error", "low",
                "high", "within interval"), tuple(rows["backtests"]),
-              (f"the truth fell inside {hits} of {judged} intervals" if judged else
-               "no series had enough points to hold one out with an interval")),
+              (coverage(hits, judged) if judged else
+               f"no fitted series has the {laws.MIN_POINTS + 1} points a back-test needs ({laws.MIN_POINTS} to fit "
+               "as a forecast is fitted, 1 to hold out)")),
     ]
 
 
@@ -266,106 +308,17 @@ def paper_table(presets: set[str]) -> Table:
 
 
 def _histories(runs: SweepRuns, fig_dir: Path) -> list[plots.Figure]:
+    """Training curves; a metric no cell logged at two steps or more has no curve to draw."""
     started = [c for c in runs.cells if c.state in ("finished", "running", "preempted", "failed")]
     out = []
-    history = load_history(runs.tracking_uri, started, "train/loss") if started else {}
-    out.append(plots.history_figure(started, history, "train/loss", fig_dir, "train_loss_history",
-                                    "train/loss during finetuning: training loss on each cell's own mixture"))
-    if "eval/loss" in runs.metric_names:
-        history = load_history(runs.tracking_uri, started, "eval/loss")
-        out.append(plots.history_figure(started, history, "eval/loss", fig_dir, "eval_loss_history",
-                                        "eval/loss during finetuning: the same held-out set for every cell"))
+    for metric, title in (("train/loss", "train/loss during finetuning: training loss on each cell's own mixture"),
+                          ("eval/loss", "eval/loss during finetuning: the same held-out set for every cell")):
+        if not started or metric not in runs.metric_names:
+            continue
+        history = load_history(runs.tracking_uri, started, metric)
+        if any(len(v) > 1 for v in history.values()):
+            out.append(plots.history_figure(started, history, metric, fig_dir, f"{_slug(metric)}_history", title))
     return out
-
-
-def write_table(t: Table, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / f"{t.name}.csv", out_dir / f"{t.name}.md"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(t.columns)
-        for r in t.rows:
-            w.writerow(["" if v is None else v for v in r])
-    md_path.write_text(to_markdown(t))
-    return [csv_path, md_path]
-
-
-def to_markdown(t: Table) -> str:
-    def cell(v: Any) -> str:
-        return fmt(v).replace("|", "\\|")
-
-    lines = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in t.rows]
-    if t.note:
-        lines += ["", f"_{t.note}_"]
-    return "\n".join(lines) + "\n"
-
-
-def fmt(v: Any) -> str:
-    """Numbers for people: thousands separators for counts, 4 significant digits otherwise."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
-
-
-TABLE_ORDER = ("results", "gains", "series", "flops", "fits", "forecasts", "backtests", "paper", "cells")
-
-
-def render_html(runs: SweepRuns, sections: Sequence[dict], histories: Sequence[plots.Figure],
-                all_tables: Sequence[Table], summary: dict, prices: dict[str, float], held: dict) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    env.filters["fmt"] = fmt
-    env.filters["png_data"] = lambda p: "data:image/png;base64," + base64.b64encode(Path(p).read_bytes()).decode()
-    tab = {t.name: t for t in all_tables}
-    return env.get_template("report.html").render(
-        runs=runs, sections=sections, histories=histories, tables=tab, summary=summary, prices=prices, held=held,
-        table_order=[n for n in TABLE_ORDER if n not in ("results", "gains")],
-        generated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(runs.read_at)),
-        mlflow_ui=mlflow_ui_command(runs.tracking_uri), level=int(laws.DEFAULT_LEVEL * 100),
-    )
-
-
-def render_markdown(runs: SweepRuns, sections: Sequence[dict], histories: Sequence[plots.Figure],
-                    all_tables: Sequence[Table], summary: dict, held: dict) -> str:
-    """The same report as Markdown with relative figure links (for a README, a PR or a wiki)."""
-    states = ", ".join(f"{n} {s}" for s, n in summary["states"].items())
-    by_name = {t.name: t for t in all_tables}
-    out = [f"# Sweep `{runs.sweep}` ({runs.state})", "",
-           f"{summary['cells']} cells: {states}. Device-hours used: {fmt(summary['device_hours'])}; "
-           f"cost so far: ${fmt(summary['cost_so_far'])} (planned ${fmt(summary['planned_cost'])}).", "",
-           "## Held-out measurement", "", f"Loss metric: `{held['loss_metric']}`."
-           + (f" Note: {held['loss_note']}." if held["loss_note"] else ""), ""]
-    if held["cannot_show"]:
-        out += ["What the data cannot show at this scale:", ""] + [f"- {n}" for n in held["cannot_show"]] + [""]
-    out += [to_markdown(by_name["results"]), to_markdown(by_name["gains"])]
-    for s in sections:
-        out += [f"## Scaling: `{s['metric']}`", "", f"Kind: {s['domain']}.", ""]
-        out += [f"![{f.title}](figures/{f.png.name})" for f in s["figures"]] + [""]
-        out += [f"- {n}" for n in s["notes"]] + [f"- no fit: {n}" for n in s["skipped"]]
-        out += [f"- {s['calibration']}"] if s["calibration"] else []
-        out += [""]
-    out += ["## Training", ""] + [f"![{h.title}](figures/{h.png.name})" for h in histories] + [""]
-    for name in TABLE_ORDER:
-        if name not in ("results", "gains"):
-            out += [to_markdown(by_name[name]).replace("### ", "## ", 1)]
-    return "\n".join(out)
-
-
-def mlflow_ui_command(tracking_uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def _prices() -> dict[str, float]:

@@ -49,6 +49,10 @@ class CellRun:
     end_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)  # the planner's cell.json, when logged
+    # Benchmarks this cell scored on flanscale's shipped synthetic stand-in data rather than the
+    # real benchmark files (run param `eval_standins`, comma-separated): their metrics are not
+    # the benchmark's, and a report says so.
+    standins: tuple[str, ...] = ()
 
     def metric(self, name: str) -> float | None:
         v = self.metrics.get(name)
@@ -200,6 +204,7 @@ def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bo
         end_time=end if state != CellState.RUNNING else None,
         metrics=dict(rec.metrics),
         plan=plan,
+        standins=_as_tuple(p.get("eval_standins", "")),
     )
 
 

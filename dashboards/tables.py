@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Any, Mapping, Sequence
 
+from dashboards import standins
 from dashboards.runs import CellRun
 
 # The paper's held-out columns (Table 5 / normalized average of section 5 of PAPER.md).
@@ -114,7 +115,7 @@ def result_columns(cells: Sequence[CellRun]) -> list[tuple[str, str]]:
              if m.endswith("/normalized_average") and m != "eval/normalized_average"]
     cols += [(m[len("eval/"):], m) for m in sorted(logged)
              if m.startswith("eval/") and m.endswith(("/rc", "/rc_norm"))]
-    return cols
+    return [(f"{n} {standins.MARK}" if standins.is_standin(m, cells) else n, m) for n, m in cols]
 
 
 def results_table(cells: Sequence[CellRun]) -> Table:
@@ -131,7 +132,7 @@ def results_table(cells: Sequence[CellRun]) -> Table:
         s = _score(cs, headline)
         b = base.get(k.model)
         gain = s - b if k.task_count > 0 and s is not None and b is not None else None
-        rows.append((k.model, k.params, k.task_count, "yes" if k.with_cot else "no", len(cs),
+        rows.append((k.model, k.params, k.task_count, cot_data(k.task_count, k.with_cot), len(cs),
                      *[seed_mean(cs, m)[0] for _, m in loss + present], gain))
     gain_col = f"gain in {headline[0]} over base" if headline else "gain over base"
     note = ""
@@ -166,6 +167,33 @@ def _score(cells: Sequence[CellRun], headline: tuple[str, str] | None) -> float 
     return mean(per_cell) if per_cell else None
 
 
+def headline_table(cells: Sequence[CellRun], metric: str) -> Table:
+    """One metric by size (rows) and task count (columns), seeds averaged, then each finetuned
+    column's gain over the base model of the same row (for a loss, negative is better)."""
+    done = [c for c in cells if c.state == "finished" and c.metric(metric) is not None]
+    counts = sorted({c.task_count for c in done})
+    tuned = [t for t in counts if t > 0]
+    # A sweep that varies CoT data or formats gets a row per variant, each beside its base model.
+    variants = sorted({(c.with_cot, c.formats) for c in done if c.task_count > 0}, reverse=True)
+    split = len(variants) > 1
+    rows = []
+    for model, params in sorted({(c.model, c.params) for c in done}, key=lambda mp: (mp[1], mp[0])):
+        mine = [c for c in done if c.model == model]
+        base = seed_mean([c for c in mine if c.task_count == 0], metric)[0]
+        for v in variants if split else [None]:
+            means = [seed_mean([c for c in mine if c.task_count == t and (v is None or (c.with_cot, c.formats) == v)],
+                               metric)[0] for t in tuned]
+            name = model if v is None else f"{model}, {'with' if v[0] else 'no'} CoT, {'+'.join(v[1])}"
+            gains = [m - base if m is not None and base is not None else None for m in means]
+            rows.append((name, params, *([base] if 0 in counts else []), *means, *(gains if 0 in counts else [])))
+    heads = [("base (0 tasks)" if t == 0 else f"{t} tasks") for t in counts]
+    heads += [f"gain at {t}" for t in tuned] if 0 in counts else []
+    label = standins.label(metric, cells)
+    return Table(f"headline_{metric.replace('/', '_')}", f"{label}: by size and task count (mean over seeds), "
+                 "and the gain of each finetuned column over the base model",
+                 ("model", "params", *heads), tuple(rows), "" if rows else f"no finished cell has logged {metric}")
+
+
 def gains_table(cells: Sequence[CellRun], metrics: Sequence[str]) -> Table:
     """Finetuned minus base model of the same preset, per metric, seeds averaged on both sides."""
     groups = by_point([c for c in cells if c.state == "finished"])
@@ -179,7 +207,8 @@ def gains_table(cells: Sequence[CellRun], metrics: Sequence[str]) -> Table:
             if ft is None:
                 continue
             b, nb = base[k.model]
-            rows.append((metric, k.model, k.params, k.task_count, "yes" if k.with_cot else "no", b, nb, ft, n, ft - b))
+            rows.append((standins.label(metric, cells), k.model, k.params, k.task_count,
+                         cot_data(k.task_count, k.with_cot), b, nb, ft, n, ft - b))
     note = "" if rows else "no preset has both a base model (0 tasks) and a finetuned cell with these metrics"
     return Table("gains", "Gain over the base model of the same size (finetuned minus base, means over seeds; "
                  "for a loss, negative is better)",
@@ -194,7 +223,7 @@ def cells_table(cells: Sequence[CellRun], prices: Mapping[str, float], now: floa
         hours = c.wall_hours(now)
         price = prices.get(c.accelerator)
         cost = hours * max(c.devices, 1) * price if price is not None else None
-        rows.append((c.key, c.model, c.params, c.task_count, "+".join(c.formats), "yes" if c.with_cot else "no",
+        rows.append((c.key, c.model, c.params, c.task_count, "+".join(c.formats), cot_data(c.task_count, c.with_cot),
                      c.seed, c.state, c.attempts, c.preemptions, c.metric("train/loss"), c.finetune_flops,
                      c.plan.get("est_hours"), hours, c.plan.get("est_cost"), cost, c.error or c.plan.get("reason") or ""))
     return Table("cells", "Cells: plan, state and cost so far",
@@ -231,6 +260,11 @@ def _models(cells: Sequence[CellRun]) -> list[str]:
     for c in cells:
         seen.setdefault(c.model, c.params)
     return sorted(seen, key=lambda m: (seen[m], m))
+
+
+def cot_data(task_count: int, with_cot: bool) -> str:
+    """The "CoT data" column: a base model (0 tasks) was finetuned on nothing."""
+    return "—" if task_count == 0 else ("yes" if with_cot else "no")
 
 
 def finite(v: Any) -> bool:

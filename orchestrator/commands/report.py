@@ -42,7 +42,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dashboards.report import ReportOptions, check_metrics, mlflow_ui_command, write_report
+    from dashboards.render import mlflow_ui_command
+    from dashboards.report import ReportOptions, check_metrics, write_report
     from dashboards.runs import load_sweep
     from trainers.home import flanscale_home, tracking_uri
 

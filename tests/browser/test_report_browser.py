@@ -96,3 +96,40 @@ def test_console_errors_are_caught(tmp_path, browser):
         time.sleep(0.1)
     assert any(e.get("method") == "Log.entryAdded" and "Content Security Policy" in e["params"]["entry"]["text"]
                for e in browser.events)
+
+
+def test_first_screen_states_the_findings_and_shows_a_figure(tmp_path):
+    """At 1280x800, before any scrolling: the findings sentences (with numbers) and the first
+    figure, whole and decoded; the appendix starts below."""
+    from dashboards.report import ReportOptions, write_report
+    from dashboards.runs import load_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sizes = {"tiny-1": 480_000, "tiny-2": 1_950_000, "tiny-3": 7_900_000}
+    _synthetic_sweep_writer()(uri, tmp_path / "mlartifacts", sweep="first", sizes=sizes, task_counts=(0, 9, 89),
+                              seeds=(0, 1), extra_states=False)
+    rep = write_report(load_sweep("first", uri), tmp_path / "report", ReportOptions(n_boot=20, log_artifacts=False))
+    with chromium(tmp_path / "chrome-profile", window="1280,800") as page:
+        page.send("Page.enable")
+        page.send("Emulation.setDeviceMetricsOverride", width=1280, height=800, deviceScaleFactor=1, mobile=False)
+        page.send("Page.navigate", url=rep.html.resolve().as_uri())
+        page.wait_for("document.body && document.body.dataset.ready === '1'", what="the report to load")
+        seen = page.evaluate("""(() => {
+            const box = e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom,
+                                                                             left: r.left, right: r.right}; };
+            const sentences = [...document.querySelectorAll('[data-list="findings"] p')];
+            const first = document.querySelector('img[data-first]');
+            return {view: [innerWidth, innerHeight], sentences: sentences.map(p => p.textContent),
+                    boxes: sentences.map(box), figure: first && {...box(first), w: first.naturalWidth},
+                    appendix: box(document.getElementById('appendix'))};
+        })()""")
+        page.screenshot(rep.out_dir / "first_screen.png")
+    width, height = seen["view"]
+    assert (width, height) == (1280, 800)
+    assert 2 <= len(seen["sentences"]) <= 3, seen["sentences"]
+    assert seen["sentences"][0].startswith("eval/loss falls with model size, -") and "per e-fold of parameters [" in \
+        seen["sentences"][0]
+    assert all(b["bottom"] <= height and b["right"] <= width for b in seen["boxes"]), seen
+    fig = seen["figure"]
+    assert fig is not None and fig["w"] > 300 and fig["top"] >= 0 and fig["bottom"] <= height and fig["right"] <= width
+    assert seen["appendix"]["top"] > height

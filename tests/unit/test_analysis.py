@@ -65,29 +65,35 @@ def test_what_a_series_cannot_show_is_said_instead_of_a_fit():
     two = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 30.0 + i}) for i, p in enumerate(PARAMS[:2])]
     a = analysis.analyse(two, "eval/mmlu/direct", "params", forecast_at=[1e9], n_boot=10)
     assert a.fits == () and a.forecasts == () and "2 sizes" in a.skipped[0].reason
-    # A slope the seeds' spread cannot tell from zero is flat, not a trend.
-    noisy = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 0.1 * i + 2 * s}, seed=s)
+    # Means that differ by less than the metric's resolution (half a point) carry no law.
+    small = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 41.0 + 0.1 * i + 0.3 * s}, seed=s)
              for i, p in enumerate(PARAMS[:4]) for s in (0, 1)]
-    (r,) = analysis.analyse(noisy, "eval/mmlu/direct", "params", n_boot=10).skipped
-    assert r.reason.startswith("flat") and "spread over seeds" in r.reason
-    # The same means with tight seeds are a trend.
-    tight = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 0.5 * i + 0.01 * s}, seed=s)
+    (r,) = analysis.analyse(small, "eval/mmlu/direct", "params", n_boot=10).skipped
+    assert "less than the metric's resolution (0.5)" in r.reason
+    # Seeds that agree exactly at every point measure no noise: never a trend, whatever the means do.
+    same = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 2.0 * i}, seed=s)
+            for i, p in enumerate(PARAMS[:4]) for s in (0, 1)]
+    (r,) = analysis.analyse(same, "eval/mmlu/direct", "params", n_boot=10).skipped
+    assert "seeds agree exactly" in r.reason
+    # The same means with seeds that differ a little are a law.
+    tight = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": 40.0 + 2.0 * i + 0.01 * s}, seed=s)
              for i, p in enumerate(PARAMS[:4]) for s in (0, 1)]
     assert len(analysis.analyse(tight, "eval/mmlu/direct", "params", n_boot=10).fits) == 1
-    # One seed per point: the noise is the scatter about a line.
-    scatter = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": v}) for i, (p, v) in enumerate(zip(PARAMS, (40, 43, 39, 42)))]
-    (r,) = analysis.analyse(scatter, "eval/mmlu/direct", "params", n_boot=10).skipped
-    assert r.reason.startswith("flat") and "scatter about a line" in r.reason
+    # ... unless the pooled test found no trend along the axis: then no series is fitted.
+    a = analysis.analyse(tight, "eval/mmlu/direct", "params", n_boot=10, no_trend="no detectable trend (p = 0.3)")
+    assert a.fits == () and "the pooled test with size: no detectable trend (p = 0.3)" in a.skipped[0].reason
     chance = [cell(f"m-{i}", p, 9, {"eval/mmlu/direct": v}) for i, (p, v) in enumerate(zip(PARAMS, (24, 25, 23, 25.2)))]
     (r,) = analysis.analyse(chance, "eval/mmlu/direct", "params", n_boot=10).skipped
     assert "at or below chance (25)" in r.reason
     assert isinstance(analysis.fit_series(analysis.curves(chance, "eval/mmlu/direct")[0], d), analysis.Skipped)
-    # Equal scores at every size and seed (the demo's unseen average stuck at its floor): flat,
-    # though their slope in ln x is 1e-14, not 0, in floating point.
+    # Equal scores at every size and seed (the demo's unseen average stuck at its floor), though
+    # their slope in ln x is 1e-14, not 0, in floating point. Never called "flat": only an
+    # equivalence test may say that (dashboards/trends.py).
     stuck = [cell(f"tiny-{i}", p, 89, {"eval/unseen/normalized_average": -33.7962962962963}, seed=s)
              for i, p in enumerate((591232, 1870208, 8067072)) for s in (0, 1)]
     a = analysis.analyse(stuck, "eval/unseen/normalized_average", "params", forecast_at=[8e7], n_boot=10)
-    assert a.fits == () and a.forecasts == () and a.skipped[0].reason == "flat: -33.8 at every one of the 3 sizes; no trend to fit"
+    assert a.fits == () and a.forecasts == ()
+    assert a.skipped[0].reason == "the same value, -33.8, at every one of the 3 sizes: no law to fit"
 
 
 def test_loss_series_fit_forecast_and_backtest():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,22 @@ def test_eval_throughput_refuses_a_mesh_that_is_not_three_sizes():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "eval_throughput.py: error: --mesh: '2,2' is not a mesh; give three sizes >= 1 as DATA,FSDP,TENSOR, e.g. 4,1,2")
+
+
+def test_fit_coverage_smoke_on_its_smallest_settings():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fit_coverage.py"), "--series", "2", "--sizes", "3",
+                           "--seeds", "2", "--bootstrap", "10"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for kind in ("loss", "accuracy"):
+        assert out[kind]["series"] == 2 and 0.0 <= out[kind]["coverage"] <= 1.0
+        assert out[kind]["median_width_of_settings"][0] > 0
+    assert [(s["kind"], s["sizes"], s["seeds"]) for s in out["settings"]] == [("loss", 3, 2), ("accuracy", 3, 2)]
+
+
+def test_fit_coverage_refuses_too_few_sizes():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fit_coverage.py"), "--sizes", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "fit_coverage.py: error: --sizes must be >= 3 (a law's fewest points) and --seeds >= 1")

@@ -33,7 +33,9 @@ def test_json_has_the_documented_shape_and_stays_in_domain(flanscale, mmlu_csv):
     assert [f["at"] for f in r["forecasts"]] == [62e9, 540e9]
     for f in r["forecasts"]:
         assert 25 <= f["low"] <= f["value"] <= f["high"] <= 100
-    assert r["forecasts"][1]["extrapolation"] and not r["forecasts"][0]["extrapolation"]
+    # Both lie beyond the largest x (11B): extrapolations, however near.
+    assert [f["extrapolation"] for f in r["forecasts"]] == [True, True]
+    assert [round(f["decades_beyond"], 2) for f in r["forecasts"]] == [0.75, 1.69]
     assert r["backtest"]["held_out_x"] == 11e9 and r["backtest"]["fitted_points"] == 4
     assert isinstance(r["backtest"]["within"], bool)
 
@@ -43,7 +45,7 @@ def test_table_output_and_the_shipped_paper_table(flanscale):
     code, out, err = flanscale("fit", "paper:table5", "--where", "family=t5", "--where", "finetuned=yes", "--x", "params",
                                "--y", "mmlu_direct", "--at", "62B", "--bootstrap", "50")
     assert code == 0, err
-    assert out.startswith("law:") and "chance 25" in out and "back-test: largest x (1.1e+10) held out" in out
+    assert out.startswith("trend:    rising, +") and "\nlaw:" in out and "chance 25" in out and "back-test: largest x (1.1e+10) held out" in out
     assert "6.2e+10" in out
     code, out, err = flanscale("fit", "paper:table5", "--where", "finetuned=yes", "--where", "family=palm", "--x",
                                "params", "--y", "norm_avg", "--format", "json", "--bootstrap", "50")
@@ -63,6 +65,26 @@ def test_loss_kind_from_the_column_name_and_seeds_as_rows(flanscale, tmp_path):
     r = json.loads(out)
     assert r["kind"] == "loss" and [p["n"] for p in r["points"]] == [2, 2, 2, 2]
     assert r["forecasts"][0]["low"] >= 0
+
+
+def test_trend_field_and_its_words(flanscale, mmlu_csv, tmp_path):
+    code, out, err = flanscale("fit", mmlu_csv, "--x", "params", "--y", "mmlu_direct", "--kind", "accuracy",
+                               "--format", "json", "--bootstrap", "20")
+    assert code == 0, err
+    t = json.loads(out)["trend"]
+    assert t["direction"] == "rising" and t["low"] < t["slope"] < t["high"] and t["df"] == 3
+    assert t["test"].startswith("OLS") and t["p"] < 0.05 and {"direction", "slope", "low", "high", "df", "test"} <= set(t)
+    # Rows that go up and down around one level: the test cannot tell, and the words say so.
+    noisy = tmp_path / "noisy.csv"
+    noisy.write_text("params,acc\n" + "".join(f"{p},{40 + d}\n" for p in ("1e6", "1e7", "1e8") for d in (-3, 2.5)))
+    code, out, err = flanscale("fit", str(noisy), "--x", "params", "--y", "acc", "--kind", "accuracy", "--bootstrap",
+                               "20")
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("trend:    no detectable trend (") and "flat" not in out
+    code, out, _ = flanscale("fit", str(noisy), "--x", "params", "--y", "acc", "--kind", "accuracy", "--bootstrap",
+                             "20", "--format", "json")
+    assert json.loads(out)["trend"]["direction"] == "none"
 
 
 @pytest.mark.parametrize("argv, csv_text, needles", [

@@ -56,12 +56,23 @@ def test_loss_law_recovers_its_parameters():
     far = laws.predict(f, 5e11)
     assert far.low <= loss_law(5e11) <= far.high and far.low >= 0
     assert far.extrapolation and not laws.predict(f, 1e8).extrapolation
+    # Outside the fitted range at all is an extrapolation, however near.
+    near = laws.predict(f, X[-1] * 1.5)
+    assert near.extrapolation and 0 < near.decades_beyond < 0.2
 
 
-def test_loss_law_falls_back_to_a_pure_power_law_with_few_points():
-    f = laws.fit(X[:4], loss_law(X[:4]), LOSS, n_boot=50)
-    assert f.law.name == "power" and "not identified" in f.note
+def test_with_few_points_the_interval_spans_both_law_forms():
+    """Three points that level off (a loss against task count: 3.278, 2.950, 2.945): the pure
+    power law keeps falling, but the points cannot rule out a law that levels off at E, so the
+    interval one rung on holds the level already reached."""
+    f = laws.fit([9, 89, 282], [3.278, 2.950, 2.945], LOSS, n_boot=100)
+    assert f.law.name == "power" and "the power and power+offset laws' bootstraps pooled" in f.note
     assert all(v > 0 for v in f.law.predict(np.geomspace(1, 1e30, 50)))
+    p = laws.predict(f, 1836)
+    assert p.extrapolation and p.low < p.value < 2.9 < 2.94 < p.high
+    # Points on a law with an irreducible term rule the pure power law out.
+    g = laws.fit(X[:4], loss_law(X[:4]), LOSS, n_boot=50)
+    assert g.law.name == "power+offset" and "power law is ruled out" in g.note and len(g.boot) == 1
 
 
 def test_accuracy_law_recovers_slope_and_ceiling():

@@ -18,6 +18,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from dashboards import render
 from dashboards import report as report_mod
 from dashboards.runs import load_sweep
 from orchestrator import cli
@@ -164,10 +165,13 @@ def test_report_writes_figures_tables_html_and_logs_them(store, tmp_path):
     html = (out / "report.html").read_text()
     # Self-contained: every image inline, nothing fetched from anywhere.
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
-    # 2 metrics (eval/loss, the normalized average) x 3 axes + the train/loss and eval/loss curves
-    assert html.count("data:image/png;base64,") == 8
+    # 2 metrics (eval/loss, the normalized average) x 3 axes + the train/loss curves, each once
+    # (the first page's figures are not repeated in the appendix); eval/loss was logged once
+    # per cell, so it has no curve to draw.
+    assert html.count("data:image/png;base64,") == 7
+    assert not (out / "figures" / "eval_loss_history.png").exists()
     for stem in ("eval_loss_vs_params", "eval_loss_vs_task_count", "eval_loss_vs_flops",
-                 "eval_normalized_average_vs_params", "train_loss_history", "eval_loss_history"):
+                 "eval_normalized_average_vs_params", "train_loss_history"):
         png = out / "figures" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -193,7 +197,7 @@ def test_report_writes_figures_tables_html_and_logs_them(store, tmp_path):
     assert all(f["kind"] == "loss" and f["law"].startswith("power") and f["params"]["alpha"] > 0 for f in loss_fit)
     fc = [f for f in fits["forecasts"] if f["metric"] == "eval/loss" and f["against"] == "params"]
     assert {f["at"] for f in fc} == {540e9}
-    assert all(0 <= f["low"] <= f["forecast"] <= f["high"] and f["extrapolation"].startswith("yes") for f in fc)
+    assert all(0 <= f["low"] <= f["forecast"] <= f["high"] and f["extrapolation"] == "yes" for f in fc)
     with (out / "tables" / "gains.csv").open() as f:
         gains = {(r["metric"], r["model"], r["tasks"]): float(r["gain"]) for r in csv.DictReader(f)}
     assert gains[("eval/loss", "tiny-3", "89")] == pytest.approx(-0.02 * math.log1p(89), abs=0.02)
@@ -205,7 +209,7 @@ def test_report_writes_figures_tables_html_and_logs_them(store, tmp_path):
     client = MlflowClient(tracking_uri=uri)
     logged = {a.path for a in client.list_artifacts(info["parent"], "report")}
     assert logged == {"report/report.html", "report/report.md", "report/figures", "report/tables", "report/fits.json"}
-    assert len(client.list_artifacts(info["parent"], "report/figures")) == 16  # 8 figures x PNG + SVG
+    assert len(client.list_artifacts(info["parent"], "report/figures")) == 14  # 7 figures x PNG + SVG
 
 
 def test_report_cli_errors_are_one_line(store, tmp_path, capsys):
@@ -223,14 +227,14 @@ def test_sparse_sweep_reports_without_fits(store, tmp_path):
     runs = load_sweep("one", uri)
     rep = report_mod.write_report(runs, tmp_path / "out", report_mod.ReportOptions(n_boot=20))
     html = rep.html.read_text()
-    assert "no fit: 9 tasks" in html and "1 size: a trend&#39;s shape needs at least 3" in html
+    assert "no fit: 9 tasks" in html and "no detectable trend (1 size only)" in html
     assert "no evaluation metrics" in html
     assert rep.logged_to_run == runs.parent_run_id
 
 
 def test_markdown_and_number_formatting():
     t = report_mod.Table("t", "T", ("a", "b|c"), ((1234567, 0.000123), (None, "x|y")), "")
-    md = report_mod.to_markdown(t)
+    md = render.to_markdown(t)
     assert "| 1,234,567 | 1.230e-04 |" in md and "x\\|y" in md and "| — |" in md
 
 
@@ -244,8 +248,14 @@ def test_seeds_are_aggregated_and_the_train_loss_fallback_is_said(store, tmp_pat
         results = list(csv.DictReader(f))
     assert [(r["model"], r["tasks"], r["seeds"]) for r in results] == [
         ("tiny-1", "0", "3"), ("tiny-1", "9", "3"), ("tiny-2", "0", "3"), ("tiny-2", "9", "3")]
-    # Two sizes: the held-out section says the data cannot show a trend instead of fitting one.
-    assert 'data-list="cannot-show"' in html and "eval/normalized_average: 9 tasks (vs model parameters): 2 sizes" in html
+    # Two sizes with three seeds each: the pooled test sees the rise with size, but no series has
+    # the 3 sizes a law needs; the limits say so, and the appendix says which series.
+    with (rep.out_dir / "tables" / "trends.csv").open() as f:
+        trend = {(r["metric"], r["against"]): r for r in csv.DictReader(f)}
+    assert trend[("eval/normalized_average", "params")]["verdict"] == "rising"
+    assert trend[("eval/normalized_average", "params")]["df"] == "9"  # 12 cells - slope - 2 series
+    assert 'data-list="limits"' in html and "eval/normalized_average: no detectable trend (1 task count only) with task count; no law on" in html
+    assert "no fit: 9 tasks (vs model parameters): 2 sizes" in html
     with (rep.out_dir / "tables" / "series.csv").open() as f:
         series = [r for r in csv.DictReader(f) if r["against"] == "params"]
     assert {r["seeds per point"] for r in series} == {"3"} and all(r["fit"].startswith("no fit") for r in series)
@@ -263,3 +273,45 @@ def test_paper_presets_are_read_beside_the_paper(store, tmp_path):
     svg = (rep.out_dir / "figures" / "eval_normalized_average_vs_params.svg").read_text()
     assert "Flan-T5-Large" in svg and "paper, Flan (1,836 tasks)" in svg
     assert "Flan-T5" not in (rep.out_dir / "figures" / "eval_loss_vs_params.svg").read_text()
+
+
+def test_stand_in_benchmarks_are_labelled_and_never_beside_the_paper(tmp_path, monkeypatch):
+    """Cells that scored the paper's benchmarks on shipped stand-in data: every table row and
+    figure of those metrics says so, and the paper's Table 5 is not drawn beside them."""
+    from dashboards.runs import CellRun, SweepRuns, _to_cell
+    from orchestrator.cells import CellRecord, CellState
+
+    class NoHistory:  # the job's start time is read from metric histories; none here
+        def get_metric_history(self, run_id, name):
+            return []
+
+    rec = CellRecord("r1", "k", "k", CellState.FINISHED, 1, 0, 0, "",
+                     params={"model": "t5-small", "params": "76961152", "task_count": "9", "with_cot": "true",
+                             "eval_standins": "mmlu,bbh"})
+    assert _to_cell(NoHistory(), rec, {}, False).standins == ("mmlu", "bbh")
+    assert _to_cell(NoHistory(), CellRecord("r2", "k2", "k2", CellState.FINISHED, 1, 0, 0, "", params={}), {},
+                    False).standins == ()
+
+    sizes = {"t5-small": 76_961_152, "t5-base": 247_577_856, "t5-large": 783_150_080}
+    rng = np.random.default_rng(0)
+    cells = tuple(
+        CellRun(key=f"{m}-{t}-{s}", run_id="r", model=m, params=n, task_count=t, formats=("zs",), with_cot=True,
+                mixture="A", state="finished", seed=s, standins=("mmlu", "bbh", "tydiqa", "mgsm"),
+                metrics={"eval/mmlu/direct": 30 + 3 * math.log(n / 1e7) + 2 * (t > 0) + rng.normal(0, 0.3),
+                         "eval/normalized_average": 5 + 3 * math.log(n / 1e7) + rng.normal(0, 0.3),
+                         "eval/loss": 4 - 0.1 * math.log(n / 1e7) + rng.normal(0, 0.01)})
+        for m, n in sizes.items() for t in (0, 1836) for s in (0, 1))
+    runs = SweepRuns("standin", "sqlite:///unused.db", "1", None, cells, time.time())
+    monkeypatch.setattr(report_mod, "load_history", lambda uri, cells, metric: {})  # no store: no curves
+    rep = report_mod.build_report(runs, tmp_path / "out", report_mod.ReportOptions(n_boot=10))
+    with (rep.out_dir / "tables" / "results.csv").open() as f:
+        header = next(csv.reader(f))
+    assert "MMLU Direct (stand-in data)" in header and "Norm. avg (stand-in data)" in header and "eval/loss" in header
+    with (rep.out_dir / "tables" / "trends.csv").open() as f:
+        labels = {r["metric"] for r in csv.DictReader(f)}
+    assert labels == {"eval/loss", "eval/normalized_average (stand-in data)"}
+    for stem in ("eval_normalized_average_vs_params", "eval_normalized_average_vs_task_count"):
+        svg = (rep.out_dir / "figures" / f"{stem}.svg").read_text()
+        assert "(stand-in data)" in svg and "Flan-T5" not in svg and "paper, Flan" not in svg
+    html = rep.html.read_text()
+    assert "eval/normalized_average (stand-in data)" in html.split('id="appendix"')[0]
