@@ -25,8 +25,7 @@ def show(sweep: str) -> dict:
     from dashboards.runs import load_sweep
 
     runs = load_sweep(sweep)
-    spans = [(c.start_time, c.end_time) for c in runs.cells if c.start_time is not None and c.end_time is not None]
-    wall = max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+    wall = timing.sweep_wall_s(runs.cells)
     out = timing.budget(runs.cells, flanscale_home(), wall)
     load = os.getloadavg()
     return {"sweep": sweep, **out, "total_s": round(sum(v for k, v in out["phases"].items()

@@ -56,6 +56,11 @@ def sentences(metrics: Sequence[MetricTrends], cells: Sequence[CellRun], loss: s
         gain = gain_sentence(cells, head.metric, head.label)
         if gain:
             out.append(gain)
+    for m in metrics:  # the paper's headline: the normalized average's gain over the base model
+        if m.metric.endswith("normalized_average"):
+            gain = gain_sentence(cells, m.metric, m.label)
+            if gain:
+                out.append(gain)
     others = [m for m in metrics if m.metric != loss]
     moving = [m for m in others if m.found()]
     still = [m for m in others if not m.found()]
@@ -122,10 +127,13 @@ def figures(metrics: Sequence[MetricTrends], loss: str) -> list[tuple[str, str]]
 
 
 def headline_metrics(metrics: Sequence[MetricTrends], loss: str) -> list[str]:
-    """The loss metric and the first other metric with a trend (else the first other one)."""
+    """The loss metric, the normalized averages (the paper's headline), and the first other
+    metric with a trend (else the first other one)."""
     others = [m for m in metrics if m.metric != loss]
-    second = next((m for m in others if m.found()), others[0] if others else None)
-    return [m.metric for m in metrics if m.metric == loss] + ([second.metric] if second else [])
+    averages = [m.metric for m in others if m.metric.endswith("normalized_average")]
+    rest = [m for m in others if m.metric not in averages]
+    second = next((m for m in rest if m.found()), rest[0] if rest and not averages else None)
+    return [m.metric for m in metrics if m.metric == loss] + averages + ([second.metric] if second else [])
 
 
 def limits(metrics: Sequence[MetricTrends], skipped: dict[str, list[str]], notes: Sequence[str] = ()) -> list[str]:

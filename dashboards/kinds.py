@@ -4,8 +4,9 @@ The kind decides which law a scaling fit uses and keeps every forecast inside th
 domain (dashboards/laws.py):
 
 - loss kind: names ending in `loss` (`train/loss`, `eval/loss`, `eval/loss/<group>`), >= 0.
-  `eval/<b>/rc_logprob` (the mean log-probability of the correct option, <= 0) is fitted as
-  its negation, a cross-entropy >= 0, and reported with its own sign.
+  `eval/<b>/rc_logprob` (the mean log-probability of the correct option, <= 0) and
+  `eval/<b>/rc_choice_logprob` (the same among the options, <= 0, chance -log k) are fitted
+  as their negation, a cross-entropy >= 0, and reported with their own sign.
 - accuracy kind: `eval/<benchmark>/<mode>` and the `_flex`, `rc`, `rc_norm` variants, in
   percent, between the benchmark's chance level (from the benchmark registry) and 100.
 - score kind: `.../normalized` scores and normalized averages. Their chance level is 0, but a
@@ -23,6 +24,8 @@ from typing import Mapping
 from trainers.spec import UserError
 
 KINDS = ("loss", "accuracy", "score")
+# Mean log-probabilities (<= 0), fitted as the cross-entropies they negate.
+LOGPROBS = ("rc_logprob", "rc_choice_logprob")
 # The smallest change a metric can show: half a point of a percent (accuracy, score), since
 # benchmarks of a few hundred items move in steps of a few tenths of a point, and 1% of a
 # loss. Trends smaller than this are not told apart from nothing, and no interval is narrower.
@@ -60,7 +63,7 @@ class Domain:
 def metric_kind(name: str) -> str | None:
     """The kind a metric's name implies, or None when the name does not say."""
     n = name.strip()
-    if n.endswith("rc_logprob") or n.endswith("loss") or "/loss/" in n:
+    if n.endswith(LOGPROBS) or n.endswith("loss") or "/loss/" in n:
         return "loss"
     if n.endswith("/normalized") or n.endswith("normalized_average"):
         return "score"
@@ -75,27 +78,28 @@ def _is_mode(m: str) -> bool:
     return base in ("direct", "cot", "sc", "rc", "rc_norm")
 
 
-def chance_level(benchmark: str) -> float | None:
-    """A benchmark's random baseline in percent, from the benchmark registry; None when the
-    registry does not know it."""
+def chance_level(benchmark: str, mode: str = "") -> float | None:
+    """A benchmark's random baseline in percent for `mode`'s scores (rank classification of
+    span questions has one, generating the span none), from the benchmark registry; None when
+    the registry does not know it."""
     from trainers.eval import benchmarks
 
     try:
-        return float(benchmarks.get(benchmark).chance)
+        return float(benchmarks.get(benchmark).chance_for(mode))
     except UserError:
         return None
 
 
-def score_floor(benchmark: str) -> float | None:
-    """The normalized score of a model that answers every question of `benchmark` wrong:
-    each task normalized with its own baseline, averaged as the score averages them."""
+def score_floor(benchmark: str, mode: str = "") -> float | None:
+    """The normalized score of a model that answers every question of `benchmark` wrong in
+    `mode`: each task normalized with its own baseline, averaged as the score averages them."""
     from trainers.eval import benchmarks
 
     try:
         info = benchmarks.get(benchmark)
     except UserError:
         return None
-    base = info.baselines
+    base = info.rc_baseline if info.rc_baseline is not None and mode.startswith("rc") else info.baselines
     values = list(base.values()) if isinstance(base, Mapping) else [float(base)]
     return sum(-100.0 * r / (100.0 - r) for r in values) / len(values)
 
@@ -119,13 +123,14 @@ def domain_for(metric: str, kind: str | None = None, chance: float | None = None
     if k not in KINDS:
         raise UserError(f"--kind: unknown {k!r}; allowed: {', '.join(KINDS)}")
     if k == "loss":
-        return Domain("loss", 0.0, float("inf"), None, -1.0 if metric.endswith("rc_logprob") else 1.0)
+        return Domain("loss", 0.0, float("inf"), None, -1.0 if metric.endswith(LOGPROBS) else 1.0)
     parts = metric.split("/")
     bench = parts[1] if len(parts) >= 3 and parts[0] == "eval" else ""
+    mode = parts[2] if len(parts) >= 3 and parts[0] == "eval" else ""
     if k == "accuracy":
         if chance is not None:
             return Domain("accuracy", float(chance), 100.0, float(chance), source="given")
-        c = chance_level(bench) if bench else None
+        c = chance_level(bench, mode) if bench else None
         if c is None:
             return Domain("accuracy", 0.0, 100.0, 0.0, source="chance unknown, 0 assumed")
         return Domain("accuracy", c, 100.0, c, source=f"{bench} random baseline")
@@ -136,7 +141,7 @@ def domain_for(metric: str, kind: str | None = None, chance: float | None = None
         suite = "paper" if metric == "eval/normalized_average" else (parts[1] if len(parts) == 3 else "")
         floor, source = average_floor(suite), f"all-wrong floor of the {suite} average"
     elif bench:
-        floor, source = score_floor(bench), f"all-wrong floor of {bench}"
+        floor, source = score_floor(bench, mode), f"all-wrong floor of {bench}"
     if floor is None:
         floor, source = DEFAULT_SCORE_FLOOR, "floor of a 2-choice benchmark, components unknown"
     return Domain("score", floor, 100.0, 0.0, source=source)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from dashboards import analysis, findings, laws, paper, plots, render, standins, tables, trends
+from dashboards import analysis, findings, laws, paper, plots, render, standins, tables, timing, trends
 from dashboards.kinds import domain_for, metric_kind
 from dashboards.runs import SweepRuns, load_history
 from dashboards.tables import Table
+from trainers.home import flanscale_home
 from trainers.spec import UserError
 
 # The paper's ladder of task counts: forecasts go to the next rung not yet run.
@@ -86,14 +87,14 @@ def loss_metric(runs: SweepRuns) -> tuple[str, str]:
 def default_metrics(runs: SweepRuns) -> tuple[str, ...]:
     """The loss metric, then the held-out scores: normalized averages (the paper's six columns
     when its average is incomplete), and each benchmark's rank-classification accuracy and
-    correct-option log-probability."""
+    correct-option log-probabilities (alone, and among the options)."""
     logged = set(runs.metric_names)
     loss, _ = loss_metric(runs)
     evals = [m for _, m in tables.EVAL_COLUMNS if m in logged]
     if "eval/normalized_average" in evals:
         evals = ["eval/normalized_average"]
     evals += sorted(m for m in logged if m.endswith("/normalized_average") and m != "eval/normalized_average")
-    evals += sorted(m for m in logged if m.startswith("eval/") and m.endswith(("/rc", "/rc_logprob")))
+    evals += sorted(m for m in logged if m.startswith("eval/") and m.endswith(("/rc", "/rc_logprob", "/rc_choice_logprob")))
     return (loss, *evals) if loss in logged else tuple(evals)
 
 
@@ -183,6 +184,7 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
         tables.gains_table(runs.cells, held_out or metrics),
         *result_tables(rows, hits, judged_all),
         paper_table(presets),
+        timing.time_table(runs.cells, flanscale_home()),
     ]
     table_paths = []
     for t in all_tables:

@@ -97,3 +97,24 @@ def budget(cells: Sequence[Any], home: Path | None = None, sweep_wall_s: float |
     ordered = {p: phases[p] for p in ORDER if p in phases}
     ordered.update({p: v for p, v in phases.items() if p not in ordered})
     return {"phases": ordered, "sweep_wall_s": None if sweep_wall_s is None else round(sweep_wall_s, 1), "cells": rows}
+
+
+def sweep_wall_s(cells: Sequence[Any]) -> float | None:
+    """From the first cell's start to the last one's end."""
+    spans = [(c.start_time, c.end_time) for c in cells if c.start_time is not None and c.end_time is not None]
+    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+
+
+def time_table(cells: Sequence[Any], home: Path | None = None):
+    """The budget as a report table: phase, seconds."""
+    from dashboards.tables import Table
+
+    out = budget(cells, home, sweep_wall_s(cells))
+    rows = [(phase, seconds) for phase, seconds in out["phases"].items()]
+    if out["sweep_wall_s"] is not None:
+        rows.append(("sweep (wall)", out["sweep_wall_s"]))
+    note = ("cell phases are summed over cells (several may run at a time, so they can add up to more than "
+            "the sweep's wall time); install and report times are those recorded in "
+            f"$FLANSCALE_HOME/{PHASES_FILE}, pretraining those of the base models' pretrain.json")
+    return Table("time", "Where the time went (seconds)", ("phase", "seconds"), tuple(rows),
+                 note if rows else "no cell logged its times")

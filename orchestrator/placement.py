@@ -229,6 +229,8 @@ class Launcher:
         changed eval settings (the job resumes from its final checkpoint: nothing to train)."""
         res = cell_resources(cell)
         hosts = max(1, int(getattr(cell, "hosts", 1)))
+        if self.cell_fn is None and str(getattr(cell, "accelerator", "")).startswith("cpu"):
+            res = dict(res, CPU=max(res.get("CPU", 1.0), self._host_cpus()))
         env = worker_env(cell, self.home, self.tracking_uri, reevaluate)
         handle = Running(cell.key, run_id, "run", hosts, reevaluate=reevaluate)
         if hosts == 1:
@@ -255,6 +257,15 @@ class Launcher:
         handle.phase = "placing"
         handle.refs[handle.pg.ready()] = -1
         return handle
+
+    def _host_cpus(self) -> float:
+        """The cores of the smallest node. A cell's JAX process on CPU runs its XLA thread pool
+        over every core of its host, so it claims them all and CPU cells run one at a time per
+        host: on 2 cores a tiny-1 step took 0.27 s alone and 0.81 s beside a second cell (two
+        cells at once finish 1.5x later than one after the other; bench/cell_concurrency.py)."""
+        cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in self.ray.nodes() if n.get("Alive")]
+        cpus = [c for c in cpus if c > 0]
+        return min(cpus) if cpus else 1.0
 
     def _has_tpu_slices(self) -> bool:
         # Real TPU VMs advertise a "TPU-<pod type>-head" resource on each slice's first host;

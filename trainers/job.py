@@ -20,7 +20,7 @@ from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
 from trainers.spec import CellSpec, UserError
-from trainers.process import StopFlag, init_distributed
+from trainers.process import StopFlag, init_distributed, use_compilation_cache
 from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def run_cell(
     init_distributed()
     cell = CellSpec.from_dict(spec) if isinstance(spec, dict) else spec
     home_path = flanscale_home(home)
+    use_compilation_cache(home_path)
     tracker = _tracker(run_id, tracking_uri, home_path, extra_trackers)
     stop = StopFlag(should_stop)
     stop.install()

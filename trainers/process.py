@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trainers.spec import UserError
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 ENV_COORDINATOR = "FLANSCALE_COORDINATOR"
 ENV_NUM_PROCESSES = "FLANSCALE_NUM_PROCESSES"
 ENV_PROCESS_ID = "FLANSCALE_PROCESS_ID"
+XLA_CACHE = "xla_cache"  # under the home: compiled programs that cells share
 
 
 def init_distributed(
@@ -106,3 +108,15 @@ class StopFlag:
             log.warning("stop requested: notifying every process through the preemption sync point")
             os.kill(os.getpid(), signal.SIGTERM)
         return False
+
+
+def use_compilation_cache(home: Path) -> None:
+    """Keep XLA's compiled programs under `home`/xla_cache. The cells of a sweep compile the
+    same programs over and over (a train step per model size, the evaluation's decoding and
+    ranking programs, all of the same shapes), each in a process of its own; with the cache a
+    cell loads what an earlier cell compiled instead of compiling it again. Entries are keyed by
+    the program, the backend and the flags, so a changed program is never served stale."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(Path(home) / XLA_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

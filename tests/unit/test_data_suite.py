@@ -4,7 +4,7 @@ import random
 import re
 
 from trainers.data.suite import build_suite, corpus_document, text_corpus
-from trainers.data.templates import COT_FORMATS, COT_TRIGGER
+from trainers.data.templates import COT_FORMATS, COT_TRIGGER, OPTION_STYLES, Example, Template
 
 
 def test_suite_has_the_papers_task_counts():
@@ -41,11 +41,33 @@ def test_every_format_renders():
         for fmt in task.formats:
             inputs, targets = task.render(3, (fmt,), rng, lambda s: len(s) < 2000)
             assert inputs and targets
+            listed, lettered = "OPTIONS:" in inputs, "\n(A) " in inputs or "\nA. " in inputs
             if fmt.endswith("_opt"):
-                assert "OPTIONS:" in inputs
+                assert listed or lettered
             if fmt.endswith("_noopt"):
-                assert "OPTIONS:" not in inputs
+                assert not listed and not lettered
         assert len(task.templates) >= 6  # several phrasings x layouts
+        if task.submixture != "cot":  # option styles take turns over a task's templates
+            assert {t.options for t in task.templates} == set(OPTION_STYLES)
+
+
+def test_lettered_options_are_answered_by_letter():
+    ex = Example("cactus", "cactus", ("bzbstr", "cactus", "sutcac"))
+    assert Template("Pick one.", options="letters").target(ex, True) == "B"
+    assert Template("Pick one.", options="paren").target(ex, True) == "(B)"
+    assert Template("Pick one.", options="list").target(ex, True) == "cactus"
+    assert Template("Pick one.", options="paren").target(ex, False) == "cactus"  # no options shown, no letter
+    assert Template("Pick one.", options="letters").zero_shot(ex, True).endswith("\nA. bzbstr\nB. cactus\nC. sutcac")
+
+
+def test_every_rung_draws_on_every_family():
+    from trainers.data.suite_families import FAMILIES
+
+    reg = build_suite(50)
+    muffin = [t.name for t in reg.by_submixture("muffin")]
+    families = {f.__name__: {tid for tid, _, _ in f()} for f in FAMILIES}
+    dealt = {name for name, ids in families.items() if any(m.split("/", 1)[1] in ids for m in muffin)}
+    assert dealt == set(families)  # the 89-task rung already spans every skill family
 
 
 def test_cot_tasks_carry_rationales():
@@ -57,7 +79,7 @@ def test_cot_tasks_carry_rationales():
             ex = task.source.example(i)
             inputs, targets = task.render(i, ("cot_zs",), rng, lambda s: True)
             assert inputs.endswith(COT_TRIGGER)
-            assert targets == f"{ex.rationale} So the answer is {ex.answer}." and len(ex.rationale) > 10
+            assert targets == f"{ex.rationale} So the answer is {ex.answer}." and len(ex.rationale) > 10  # CoT: "list" style
     gsm = reg.get("cot/gsm8k").source.example(0)
     numbers = [int(x) for x in re.findall(r"= (\d+)", gsm.rationale)]
     assert numbers[-1] == int(gsm.answer)

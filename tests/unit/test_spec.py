@@ -79,7 +79,7 @@ BAD = [
     ("name: x\noptim:\n  steps: many\n", [], ["optim.steps", "'many'", "integer"]),
     (None, ["mfu=fast"], ["field 'mfu'", "'fast'", "float"]),
     (None, ["models=tiny-1"], ["field 'models'", "expected a list"]),
-    (None, ["models=[tiny-4]"], ["models", "'tiny-4'", "did you mean 'tiny-3'", "allowed: tiny-1"]),
+    (None, ["models=[tiny-4]"], ["models", "'tiny-4'", "did you mean 'tiny-3'", "allowed: tiny-0, tiny-1"]),
     (None, ["models=[t5-xxxl]"], ["'t5-xxxl'", "did you mean 't5-xxl'"]),
     (None, ["accelerator=tpu-v9"], ["accelerator", "'tpu-v9'", "allowed: cpu"]),
     (None, ["optim.steps=-5"], ["optim.steps", "-5", ">= 0"]),
