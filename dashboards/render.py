@@ -22,7 +22,7 @@ from dashboards.tables import Table
 
 TEMPLATES = Path(__file__).parent / "templates"
 # The appendix's tables, in order (the headline tables and the trends table come first).
-TABLE_ORDER = ("results", "gains", "series", "flops", "fits", "forecasts", "backtests", "paper", "cells")
+TABLE_ORDER = ("results", "gains", "series", "flops", "fits", "forecasts", "backtests", "paper", "cells", "time")
 
 
 def write_table(t: Table, out_dir: Path) -> list[Path]:

@@ -13,7 +13,6 @@ nor JAX.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -333,7 +332,9 @@ def connect_ray(ray_address: str | None) -> bool:
     if ray.is_initialized():
         return False
     # Ray sets its logger's level at init; keep a quieter one chosen before (orchestrator.quiet).
-    level = max(logging.INFO, logging.getLogger("ray").level)
+    from orchestrator.quiet import ray_level
+
+    level = ray_level()
     if address == "local":
         me = psutil.Process()
         before = {p.pid for p in me.children()}

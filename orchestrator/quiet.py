@@ -18,10 +18,23 @@ MLFLOW_LEVEL_ENV = "MLFLOW_LOGGING_LEVEL"
 _RAY_NOTICES = ("ray._private.authentication.authentication_token_setup",)
 
 
+_ray_level = logging.INFO
+
+
+def ray_level() -> int:
+    """The level Ray's logger gets when it starts (ray.init sets its own otherwise)."""
+    return _ray_level
+
+
 def quiet() -> None:
-    """Silence the libraries' routine INFO lines (call before Ray starts)."""
+    """Silence the libraries' routine INFO lines (call before Ray starts). Ray configures its
+    loggers when it is imported, so it is imported here first and its levels set after."""
+    global _ray_level
     os.environ.setdefault(MLFLOW_LEVEL_ENV, "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import ray  # noqa: F401  (configures its loggers)
+
+    _ray_level = logging.WARNING
     logging.getLogger("ray").setLevel(logging.WARNING)
     for name in _RAY_NOTICES:
         logging.getLogger(name).setLevel(logging.ERROR)
