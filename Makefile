@@ -18,7 +18,7 @@ STAMP         := $(VENV)/.installed
 # Each install step writes its seconds beside its stamp, for the demo's time budget.
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "flanscale needs $(PYTHON)"; exit 1; }
-	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION) \
+	@start=$$(date +%s); $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -qq uv==$(UV_VERSION) \
 	  && echo $$(( $$(date +%s) - start )) > $(VENV)/.venv-seconds
 
 $(RUNTIME_STAMP): pyproject.toml requirements/runtime.lock | $(BIN)/python
