@@ -150,3 +150,19 @@ def limits(metrics: Sequence[MetricTrends], skipped: dict[str, list[str]], notes
     if len(out) > MAX_LIMITS:
         out = out[:MAX_LIMITS - 1] + [f"{len(out) - MAX_LIMITS + 1} more in the appendix"]
     return out
+
+
+def seed_note(cells: Sequence[CellRun]) -> str:
+    """What the seeds of a sweep vary, when they share a base model: then the spread over seeds
+    is the finetuning noise alone, a lower bound on that between independently pretrained
+    models."""
+    seeds = {c.seed for c in cells if c.task_count > 0}
+    shared = any(isinstance(c.plan.get("spec"), dict) and c.plan["spec"].get("init_checkpoint")
+                 for c in cells if c.task_count > 0)
+    if len(seeds) < 2 or not shared:
+        return ""
+    dropout = {float(c.plan["spec"].get("model", {}).get("dropout_rate") or 0.0)
+               for c in cells if c.task_count > 0 and isinstance(c.plan.get("spec"), dict)}
+    varied = "the finetuning data order" + (" and dropout" if any(d > 0 for d in dropout) else " only")
+    return (f"seeds vary {varied}: every seed of a size finetunes the same base model, so the spread over "
+            "seeds is a lower bound on the noise between independently pretrained models")

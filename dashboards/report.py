@@ -200,7 +200,7 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
         "findings": findings.sentences(tested, runs.cells, loss),
         "first_figures": [fig_of[k] for k in findings.figures(tested, loss) if k in fig_of],
         "headline_tables": [t.name for t in all_tables[:len(headline)]],
-        "limits": findings.limits(tested, skipped, [loss_note] if loss_note else []),
+        "limits": findings.limits(tested, skipped, [n for n in (loss_note, findings.seed_note(runs.cells)) if n]),
         "sections": sections, "histories": history_figs, "loss_metric": loss, "loss_note": loss_note,
     }
     (out_dir / "report.md").write_text(render.render_markdown(runs, page, all_tables, summary))

@@ -201,6 +201,9 @@ class SweepController:
                 return
             self._on_sigterm_install()  # ray.init installed its own, which exits mid-call
             self.launcher = Launcher(self.cell_fn, self.store.tracking_uri, str(self.home))
+            hosts = self.launcher.cpu_hosts([self.by_key[k] for k in self.views if k in self.by_key])
+            if hosts is not None:  # CPU cells claim whole hosts: start no more than there are
+                self.max_concurrent = min(self.max_concurrent, hosts)
             try:
                 with progress_mod.LiveProgress(f"sweep {self.name}", enabled=self.progress, refresh_s=2.0) as live:
                     self._loop(live)

@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from orchestrator.store import TAG_WORKER
 from trainers.process import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
@@ -256,6 +256,14 @@ class Launcher:
         handle.phase = "placing"
         handle.refs[handle.pg.ready()] = -1
         return handle
+
+    def cpu_hosts(self, cells: Sequence[Any]) -> int | None:
+        """How many CPU cells can run at once when every cell is one (each claims a whole
+        host, see `_host_cpus`): the alive nodes with CPUs; None otherwise."""
+        if self.cell_fn is not None or not cells or not all(
+                str(getattr(c, "accelerator", "")).startswith("cpu") for c in cells):
+            return None
+        return max(1, sum(1 for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
 
     def _host_cpus(self) -> float:
         """The cores of the smallest node. A cell's JAX process on CPU runs its XLA thread pool

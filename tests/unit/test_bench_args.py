@@ -47,3 +47,29 @@ def test_fit_coverage_refuses_too_few_sizes():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "fit_coverage.py: error: --sizes must be >= 3 (a law's fewest points) and --seeds >= 1")
+
+
+def _demo_budget(*args, home):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "demo_budget.py"), *args], capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "FLANSCALE_HOME": str(home)})
+
+
+def test_demo_budget_records_phases_and_refuses_a_bad_one(tmp_path):
+    assert _demo_budget("record", "install", "42.5", home=tmp_path).returncode == 0
+    assert _demo_budget("record", "report", "3", home=tmp_path).returncode == 0
+    assert json.loads((tmp_path / "phases.json").read_text()) == {"install": 42.5, "report": 3.0}
+    bad = _demo_budget("record", "install", "-1", home=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "demo_budget: install: -1.0 is not a duration in seconds"
+    assert json.loads((tmp_path / "phases.json").read_text())["install"] == 42.5  # untouched
+
+
+def test_demo_budget_names_an_unknown_sweep_in_one_line(tmp_path):
+    proc = _demo_budget("show", "nope", home=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("demo_budget: ") and not (tmp_path / "mlflow.db").exists()
+
+
+def test_cell_concurrency_refuses_fewer_than_two_cells():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cell_concurrency.py"), "--cells", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("--cells and --steps must be >= 2")
