@@ -1,6 +1,6 @@
 """Read one sweep's MLflow runs into a flat table: one row per cell.
 
-The layout is the sweep store's (DESIGN.md section 3): experiment = sweep name, a parent run
+The layout is the sweep store's (the README's "Where state lives"): experiment = sweep name, a parent run
 tagged `flanscale.sweep`, a child run per cell tagged `flanscale.cell_key` / `flanscale.state`
 with the cell's params and metrics. This module only reads; it never creates a store, an
 experiment or a run, so pointing it at the wrong place cannot damage anything.

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from dashboards import standins
 from dashboards.runs import CellRun
 
-# The paper's held-out columns (Table 5 / normalized average of section 5 of PAPER.md).
+# The paper's held-out columns (the paper's Table 5 and the normalized average of its section 5).
 EVAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("MMLU Direct", "eval/mmlu/direct"),
     ("MMLU CoT", "eval/mmlu/cot"),

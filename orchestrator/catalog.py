@@ -1,6 +1,6 @@
 """Model presets: architecture, pretraining tokens and default finetuning hyperparameters.
 
-The T5 and PaLM presets are the paper's models (PAPER.md section 4 for the architectures,
+The T5 and PaLM presets are the paper's models (the paper's section 4 for the architectures,
 Table 22 for the finetuning hyperparameters). The tiny presets are small T5 v1.1-shaped
 models with a byte vocabulary that train on a laptop CPU in seconds to minutes; they have no
 pretraining (0 tokens) unless a base checkpoint says otherwise.

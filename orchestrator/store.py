@@ -1,6 +1,6 @@
 """MLflow as the durable store of a sweep: what ran, what is running, what is left.
 
-Layout (DESIGN.md section 3, names in trainers/run_layout.py): experiment = sweep name, a
+Layout (the README's "Where state lives", names in trainers/run_layout.py): experiment = sweep name, a
 model-training experiment; one parent run per sweep (tag `flanscale.sweep`, run name = sweep
 name) that also carries the sweep's summary metrics (`sweep/...`); one child run per cell,
 named for a person and tagged with its grid coordinates, found again by its tag
@@ -65,7 +65,7 @@ def cell_tags(cell: Any) -> dict[str, str]:
 
 
 def cell_params(cell: Any) -> dict[str, Any]:
-    """The params of a cell's run (DESIGN.md section 3), from a planner Cell."""
+    """The params of a cell's run (the README's "Where state lives"), from a planner Cell."""
     spec = cell.spec
     return {
         "cell_key": cell.key,

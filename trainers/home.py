@@ -1,6 +1,6 @@
 """Where flanscale keeps what it writes, and which MLflow store it uses by default.
 
-Every entry point resolves these the same way (DESIGN.md section 3): an explicit value,
+Every entry point resolves these the same way (the README's "Home"): an explicit value,
 then the environment (FLANSCALE_HOME, MLFLOW_TRACKING_URI), then the embedded defaults
 (./.flanscale and a SQLite store inside it). Nothing here creates a directory: a caller
 that writes does so itself, and a reader (a report) must not conjure an empty store.

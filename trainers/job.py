@@ -79,7 +79,7 @@ def run_cell(
     should_stop: Callable[[], bool] | threading.Event | None = None,
     steps: int | None = None,
 ) -> dict[str, Any]:
-    """Trains (resuming if a checkpoint exists) and evaluates one cell; see CONTRACTS.
+    """Trains (resuming if a checkpoint exists) and evaluates one cell (the README's "Training one cell").
 
     `steps` overrides spec.optim.steps (a debugging run that stops early); the cell key,
     and so the checkpoint directory, stays that of the spec.

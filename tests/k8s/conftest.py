@@ -15,7 +15,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = REPO / "k8s"
 OVERLAYS = ("gpu", "tpu", "cpu")
-SCHEMAS = REPO.parent / "shared" / "k8s-schemas" / "kuberay-v1.7.0"
+# The KubeRay CRDs the manifests are validated against (v1.7.0, shipped with their license).
+SCHEMAS = Path(__file__).resolve().parent / "schemas" / "kuberay-v1.7.0"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 CUSTOM_KINDS = set(CRD_FILES)
 # Kubernetes versions the built-in kinds are validated against (kubernetes-validate ships

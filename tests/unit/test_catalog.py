@@ -7,7 +7,7 @@ import pytest
 from orchestrator.catalog import ACCELERATORS, REGISTRY, Finetune, Preset, Registry, get_preset
 from trainers.spec import ModelConfig, UserError
 
-T5 = {  # PAPER.md section 4 / Table 22: d_model, d_ff, heads, layers, steps
+T5 = {  # the paper's section 4 / Table 22: d_model, d_ff, heads, layers, steps
     "t5-small": (512, 1024, 6, 8, 98_000),
     "t5-base": (768, 2048, 12, 12, 84_000),
     "t5-large": (1024, 2816, 16, 24, 64_000),

@@ -1,4 +1,4 @@
-"""The package boundaries of DESIGN.md section 2 hold at run time, not only on paper."""
+"""The package boundaries the README's Development section lists hold at run time, not only on paper."""
 
 import subprocess
 import sys

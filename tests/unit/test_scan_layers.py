@@ -63,7 +63,8 @@ def test_same_loss_and_gradients(model):
     # Rematerialising (here keeping matmul outputs) changes memory, never values.
     (l1, g1) = grad(scanned, dataclasses.replace(cfg, remat=True, remat_policy="dots"))
     (l2, g2) = grad(unrolled, _unrolled(cfg))
-    assert abs(float(l1) - float(l2)) < 1e-6
+    # The same float32 sums in another order: equal to a few ulps of the loss, whatever the CPU's vector width.
+    assert float(l1) == pytest.approx(float(l2), rel=1e-6)
     assert _close(g1, models.convert_layout(_unrolled(cfg), g2, scan_layers=True))
 
 

@@ -1,4 +1,4 @@
-"""Packing tokenized examples into fixed-length rows (the packed batch format of CONTRACTS).
+"""Packing tokenized examples into fixed-length rows (the packed batch format: trainers/families/layouts.py).
 
 The model family decides the row layout (trainers/families/layouts.py): encoder-decoder rows
 have two budgets (input length Li, target length Lt); decoder-only rows have one (L = Li +
@@ -93,7 +93,7 @@ PACKERS = {"best_fit": pack_best_fit, "greedy": pack_greedy, "padded": pack_padd
 
 
 def build_batch(rows: Sequence[Sequence[Encoded]], family: str, input_length: int, target_length: int) -> dict[str, np.ndarray]:
-    """Rows of (already truncated) examples -> the packed batch dict of CONTRACTS."""
+    """Rows of (already truncated) examples -> the packed batch dict (trainers/families/layouts.py)."""
     return get_family(family).batch_layout.build(rows, input_length, target_length)
 
 

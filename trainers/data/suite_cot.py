@@ -3,7 +3,7 @@
 They mirror the shape of the paper's CoT datasets (AQuA, CREAK, ECQA, e-SNLI, GSM8K, QASC,
 QED, Sense-Making, StrategyQA): each example has a rationale whose steps derive the answer,
 so the CoT formats' targets read "<steps> So the answer is X." Sizes follow the paper's
-dataset sizes (PAPER.md section 2), scaled like the caps.
+dataset sizes (the paper's Table 23 and section 2), scaled like the caps.
 """
 
 from __future__ import annotations

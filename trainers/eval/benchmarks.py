@@ -38,7 +38,7 @@ AVERAGE_OF_SHAPES = (("mmlu", "direct"), ("mmlu", "cot"), ("bbh", "direct"), ("b
                      ("tydiqa", "direct"), ("mgsm", "cot"))
 
 # The 27 BBH subtasks (file names of the release) with their random baselines in percent
-# (PAPER.md section 5; the values as the paper lists them).
+# (the paper's section 5; the values as it lists them).
 BBH_BASELINES: dict[str, float] = {
     **{t: 50.0 for t in (
         "boolean_expressions", "causal_judgement", "formal_fallacies", "hyperbaton",

@@ -1,4 +1,4 @@
-"""Batch layouts: how a family's examples fill packed rows (the packed batch format of CONTRACTS).
+"""Batch layouts: how a family's examples fill packed rows (the packed batch format every family's model reads).
 
 A layout has one or two token budgets per row. Encoder-decoder rows have two (input length
 Li, target length Lt: the inputs feed the encoder, the targets the decoder); decoder-only
