@@ -47,7 +47,9 @@ demo: $(RUNTIME_STAMP)
 	  test -f $(DEMO_BASE)/$$m/pretrain.json || \
 	  $(BIN)/flanscale pretrain --model $$m --out $(DEMO_BASE)/$$m --steps 200 --quiet || exit 1; \
 	done
-	FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/flanscale sweep run sweeps/demo.yaml $(foreach m,$(DEMO_MODELS),+init_checkpoint.$(m)=$(DEMO_BASE)/$(m))
+	@start=$$(date +%s); FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/flanscale sweep run sweeps/demo.yaml \
+	  $(foreach m,$(DEMO_MODELS),+init_checkpoint.$(m)=$(DEMO_BASE)/$(m)) \
+	  && FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/python bench/demo_budget.py record "sweep run" $$(( $$(date +%s) - start ))
 	@start=$$(date +%s); FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/flanscale report demo \
 	  && FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/python bench/demo_budget.py record report $$(( $$(date +%s) - start ))
 	@FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/python bench/demo_budget.py show demo --table

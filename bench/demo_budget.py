@@ -28,8 +28,7 @@ def show(sweep: str) -> dict:
     wall = timing.sweep_wall_s(runs.cells)
     out = timing.budget(runs.cells, flanscale_home(), wall)
     load = os.getloadavg()
-    return {"sweep": sweep, **out, "total_s": round(sum(v for k, v in out["phases"].items()
-                                                         if not k.startswith("cells")) + (wall or 0.0), 1),
+    return {"sweep": sweep, **out, "total_s": timing.total_s(out),
             "machine": {"cores": os.cpu_count(), "load_1m": round(load[0], 2), "load_5m": round(load[1], 2),
                         "load_15m": round(load[2], 2)}}
 
@@ -39,9 +38,9 @@ def table(result: dict) -> str:
     for phase, seconds in result["phases"].items():
         lines.append(f"  {phase:<20} {seconds:>8.1f}")
     if result["sweep_wall_s"] is not None:
-        lines.append(f"  {'sweep (wall)':<20} {result['sweep_wall_s']:>8.1f}   the cells' phases summed over cells, "
-                     "several at a time")
-    lines.append(f"  {'total':<20} {result['total_s']:>8.1f}   install + pretraining + sweep wall + report")
+        lines.append(f"  {'cells (wall)':<20} {result['sweep_wall_s']:>8.1f}   first cell's start to last one's end; "
+                     "the cell phases above are summed over cells")
+    lines.append(f"  {'total':<20} {result['total_s']:>8.1f}   install + pretraining + sweep run + report")
     m = result["machine"]
     lines.append(f"  machine: {m['cores']} cores, load {m['load_1m']} / {m['load_5m']} / {m['load_15m']} (1/5/15 min)")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from dashboards.trends import AXIS_NOUN, Trend, describe
 
 MAX_FIGURES = 3
 MAX_LIMITS = 5
+MAX_MOVING = 2  # metrics the last findings sentence names, besides the loss and the averages
 # Where each series of an axis' test lies: the words for "every series".
 EVERY = {"params": "at every task count", "task_count": "for every model", "flops": "at every task count"}
 
@@ -61,13 +62,17 @@ def sentences(metrics: Sequence[MetricTrends], cells: Sequence[CellRun], loss: s
             gain = gain_sentence(cells, m.metric, m.label)
             if gain:
                 out.append(gain)
-    others = [m for m in metrics if m.metric != loss]
+    others = [m for m in metrics if m.metric != loss and not m.metric.endswith("normalized_average")]
     moving = [m for m in others if m.found()]
     still = [m for m in others if not m.found()]
-    parts = [f"{m.label} " + "; it ".join(trend_clause(t) for t in m.found()) for m in moving]
+    # A first page, not the trend table: the first few metrics, then how many more it holds.
+    parts = [f"{m.label} " + "; it ".join(trend_clause(t) for t in m.found()) for m in moving[:MAX_MOVING]]
+    if len(moving) > MAX_MOVING:
+        parts.append(f"{len(moving) - MAX_MOVING} more metrics have a trend (the trend table lists them)")
     if still:
-        ranges = ", ".join(f"{m.label} ({_range(cells, m.metric)})" for m in still)
-        parts.append(f"no detectable trend with {_axes(still)} in {ranges}")
+        ranges = ", ".join(f"{m.label} ({_range(cells, m.metric)})" for m in still[:MAX_MOVING])
+        more = f" and {len(still) - MAX_MOVING} more" if len(still) > MAX_MOVING else ""
+        parts.append(f"no detectable trend with {_axes(still)} in {ranges}{more}")
     if parts:
         text = "; ".join(parts)
         out.append((text[0].upper() + text[1:] if text.startswith("no ") else text) + ".")
@@ -91,8 +96,8 @@ def gain_sentence(cells: Sequence[CellRun], metric: str, label: str) -> str:
 
     def span(t: int) -> str:
         lo, hi = sorted(sign * v for v in (min(by_t[t]), max(by_t[t])))
-        n = len(by_t[t])
-        return (f"{lo:.3g}" if n == 1 else f"{lo:.3g} to {hi:.3g}") + f" at {t} tasks"
+        same = f"{lo:.3g}" == f"{hi:.3g}"
+        return (f"{lo:.3g}" if same else f"{lo:.3g} to {hi:.3g}") + f" at {t} tasks"
 
     return f"Finetuning {verb} {label} against the base model of the same size by " + " and ".join(
         span(t) for t in counts) + f" ({len({r[1] for r in g.rows})} sizes)."

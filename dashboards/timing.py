@@ -23,7 +23,9 @@ from typing import Any, Sequence
 PHASES_FILE = "phases.json"
 CELL_PHASES = {"cells: setup": "time/setup_s", "cells: training": "time/train_s", "cells: evaluation": "time/eval_s"}
 # The order a budget is printed in: the recorded phases around the sweep's own.
-ORDER = ("install", "pretraining", *CELL_PHASES, "report")
+ORDER = ("install", "pretraining", "sweep run", *CELL_PHASES, "report")
+# The phases that follow each other (the cells' own phases are a breakdown of the sweep's).
+SEQUENTIAL = ("install", "pretraining", "sweep run", "report")
 
 
 def record(home: Path, phase: str, seconds: float) -> None:
@@ -105,6 +107,13 @@ def sweep_wall_s(cells: Sequence[Any]) -> float | None:
     return max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
 
 
+def total_s(out: dict[str, Any]) -> float:
+    """Install + pretraining + the sweep (as run, else its cells' wall time) + report."""
+    phases = out["phases"]
+    sweep = phases.get("sweep run", out.get("sweep_wall_s") or 0.0)
+    return round(sum(phases.get(p, 0.0) for p in SEQUENTIAL if p != "sweep run") + sweep, 1)
+
+
 def time_table(cells: Sequence[Any], home: Path | None = None):
     """The budget as a report table: phase, seconds."""
     from dashboards.tables import Table
@@ -112,7 +121,8 @@ def time_table(cells: Sequence[Any], home: Path | None = None):
     out = budget(cells, home, sweep_wall_s(cells))
     rows = [(phase, seconds) for phase, seconds in out["phases"].items()]
     if out["sweep_wall_s"] is not None:
-        rows.append(("sweep (wall)", out["sweep_wall_s"]))
+        rows.append(("cells (wall, first start to last end)", out["sweep_wall_s"]))
+    rows.append(("total", total_s(out)))
     note = ("cell phases are summed over cells (several may run at a time, so they can add up to more than "
             "the sweep's wall time); install and report times are those recorded in "
             f"$FLANSCALE_HOME/{PHASES_FILE}, pretraining those of the base models' pretrain.json")
