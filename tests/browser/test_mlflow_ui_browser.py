@@ -122,13 +122,15 @@ def test_the_printed_link_opens_the_experiment_on_its_runs(finished_sweep, serve
 
 # A chart card holds a plotly figure and a legend line "<run name> (<metric>)". Cards render
 # when they come into view, so while the metric's card is missing, its section (the metric
-# name up to the last "/") is scrolled down the view a step at a time.
+# name up to the last "/") is scrolled to the top of the view.
 CHART_DRAWN = """((metric) => {
     for (const card of document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]')) {
         if (!card.innerText.includes('(' + metric + ')')) continue;
         const lines = [...card.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line')]
             .filter(p => (p.getAttribute('d') || '').length > 10);
-        if (lines.length) { card.scrollIntoView({block: 'center'}); return lines.length; }
+        card.scrollIntoView({block: 'center'});
+        // Found but not drawn yet (a loaded machine draws slowly): wait here, scroll no further.
+        return lines.length;
     }
     const section = metric.slice(0, metric.lastIndexOf('/'));
     const title = [...document.querySelectorAll('span, div, h2, h3')]
@@ -138,8 +140,10 @@ CHART_DRAWN = """((metric) => {
         box = box.parentElement;
     }
     if (box) {
+        // Bring the section's title to the top of the view and wait there for its first cards
+        // to render (a loaded machine renders late; stepping on would scroll them out of view).
         const offset = title.getBoundingClientRect().top - box.getBoundingClientRect().top;
-        box.scrollTop += offset > 50 ? offset : 300;
+        if (Math.abs(offset) > 50) box.scrollTop += offset;
     }
     return 0;
 })"""

@@ -76,7 +76,7 @@ def test_plan_counts_an_imported_architecture_and_says_so_once(flanscale, tmp_pa
     ([DEMO, "seeds=[0,0]"], ["seeds", "listed twice"]),
     ([DEMO, "seeds=[]"], ["seeds: empty"]),
     ([DEMO, "seeds=[-1]"], ["seeds", ">= 0"]),
-    ([DEMO, "eval.modes=[rc]", "eval.benchmarks=[unseen_qa]"], ["eval.modes", "'rc'", "applies to none"]),
+    ([DEMO, "eval.modes=[rc]", "eval.benchmarks=[unseen_arith]"], ["eval.modes", "'rc'", "applies to none"]),
     ([DEMO, "eval.modes=[rank]"], ["eval.modes", "'rank'", "allowed"]),
     ([DEMO, "eval.mmlu_split=train"], ["eval.mmlu_split", "'train'", "dev, val, test"]),
     ([DEMO, "eval.benchmarks=[unseen_mcq]"], ["eval.benchmarks", "did you mean 'unseen_mc'"]),
@@ -102,6 +102,6 @@ def test_installed_console_script():
     ok = subprocess.run([str(exe), "plan", DEMO, "models=[tiny-1]", "--format", "json"],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0, ok.stderr
-    assert len(json.loads(ok.stdout)) == 1 + 3 * 2  # the base model, 3 task counts x 2 seeds
+    assert len(json.loads(ok.stdout)) == 1 + 2 * 2  # the base model, 2 task counts x 2 seeds
     bad = subprocess.run([str(exe), "plan", DEMO, "models=[tiny-7]"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "tiny-7" in bad.stderr
