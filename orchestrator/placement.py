@@ -228,7 +228,9 @@ class Launcher:
         changed eval settings (the job resumes from its final checkpoint: nothing to train)."""
         res = cell_resources(cell)
         hosts = max(1, int(getattr(cell, "hosts", 1)))
-        if self.cell_fn is None and str(getattr(cell, "accelerator", "")).startswith("cpu"):
+        if hosts == 1 and self.cell_fn is None and str(getattr(cell, "accelerator", "")).startswith("cpu"):
+            # One JAX process on the host: it claims the host. A multi-host cell's processes
+            # keep their per-host bundles (on a one-node cluster they share it, PACKed).
             res = dict(res, CPU=max(res.get("CPU", 1.0), self._host_cpus()))
         env = worker_env(cell, self.home, self.tracking_uri, reevaluate)
         handle = Running(cell.key, run_id, "run", hosts, reevaluate=reevaluate)
