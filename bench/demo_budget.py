@@ -22,6 +22,7 @@ from trainers.home import flanscale_home
 
 
 def show(sweep: str) -> dict:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the plan's download, not news
     from dashboards.runs import load_sweep
 
     runs = load_sweep(sweep)

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from trainers.run_layout import run_name
+
 PHASES_FILE = "phases.json"
 CELL_PHASES = {"cells: setup": "time/setup_s", "cells: training": "time/train_s", "cells: evaluation": "time/eval_s"}
 # The order a budget is printed in: the recorded phases around the sweep's own.
@@ -79,7 +81,7 @@ def cell_rows(cells: Sequence[Any]) -> list[dict[str, Any]]:
     for c in cells:
         times = {phase: c.metric(metric) for phase, metric in CELL_PHASES.items()}
         if any(v is not None for v in times.values()):
-            name = f"{c.model} · {'base model' if c.task_count == 0 else f'{c.task_count} tasks'} · seed {c.seed}"
+            name = run_name(c.model, c.task_count, c.plan.get("formats") or ",".join(c.formats), c.seed)
             rows.append({"cell": name, "key": c.key, **{k: round(v, 1) if v is not None else None for k, v in times.items()}})
     return rows
 

@@ -228,7 +228,7 @@ class Launcher:
         changed eval settings (the job resumes from its final checkpoint: nothing to train)."""
         res = cell_resources(cell)
         hosts = max(1, int(getattr(cell, "hosts", 1)))
-        if hosts == 1 and self.cell_fn is None and str(getattr(cell, "accelerator", "")).startswith("cpu"):
+        if hosts == 1 and self._claims_host(cell):
             # One JAX process on the host: it claims the host. A multi-host cell's processes
             # keep their per-host bundles (on a one-node cluster they share it, PACKed).
             res = dict(res, CPU=max(res.get("CPU", 1.0), self._host_cpus()))
@@ -262,10 +262,13 @@ class Launcher:
     def cpu_hosts(self, cells: Sequence[Any]) -> int | None:
         """How many CPU cells can run at once when every cell is one (each claims a whole
         host, see `_host_cpus`): the alive nodes with CPUs; None otherwise."""
-        if self.cell_fn is not None or not cells or not all(
-                str(getattr(c, "accelerator", "")).startswith("cpu") for c in cells):
+        if not cells or not all(self._claims_host(c) for c in cells):
             return None
         return max(1, sum(1 for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0))
+
+    def _claims_host(self, cell: Any) -> bool:
+        """A real job (not an injected cell function) on CPU, whose XLA threads use every core."""
+        return self.cell_fn is None and str(getattr(cell, "accelerator", "")).startswith("cpu")
 
     def _host_cpus(self) -> float:
         """The cores of the smallest node. A cell's JAX process on CPU runs its XLA thread pool
