@@ -97,6 +97,9 @@ BAD = [
     (None, ["+data.proportions.cot=1.0"], ["data.proportions", "mixture=custom"]),
     (None, ["data.mixture=custom"], ["data.proportions", "empty"]),
     (None, ["+data.caps.niv3=5"], ["data.caps", "'niv3'", "did you mean 'niv2'"]),
+    (None, ["eval.shots=-2"], ["eval.shots", "-2", "0 = zero-shot"]),
+    (None, ["eval.direct_max_new_tokens=-1"], ["eval.direct_max_new_tokens", ">= 0"]),
+    (None, ["eval.batch_size=0"], ["eval.batch_size", "> 0"]),
 ]
 
 
