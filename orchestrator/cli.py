@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -54,6 +55,15 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _detach_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -63,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "flags_checked_by_command", False):
             preflight.check_flags(args)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`flanscale ... | head`): end as quietly as a program killed by
+        # SIGPIPE, with nothing left for the interpreter to flush into the closed pipe.
+        _detach_stdout()
+        return 128 + signal.SIGPIPE
     except UserError as e:
         print(f"flanscale: error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
 Left to the client libraries, a bad Ray address or tracking URI shows up late (after the
 sweep's runs were created) or never (their clients retry for minutes), and a bad data file
-fails inside a cell after Ray started. Each check here reads only, answers within a bounded
+fails inside a cell after Ray started. Each check here reads only (check_inputs also
+remembers the exports it validated, once everything passed), answers within a bounded
 time (`--connect-timeout`, else $FLANSCALE_CONNECT_TIMEOUT, else CONNECT_TIMEOUT_S) and
 raises UserError with one line naming the flag, the value and what is expected.
 """
@@ -14,6 +15,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +40,8 @@ _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 # The flag's meaning differs by command: `sweep run` joins a cluster through its GCS,
 # `sweep submit` and `sweep logs` talk to the head's dashboard (set by their parsers).
 RAY_GCS, RAY_DASHBOARD = "gcs", "dashboard"
+# Under FLANSCALE_HOME: what check_inputs found valid, so a rerun on unchanged files is cheap.
+PREFLIGHT_CACHE = "preflight"
 
 T = TypeVar("T")
 
@@ -346,21 +350,54 @@ def _check_ray_service(host: str, port: int, where: str, what: str, timeout_s: f
 # ---------------------------------------------------------------------------- a sweep's inputs
 
 
-def check_inputs(spec: Any, where: str) -> None:
-    """The files a sweep's cells will read (data, tokenizer, base checkpoints, benchmark
-    data): each is there and in its format, so a bad path fails here instead of in every cell
-    after Ray started. The cells' workers must see these paths where the controller does."""
+def check_inputs(spec: Any, where: str, cells: Sequence[Any] = ()) -> None:
+    """The files a sweep's cells will read, read as the cells will read them: every record of
+    every Flan export (streamed), the tokenizer, each base checkpoint's model.json (the
+    architecture the cells build) and the benchmark data; then what the cells ask of them:
+    no more tasks than the exports hold, and no more token ids than each model embeds. A bad
+    input fails here, once, instead of in every cell after Ray placed it. Nothing is written
+    unless every check passed (then the exports checked are remembered under FLANSCALE_HOME,
+    trainers.data.check.ValidationCache). The cells' workers must see these paths where the
+    controller does."""
     from trainers.data import check
 
+    cache = check.ValidationCache(flanscale_home() / PREFLIGHT_CACHE)
+    exports = None
     if spec.data.source == "flan":
-        check.flan_exports(tuple(spec.data.paths), f"{where}: data.paths")
+        exports = check.flan_exports(tuple(spec.data.paths), f"{where}: data.paths", cache)
+    token_ids = None
     if spec.data.tokenizer.endswith(".model"):
-        check.tokenizer_model(spec.data.tokenizer, f"{where}: data.tokenizer")
+        token_ids = check.tokenizer_model(spec.data.tokenizer, f"{where}: data.tokenizer")
+    elif spec.data.tokenizer == "byte":
+        from trainers.data.tokenizer import ByteTokenizer
+
+        token_ids = ByteTokenizer.vocab_size  # "spm" is trained to each model's vocabulary
     for model, path in sorted(spec.init_checkpoint.items()):
         check.base_checkpoint(path, f"{where}: init_checkpoint.{model}")
     if spec.eval.data_dir and spec.eval.benchmarks:
         check.eval_data(tuple(spec.eval.benchmarks), spec.eval.data_dir, spec.eval.mmlu_split,
                         f"{where}: eval.data_dir")
+    for c in cells:
+        if exports is not None and c.task_count > 0:
+            _check_task_count(c, exports, where)
+        vocab = c.spec.model.vocab_size  # the checkpoint's own where the cell starts from one
+        if token_ids is not None and vocab < token_ids:
+            ckpt = spec.init_checkpoint.get(c.model)
+            field = f"init_checkpoint.{c.model}: {ckpt} has" if ckpt else f"models: {c.model} has"
+            raise UserError(f"{where}: {field} vocab_size {vocab}, fewer than the {token_ids} ids of data.tokenizer "
+                            f"{spec.data.tokenizer!r}; give a tokenizer of at most {vocab} ids ('spm' trains one) "
+                            "or a model with its vocabulary")
+    cache.commit()
+
+
+def _check_task_count(cell: Any, exports: Any, where: str) -> None:
+    """A cell's task count against the tasks the exports hold (trainers.data.mixtures
+    selects that many of them)."""
+    n = len(exports.tasks)
+    if cell.task_count > n:
+        counts = ", ".join(f"{sub} {k}" for sub, k in sorted(exports.counts().items()))
+        raise UserError(f"{where}: task_counts: {cell.task_count} but the Flan exports under data.paths hold only "
+                        f"{n} tasks ({counts}); give counts of at most {n}")
 
 
 def infeasible(cells: Sequence[Any]) -> list[str]:
@@ -374,8 +411,20 @@ def infeasible(cells: Sequence[Any]) -> list[str]:
     return [f"{', '.join(dict.fromkeys(names))}: {reason}" for reason, names in by_reason.items()]
 
 
-def check_out_dir(path: Path, flag: str) -> None:
-    """An output folder: one that exists, or one this user can create."""
+def check_out_dir(path: Path | str, flag: str) -> None:
+    """An output folder: one that exists, or one this user can create; found out by creating
+    (and removing) an empty folder there, since permissions alone miss read-only file systems
+    and pseudo file systems (/proc), and the superuser passes every permission check."""
+    path = Path(path).expanduser()
+    where = f"{flag} {path}"
     if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: is a file; give a folder (created if missing)")
-    _check_writable(path, f"{flag} {path}", "folder")
+        raise UserError(f"{where}: is a file; give a folder (created if missing)")
+    _check_writable(path, where, "folder")
+    parent = path
+    while not parent.is_dir():
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".flanscale-probe-", dir=parent))
+    except OSError as e:
+        raise UserError(f"{where}: cannot write in {parent} ({e.strerror or e}); give a folder this user can "
+                        "write to") from None

@@ -26,7 +26,7 @@ def read_objects(path: Path) -> Iterator[tuple[int, dict]]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.pos + 1})") from None
                 if not isinstance(rec, dict):
                     raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
                 yield lineno, rec

@@ -50,7 +50,10 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from trainers import export
 
+    from orchestrator.preflight import check_out_dir
+
     directory, record = resolve_model_dir(args.source, args.sweep, args.tracking_uri, "CELL_OR_CHECKPOINT")
+    check_out_dir(args.out, "--out")  # before any weights are read
     kind, cfg = export.peek_config(directory, record)
     fmt = args.format or export.default_format(cfg)
     if fmt == "hf":

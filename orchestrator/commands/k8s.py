@@ -65,8 +65,8 @@ def _job_args(p: argparse.ArgumentParser) -> None:
                    help="PVC with datasets (e.g. Flan exports), mounted read-only at PATH (default /datasets) in "
                    "every Ray pod; point data.paths there")
     p.add_argument("--upload", action="append", default=[], metavar="PATH",
-                   help="a file or folder to put beside the composed spec in the job's working directory, where "
-                   "relative paths of the spec resolve (repeatable; at most "
+                   help="a file or folder the spec names, put beside the composed spec in the job's working "
+                   "directory, the spec's fields rewritten to point there (repeatable; at most "
                    f"{CONFIGMAP_UPLOAD_LIMIT >> 10} KiB in all, they travel in the ConfigMap; larger inputs go on "
                    "--data-pvc; default: only the composed spec is sent)")
     p.add_argument("--skip-infeasible", action="store_true",
@@ -108,7 +108,10 @@ def _documents(args: argparse.Namespace) -> list[dict] | None:
     check_budget(spec, cells)
     if refuse_infeasible(spec, cells, args.skip_infeasible):
         return None
-    return k8s_render.render(spec, cells, options)
+    from orchestrator.commands.sweep import uploaded_spec
+
+    # Planned from the paths here; shipped with the uploads' paths in the job's working directory.
+    return k8s_render.render(uploaded_spec(spec, args.upload), cells, options)
 
 
 def _uploads(spec, paths: list[str]) -> tuple[tuple[str, bytes], ...]:

@@ -48,6 +48,9 @@ def handle(args: argparse.Namespace) -> int:
     from orchestrator.catalog import get_preset
 
     preset = get_preset(args.model)  # unknown names raise UserError with the closest match
+    from orchestrator.preflight import check_out_dir
+
+    check_out_dir(args.out, "--out")  # before training, not after
 
     from orchestrator.commands.train import ConsoleTracker
     from trainers.base_model import pretrain

@@ -73,8 +73,9 @@ def register(subparsers: Any) -> None:
     _run_args(submit)
     submit.add_argument("--home", help="FLANSCALE_HOME on the cluster (default: the cluster's own)")
     submit.add_argument("--upload", action="append", default=[], metavar="PATH",
-                        help="a file or folder the job needs (e.g. a tokenizer), put under its own name in the job's "
-                        "working directory, where relative paths in the spec are read; repeatable; at most "
+                        help="a file or folder the spec names (data.paths, data.tokenizer, init_checkpoint, "
+                        "eval.data_dir), put under its own name in the job's working directory, with the spec's "
+                        "fields rewritten to point there; repeatable; at most "
                         f"{UPLOAD_LIMIT >> 20} MiB in all (default: only the composed spec is sent)")
     # The tracking URI is the cluster's to reach (it may be an in-cluster name); the job's own
     # `sweep run` checks it there.
@@ -147,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         quiet()
     spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
-    preflight.check_inputs(spec, args.spec)
+    preflight.check_inputs(spec, args.spec, cells)
     if refuse_infeasible(spec, cells, args.skip_infeasible):
         return 2
     preflight.check_flags(args, spec_tracking=(f"{args.spec}: tracking_uri", spec.tracking_uri or ""))
@@ -236,7 +237,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from orchestrator.store import SweepStore
+    from orchestrator.store_read import open_reader
+    from trainers.home import flanscale_home
+    from trainers.home import tracking_uri as home_tracking_uri
 
+    # Looked up by a reader first: an unknown sweep, or a store never created, is answered at
+    # once and creates nothing (MLflow's client would create the store to find it empty).
+    reader = open_reader(args.tracking_uri)
+    if reader is None or not reader.sweep_tags(args.name):
+        raise UserError(f"sweep {args.name!r}: no such sweep in {home_tracking_uri(args.tracking_uri, flanscale_home())}")
     store = SweepStore(args.tracking_uri)
     parent = store.request_cancel(args.name)
     if parent is None:
@@ -284,12 +293,61 @@ def submit_entrypoint(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+# The spec fields that name a file or folder a cell reads, which is what --upload may send.
+INPUT_FIELDS = ("data.paths", "data.tokenizer", "init_checkpoint.MODEL", "eval.data_dir")
+
+
+def input_paths(spec: Any) -> list[tuple[str, str]]:
+    """(field, path) of every spec field (INPUT_FIELDS) that names a file or folder."""
+    found = [(f"data.paths[{i}]", p) for i, p in enumerate(spec.data.paths)]
+    if spec.data.tokenizer.endswith(".model"):
+        found.append(("data.tokenizer", spec.data.tokenizer))
+    found += [(f"init_checkpoint.{m}", p) for m, p in sorted(spec.init_checkpoint.items())]
+    if spec.eval.data_dir:
+        found.append(("eval.data_dir", spec.eval.data_dir))
+    return found
+
+
+def uploaded_spec(spec: Any, uploads: list[str]) -> Any:
+    """The spec as the job reads it in its working directory: every field naming an --upload
+    path, or a path inside an uploaded folder, names where that lies there (relative paths,
+    which the job resolves in its working directory). An upload that no field names is
+    refused (the job would never read it), and so is one that is only part of a folder a
+    field names (the job would read that folder's other files from a path it does not have)."""
+    import dataclasses
+
+    fields = input_paths(spec)
+    moved: dict[str, str] = {}
+    for given in uploads:
+        src = Path(os.path.abspath(given))
+        named = False
+        for field, value in fields:
+            at = Path(os.path.abspath(os.path.expanduser(value)))
+            if at == src or at.is_relative_to(src):
+                moved[field] = (Path(src.name) / at.relative_to(src)).as_posix()
+                named = True
+            elif src.is_relative_to(at):
+                raise UserError(f"--upload {given}: {field} names the folder {value}, of which this is only a part; "
+                                f"upload {value} itself")
+        if not named:
+            raise UserError(f"--upload {given}: no spec field names it, so the job would not read it; point one of "
+                            f"{', '.join(INPUT_FIELDS)} at it, or leave it out")
+    if not moved:
+        return spec
+    data = dataclasses.replace(
+        spec.data, paths=tuple(moved.get(f"data.paths[{i}]", p) for i, p in enumerate(spec.data.paths)),
+        tokenizer=moved.get("data.tokenizer", spec.data.tokenizer))
+    return dataclasses.replace(
+        spec, data=data, eval=dataclasses.replace(spec.eval, data_dir=moved.get("eval.data_dir", spec.eval.data_dir)),
+        init_checkpoint={m: moved.get(f"init_checkpoint.{m}", p) for m, p in spec.init_checkpoint.items()})
+
+
 def fill_working_dir(workdir: Path, spec: Any, uploads: list[str], limit: int) -> int:
-    """Write the composed spec and copy the --upload paths into `workdir`; returns the bytes
-    copied. Every problem is a UserError before anything is sent."""
+    """Copy the --upload paths into `workdir` and write the composed spec there, its fields
+    pointing at them (uploaded_spec); returns the bytes copied. Every problem is a UserError
+    before anything is sent."""
     from orchestrator.spec import dump_spec
 
-    (workdir / SPEC_FILE).write_text(dump_spec(spec))
     taken = {SPEC_FILE: "the composed spec"}
     total = 0
     for given in uploads:
@@ -312,6 +370,7 @@ def fill_working_dir(workdir: Path, spec: Any, uploads: list[str], limit: int) -
                 shutil.copyfile(path, dest)
             except OSError as e:
                 raise UserError(f"--upload {given}: cannot read {path} ({e.strerror or e})") from None
+    (workdir / SPEC_FILE).write_text(dump_spec(uploaded_spec(spec, uploads)))
     return total
 
 

@@ -228,8 +228,9 @@ def test_report_out_must_be_a_folder(tmp_path):
 # ------------------------------------------------------------------------- the sweep's inputs
 
 
-def test_flan_exports_first_records(tmp_path):
-    assert check.flan_exports((str(FLAN),)) == 5
+def test_flan_exports_every_record(tmp_path):
+    found = check.flan_exports((str(FLAN),))
+    assert (found.files, found.records, len(found.tasks)) == (5, 56, 11)
     rec = {"inputs": "x", "targets": "y", "task_source": "Flan2021", "task_name": "t", "template_type": "zs_opt"}
     cases = {
         "missing.jsonl": (None, "does not exist"),
@@ -271,7 +272,8 @@ def test_eval_data(tmp_path):
     assert msg.startswith("s.yaml: eval.data_dir: mmlu: ")
 
 
-def test_check_inputs_walks_the_spec(tmp_path):
+def test_check_inputs_walks_the_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLANSCALE_HOME", str(tmp_path / "home"))
     preflight.check_inputs(load_spec(DEMO, ["data=flan", f"data.paths=[{FLAN}]"]), "demo.yaml")
     spec = load_spec(DEMO, [f"+init_checkpoint.tiny-1={tmp_path / 'nope'}"])
     assert refused(preflight.check_inputs, spec, "demo.yaml").startswith("demo.yaml: init_checkpoint.tiny-1: ")

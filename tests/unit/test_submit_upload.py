@@ -49,24 +49,61 @@ def test_the_composed_spec_reads_back_to_the_same_spec_without_any_group(sweep, 
     assert load_spec(tmp_path / "sweep.yaml") == spec
 
 
-def test_the_working_dir_holds_the_spec_and_the_uploads_only(tmp_path):
+def test_the_working_dir_holds_the_spec_and_the_uploads_only(tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / "tok").mkdir(parents=True)
     (home / "tok" / "spiece.model").write_bytes(b"\x00\x01model")
     (home / "tok" / "nested").mkdir()
     (home / "tok" / "nested" / "a.txt").write_text("a")
     (home / "tok" / ".gitignore").write_text("*.model\n")  # Ray would drop what it lists
-    (home / "notes.txt").write_text("hello")
     (home / "private.key").write_text("never sent")
-    spec = load_spec(SWEEPS[0], ["models=[tiny-1]"])
+    spec = load_spec(SWEEPS[0], ["models=[tiny-1]", f"data.tokenizer={home / 'tok' / 'spiece.model'}"])
     workdir = tmp_path / "wd"
     workdir.mkdir()
-    sent = sweep_cmd.fill_working_dir(workdir, spec, [str(home / "tok"), str(home / "notes.txt")], MiB)
+    sent = sweep_cmd.fill_working_dir(workdir, spec, [str(home / "tok")], MiB)
     files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
-    assert files == ["notes.txt", "sweep.yaml", "tok/nested/a.txt", "tok/spiece.model"]
+    assert files == ["sweep.yaml", "tok/nested/a.txt", "tok/spiece.model"]
     assert (workdir / "tok" / "spiece.model").read_bytes() == b"\x00\x01model"
-    assert sent == len(b"\x00\x01model") + 1 + 5
-    assert load_spec(workdir / "sweep.yaml") == spec
+    assert sent == len(b"\x00\x01model") + 1
+    monkeypatch.chdir(workdir)  # where the job reads it
+    shipped = load_spec(workdir / "sweep.yaml")
+    assert shipped == dataclasses.replace(spec, data=dataclasses.replace(spec.data, tokenizer="tok/spiece.model"))
+
+
+def test_every_field_naming_an_upload_points_into_the_working_dir(tmp_path, monkeypatch):
+    user, elsewhere = tmp_path / "user", tmp_path / "elsewhere"
+    (elsewhere / "tok").mkdir(parents=True)
+    (elsewhere / "tok" / "my.model").write_bytes(b"m")
+    (elsewhere / "flan" / "more").mkdir(parents=True)
+    (elsewhere / "ckpt" / "params").mkdir(parents=True)
+    (elsewhere / "mmlu").mkdir()
+    user.mkdir()
+    monkeypatch.chdir(user)
+    spec = load_spec(SWEEPS[0], ["models=[tiny-1]", "data=flan", "data.paths=[../elsewhere/flan/more,/datasets/x]",
+                                 "data.tokenizer=../elsewhere/tok/my.model", "+init_checkpoint.tiny-1=../elsewhere/ckpt",
+                                 f"eval.data_dir={elsewhere / 'mmlu'}"])
+    shipped = sweep_cmd.uploaded_spec(spec, ["../elsewhere/tok/my.model", "../elsewhere/flan", str(elsewhere / "ckpt"),
+                                             "../elsewhere/mmlu"])
+    assert shipped.data.paths == ("flan/more", "/datasets/x")  # inside an uploaded folder; not uploaded
+    assert (shipped.data.tokenizer, shipped.init_checkpoint, shipped.eval.data_dir) == (
+        "my.model", {"tiny-1": "ckpt"}, "mmlu")
+    assert sweep_cmd.uploaded_spec(spec, []) is spec
+
+
+def test_k8s_ships_the_rewritten_spec(tmp_path, monkeypatch):
+    from orchestrator.commands.k8s import _documents
+
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "my.model").write_bytes(b"m")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    args = types.SimpleNamespace(spec=str(SWEEPS[0]), overrides=["models=[tiny-1]", "data.tokenizer=../tok/my.model"],
+                                 overlay=None, namespace="flanscale", image="", name="", backoff_limit=2, home_pvc="",
+                                 data_pvc="", upload=["../tok/my.model"], retry_failed=False, register_models=False,
+                                 skip_infeasible=False)
+    (configmap,) = [d for d in _documents(args) if d["kind"] == "ConfigMap"]
+    assert yaml.safe_load(configmap["data"]["sweep.yaml"])["data"]["tokenizer"] == "my.model"
+    assert list(configmap["binaryData"]) == ["upload-0"]
 
 
 def test_the_entrypoint_runs_the_composed_spec_with_nothing_else_from_the_command_line():
@@ -122,9 +159,23 @@ def test_a_linked_folder_inside_an_upload_is_refused(submit, tmp_path):
     _one_line(code, err, "--upload up:", "is a link to a folder")
 
 
-def test_a_good_upload_goes_on_to_the_cluster_which_must_answer(submit, tmp_path):
-    (tmp_path / "ok.txt").write_text("ok")
-    code, _, err = submit("--upload", "ok.txt")
+def test_an_upload_no_field_names_is_one_line(submit, tmp_path):
+    _one_line(*submit("--upload", "/etc/hostname")[::2],
+              "--upload /etc/hostname: no spec field names it, so the job would not read it; point one of "
+              "data.paths, data.tokenizer, init_checkpoint.MODEL, eval.data_dir at it, or leave it out")
+    (tmp_path / "flan").mkdir()
+    (tmp_path / "flan" / "a.jsonl").write_text("{}\n")
+    _one_line(*submit("data=flan", "data.paths=[flan]", "--upload", "flan/a.jsonl")[::2],
+              "--upload flan/a.jsonl: data.paths[0] names the folder flan, of which this is only a part; "
+              "upload flan itself")
+
+
+def test_a_good_upload_goes_on_to_the_cluster_which_must_answer(submit, tmp_path, monkeypatch):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "my.model").write_bytes(b"m")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    code, _, err = submit("data.tokenizer=../tok/my.model", "--upload", "../tok/my.model")
     # Ray may log a warning of its own on the way; flanscale's error is still one line.
     (line,) = [ln for ln in err.splitlines() if ln.startswith("flanscale: error:")]
     assert code == 2 and "Traceback" not in err
