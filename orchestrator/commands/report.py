@@ -42,9 +42,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dashboards.render import mlflow_ui_command
-    from dashboards.report import ReportOptions, check_metrics, write_report
-    from dashboards.runs import load_sweep
     from trainers.home import flanscale_home, tracking_uri
 
     # Progress bars for a handful of small files only clutter what the command prints.
@@ -53,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
     out = args.out or flanscale_home() / "reports" / args.sweep
     check_out_dir(out, "--out" if args.out else "report folder")
+    from dashboards.render import mlflow_ui_command
+    from dashboards.report import ReportOptions, check_metrics, write_report
+    from dashboards.runs import load_sweep
+
     uri = tracking_uri(args.tracking_uri)
     runs = load_sweep(args.sweep, uri)
     check_metrics(runs, args.metric)
