@@ -138,6 +138,36 @@ def test_submit_refuses_bad_input_before_contacting_a_cluster(make_sweep, home):
     assert out.returncode == 2 and "steps" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_uploads_from_outside_the_current_folder_are_where_the_spec_says(ray_head, make_sweep, home, tmp_path):
+    """A tokenizer and Flan exports beside, not under, the folder submit runs in: the composed
+    spec names them where the job's working directory holds them, so the job finds them."""
+    from trainers.data.tokenizer import load_spm, train_spm
+
+    address, env, temp_dir = ray_head
+    outside, work = tmp_path / "outside", tmp_path / "work"
+    shutil.copytree(REPO / "tests" / "fixtures" / "flan", outside / "flan")
+    text = [line for f in sorted((outside / "flan").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    (outside / "tok").mkdir()
+    (outside / "tok" / "my.model").write_bytes(train_spm(text * 4, 200))
+    assert load_spm(outside / "tok" / "my.model").vocab_size <= 384  # tiny-1 embeds it
+    work.mkdir()
+    path = make_sweep("uploaded", task_counts="[9]", steps=2)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "submit", str(path), "data.source=flan",
+                          "data.paths=[../outside/flan]", "data.tokenizer=../outside/tok/my.model",
+                          "--upload", "../outside/tok/my.model", "--upload", "../outside/flan",
+                          "--ray-address", address, "--home", str(home)],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = job_client(address)
+    (job,) = [j for j in client.list_jobs() if (j.metadata or {}).get("flanscale_sweep") == "uploaded"]
+    wait_for_job(client, job.submission_id)
+    logs = client.get_job_logs(job.submission_id)
+    assert "sweep uploaded: 1 finished" in logs, logs[-4000:]
+    assert working_dirs(temp_dir) == [{"sweep.yaml", "my.model", "flan"}]
+    (rec,) = SweepStore(home=home).list_cells("uploaded")
+    assert rec.state == "finished"
+
+
 # ---- from an installed (non-editable) flanscale ----
 
 REPO = Path(__file__).resolve().parents[2]

@@ -102,7 +102,9 @@ def test_uploads_travel_in_the_configmap_and_land_at_their_paths(sweep_file, tmp
     (tmp_path / "tok" / "nested" / "a.txt").write_text("a")
     (tmp_path / "extra.jsonl").write_text('{"inputs": "x", "targets": "y"}\n')
     (tmp_path / "secret.key").write_text("never sent")
-    assert _cli(["k8s", "render", str(path), "--upload", "tok", "--upload", "extra.jsonl", "--register-models"]) == 0
+    assert _cli(["k8s", "render", str(path), "data.source=flan", f"data.paths=[{tmp_path / 'extra.jsonl'}]",
+                 "data.tokenizer=tok/spiece.model", "--upload", "tok", "--upload", "extra.jsonl",
+                 "--register-models"]) == 0
     configmap, rayjob = _check(list(yaml.safe_load_all(capsys.readouterr().out)), crd_validators)
     volume = next(v for v in rayjob["spec"]["submitterPodTemplate"]["spec"]["volumes"] if v["name"] == "sweep-spec")
     # What the submitter's /config holds: the composed spec and exactly the named uploads.
@@ -111,6 +113,8 @@ def test_uploads_travel_in_the_configmap_and_land_at_their_paths(sweep_file, tmp
                 for item in volume["configMap"]["items"]}
     assert set(laid_out) == {"sweep.yaml", "tok/spiece.model", "tok/nested/a.txt", "extra.jsonl"}
     assert laid_out["tok/spiece.model"] == b"\x00\xffmodel" and laid_out["extra.jsonl"].startswith(b'{"inputs"')
+    shipped = yaml.safe_load(laid_out["sweep.yaml"])["data"]  # each field names its upload's place there
+    assert (shipped["paths"], shipped["tokenizer"]) == (["extra.jsonl"], "tok/spiece.model")
     assert rayjob["spec"]["entrypoint"].endswith("--no-progress --register-models")
     assert builtin_errors(configmap) == []
 
@@ -121,6 +125,9 @@ def test_uploads_over_what_a_configmap_holds_are_one_line(sweep_file, tmp_path, 
     (tmp_path / "big.bin").write_bytes(b"x" * (k8s_render.CONFIGMAP_UPLOAD_LIMIT + 1))
     with pytest.raises(UserError, match=r"^--upload big.bin: the uploads come to more than .*storage the cluster mounts"):
         _cli(["k8s", "render", str(path), "--upload", "big.bin"])
+    (tmp_path / "hostname").write_text("h")
+    with pytest.raises(UserError, match=r"^--upload hostname: no spec field names it"):
+        _cli(["k8s", "render", str(path), "--upload", "hostname"])
     with pytest.raises(UserError, match="--upload nope: no such file or directory"):
         _cli(["k8s", "render", str(path), "--upload", "nope"])
 

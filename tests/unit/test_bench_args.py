@@ -73,3 +73,18 @@ def test_cell_concurrency_refuses_fewer_than_two_cells():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cell_concurrency.py"), "--cells", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("--cells and --steps must be >= 2")
+
+
+def test_preflight_throughput_smoke_on_a_tiny_export(tmp_path):
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "preflight_throughput.py"), "--size", "64K",
+                           "--work", str(work)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    first, cached = out["runs"]
+    assert out["bytes"] >= 64 * 1024 and out["files"] == 4 and first["records"] == cached["records"] > 0
+    assert first["records_per_s"] > 0 and cached["seconds"] >= 0
+    assert not work.exists()  # the generated exports are gone
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "preflight_throughput.py"), "--size", "1X"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--size: '1X' is not a size" in proc.stderr.strip().splitlines()[-1]
