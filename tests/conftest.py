@@ -24,6 +24,16 @@ def cli_runner(monkeypatch, capsys):
     return make
 
 
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch):
+    """FLANSCALE_HOME set to a folder that does not exist yet (and the default store, no
+    MLFLOW_TRACKING_URI): a test can assert that a command created nothing there."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("FLANSCALE_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
 _EXIT_STATUS: list[int] = []
 
 

@@ -18,14 +18,6 @@ from trainers.spec import UserError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("FLANSCALE_HOME", str(h))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return h
-
-
 def _one_line(code: int, err: str, *needles: str) -> None:
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     for needle in needles:
@@ -44,17 +36,17 @@ def test_an_output_folder_is_probed_not_only_its_permissions(tmp_path):
             preflight.check_out_dir(tmp_path / "ro" / "out", "--out")
 
 
-def test_pretrain_checks_its_output_before_training(cli_runner, home):
+def test_pretrain_checks_its_output_before_training(cli_runner, empty_home):
     started = time.monotonic()
     code, out, err = cli_runner("pretrain")("pretrain", "--out", "/proc/x", "--steps", "1000")
     _one_line(code, err, "flanscale: error: --out /proc/x: cannot write in /proc")
-    assert out == "" and time.monotonic() - started < 20 and not home.exists()
+    assert out == "" and time.monotonic() - started < 20 and not empty_home.exists()
 
 
-def test_report_to_an_unwritable_folder_is_one_line(cli_runner, home):
+def test_report_to_an_unwritable_folder_is_one_line(cli_runner, empty_home):
     code, _, err = cli_runner("report")("report", "s", "--out", "/proc/x")
     _one_line(code, err, "flanscale: error: --out /proc/x: cannot write in /proc")
-    assert not home.exists()
+    assert not empty_home.exists()
 
 
 def _into_a_closed_pipe(*argv: str, home: Path) -> subprocess.CompletedProcess:
@@ -81,8 +73,8 @@ def test_a_closed_pipe_after_a_fit_is_quiet_too(tmp_path):
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
 
 
-def test_cancelling_an_unknown_sweep_creates_nothing(cli_runner, home):
+def test_cancelling_an_unknown_sweep_creates_nothing(cli_runner, empty_home):
     started = time.monotonic()
     code, _, err = cli_runner("sweep")("sweep", "cancel", "nope")
-    _one_line(code, err, f"flanscale: error: sweep 'nope': no such sweep in sqlite:///{home / 'mlflow.db'}")
-    assert time.monotonic() - started < 5 and not home.exists()
+    _one_line(code, err, f"flanscale: error: sweep 'nope': no such sweep in sqlite:///{empty_home / 'mlflow.db'}")
+    assert time.monotonic() - started < 5 and not empty_home.exists()

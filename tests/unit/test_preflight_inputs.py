@@ -28,14 +28,6 @@ def lines(n: int, **changes: str) -> str:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    h = tmp_path / "home"
-    monkeypatch.setenv("FLANSCALE_HOME", str(h))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return h
-
-
-@pytest.fixture
 def flan(tmp_path) -> Path:
     """A copy of the Flan fixtures the test may spoil."""
     shutil.copytree(FLAN, tmp_path / "flan")
@@ -112,10 +104,10 @@ def test_an_unwritable_cache_only_means_nothing_is_remembered(tmp_path):
 # ---------------------------------------------------------------- what the cells ask of the inputs
 
 
-def test_check_inputs_checks_task_counts_tokenizer_ids_and_architectures(tmp_path, home, flan):
+def test_check_inputs_checks_task_counts_tokenizer_ids_and_architectures(tmp_path, empty_home, flan):
     spec = load_spec(DEMO, ["data=flan", f"data.paths=[{flan}]", "models=[tiny-1]", "task_counts=[11]"])
     preflight.check_inputs(spec, "demo.yaml", plan(spec))
-    assert len(list((home / preflight.PREFLIGHT_CACHE).glob("*.json"))) == 5  # one per export file
+    assert len(list((empty_home / preflight.PREFLIGHT_CACHE).glob("*.json"))) == 5  # one per export file
 
     spec = load_spec(DEMO, ["data=flan", f"data.paths=[{flan}]", "models=[tiny-1]", "task_counts=[50]"])
     assert refused(preflight.check_inputs, spec, "demo.yaml", plan(spec)) == (
@@ -143,7 +135,7 @@ def _nothing_written(home: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["bad_line_30", "task_count", "tokenizer_ids"])
-def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runner, home, flan, tmp_path,
+def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runner, empty_home, flan, tmp_path,
                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["models=[tiny-1]", "task_counts=[11]", "data=flan", f"data.paths=[{flan}]", "eval=none"]
@@ -162,4 +154,4 @@ def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runne
     code, out, err = cli_runner("sweep")("sweep", "run", str(DEMO), *args, "--no-progress")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"flanscale: error: {DEMO}: ") and needle in err, err
-    _nothing_written(home, tmp_path)
+    _nothing_written(empty_home, tmp_path)
