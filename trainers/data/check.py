@@ -47,11 +47,11 @@ class ExportSummary:
 
 class ValidationCache:
     """Exports already checked, one small JSON file per export under `root`, named by the
-    export's identity: its size, its modification time and a digest of its first and last
-    DIGEST_BLOCK bytes (not of the whole file: reading a large export through a hash costs a
-    good part of checking it). That is the identity the shard index of the exports uses
-    (trainers/data/flan.py), so a file changed without changing any of these would not be
-    re-indexed by the cells either. The rules a record is checked by are part of the name.
+    export's identity: its size, its modification time and a SHA-256 of its first and last
+    DIGEST_BLOCK bytes. Not a digest of the whole file, which would read every byte on every
+    run (seconds per GB, where this reads 2 MiB), and would still not protect the cells: the
+    shard index they build from the exports (trainers/data/flan.py) knows a file by its size
+    and modification time alone. The rules a record is checked by are part of the name.
     Entries are written only by `commit`, once every check of a command passed, and a home
     that cannot be written to only means nothing is remembered."""
 
@@ -60,13 +60,16 @@ class ValidationCache:
         self._pending: dict[Path, dict] = {}
 
     def key(self, path: Path) -> str:
-        st = path.stat()
-        h = hashlib.sha256(json.dumps([CHECK_VERSION, _RULES, st.st_size, st.st_mtime_ns]).encode())
-        with open(path, "rb") as f:
-            h.update(f.read(DIGEST_BLOCK))
-            if st.st_size > DIGEST_BLOCK:
-                f.seek(max(DIGEST_BLOCK, st.st_size - DIGEST_BLOCK))
+        try:
+            st = path.stat()
+            h = hashlib.sha256(json.dumps([CHECK_VERSION, _RULES, st.st_size, st.st_mtime_ns]).encode())
+            with open(path, "rb") as f:
                 h.update(f.read(DIGEST_BLOCK))
+                if st.st_size > DIGEST_BLOCK:
+                    f.seek(max(DIGEST_BLOCK, st.st_size - DIGEST_BLOCK))
+                    h.update(f.read(DIGEST_BLOCK))
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
         return h.hexdigest()[:32]
 
     def get(self, key: str) -> dict | None:
