@@ -365,13 +365,7 @@ def check_inputs(spec: Any, where: str, cells: Sequence[Any] = ()) -> None:
     exports = None
     if spec.data.source == "flan":
         exports = check.flan_exports(tuple(spec.data.paths), f"{where}: data.paths", cache)
-    token_ids = None
-    if spec.data.tokenizer.endswith(".model"):
-        token_ids = check.tokenizer_model(spec.data.tokenizer, f"{where}: data.tokenizer")
-    elif spec.data.tokenizer == "byte":
-        from trainers.data.tokenizer import ByteTokenizer
-
-        token_ids = ByteTokenizer.vocab_size  # "spm" is trained to each model's vocabulary
+    token_ids = check.tokenizer_ids(spec.data.tokenizer, f"{where}: data.tokenizer")
     for model, path in sorted(spec.init_checkpoint.items()):
         check.base_checkpoint(path, f"{where}: init_checkpoint.{model}")
     if spec.eval.data_dir and spec.eval.benchmarks:

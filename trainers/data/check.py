@@ -198,3 +198,15 @@ def tokenizer_model(path: str, where: str = "data.tokenizer") -> int:
         return load_spm(path).vocab_size
     except UserError as e:
         raise UserError(f"{where}: {str(e).removeprefix('data.tokenizer: ')}") from None
+
+
+def tokenizer_ids(tokenizer: str, where: str = "data.tokenizer") -> int | None:
+    """How many ids the tokenizer a cell loads gives: the byte tokenizer's, a .model file's
+    (loaded), None for "spm", which is trained to each model's own vocabulary."""
+    if tokenizer.endswith(".model"):
+        return tokenizer_model(tokenizer, where)
+    if tokenizer == "byte":
+        from trainers.data.tokenizer import ByteTokenizer
+
+        return ByteTokenizer.vocab_size
+    return None
