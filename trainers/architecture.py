@@ -25,19 +25,26 @@ FROM_SPEC = ("name", "dtype", "dropout_rate", "remat", "remat_policy", "scan_lay
 
 def read_base_config(path: str | Path, where: str = "init_checkpoint") -> ModelConfig:
     """The ModelConfig in `path`/model.json; UserError naming `where` and the file when it is
-    missing or not a model config."""
+    missing, not a model config, or an architecture no family builds."""
     cfg_file = Path(path).expanduser() / BASE_CONFIG
     if not cfg_file.is_file():
         raise UserError(f"{where}: {str(path)!r} has no {BASE_CONFIG}; not a flanscale base checkpoint "
                         f"({BASE_CONFIG} + {BASE_PARAMS}/)")
     try:
-        return from_dict(ModelConfig, json.loads(cfg_file.read_text()))
+        cfg = from_dict(ModelConfig, json.loads(cfg_file.read_text()))
     except OSError as e:
         raise UserError(f"{where}: {cfg_file}: cannot read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{where}: {cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
     except (UserError, TypeError, AttributeError) as e:
         raise UserError(f"{where}: {cfg_file}: not a model config ({e})") from None
+    from trainers.families import validate
+
+    try:  # an architecture some family builds, as recorded (the cells build this one)
+        validate(cfg)
+    except UserError as e:
+        raise UserError(f"{where}: {cfg_file}: {e}") from None
+    return cfg
 
 
 def trained_model(model: ModelConfig, saved: ModelConfig) -> ModelConfig:

@@ -121,9 +121,9 @@ def test_check_inputs_checks_task_counts_tokenizer_ids_and_architectures(tmp_pat
         "'byte'; give a tokenizer of at most 107 ids ('spm' trains one) or a model with its vocabulary")
     odd = base_checkpoint(tmp_path / "odd", num_heads=4, num_kv_heads=3)
     spec = load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", f"+init_checkpoint.tiny-1={odd}"])
-    assert refused(preflight.check_inputs, spec, "demo.yaml", plan(spec)) == (
-        f"demo.yaml: init_checkpoint.tiny-1: {odd / 'model.json'}: model.num_kv_heads: 3 must divide num_heads 4 "
-        "(0 = num_heads)")
+    message = f"init_checkpoint.tiny-1: {odd / 'model.json'}: model.num_kv_heads: 3 must divide num_heads 4 (0 = num_heads)"
+    assert refused(plan, spec) == message  # the planner counts the checkpoint's architecture, so it reads it first
+    assert refused(check.base_checkpoint, str(odd), "demo.yaml: init_checkpoint.tiny-1") == f"demo.yaml: {message}"
 
 
 # ---------------------------------------------------------------- the command: exit 2, nothing written
@@ -134,7 +134,7 @@ def _nothing_written(home: Path, tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.rglob("mlruns"))
 
 
-@pytest.mark.parametrize("case", ["bad_line_30", "task_count", "tokenizer_ids"])
+@pytest.mark.parametrize("case", ["bad_line_30", "task_count", "tokenizer_ids", "architecture"])
 def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runner, empty_home, flan, tmp_path,
                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -147,11 +147,15 @@ def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runne
     elif case == "task_count":
         args[1] = "task_counts=[50]"
         needle = "task_counts: 50 but the Flan exports under data.paths hold only 11 tasks"
+    elif case == "architecture":
+        other = base_checkpoint(tmp_path / "gpt", family="gpt")
+        args.append(f"+init_checkpoint.tiny-1={other}")
+        needle = f"init_checkpoint.tiny-1: {other / 'model.json'}: model.family: unknown 'gpt'; allowed: t5, decoder"
     else:
         small = base_checkpoint(tmp_path / "t5-small", vocab_size=107)
         args += [f"+init_checkpoint.tiny-1={small}", "data.tokenizer=byte"]
         needle = f"init_checkpoint.tiny-1: {small} has vocab_size 107, fewer than the 259 ids"
     code, out, err = cli_runner("sweep")("sweep", "run", str(DEMO), *args, "--no-progress")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith(f"flanscale: error: {DEMO}: ") and needle in err, err
+    assert err.startswith("flanscale: error: ") and needle in err, err
     _nothing_written(empty_home, tmp_path)

@@ -163,13 +163,7 @@ def base_checkpoint(path: str, where: str = "init_checkpoint") -> ModelConfig:
         what = "is not a folder" if root.exists() else "does not exist"
         raise UserError(f"{where}: {path!r} {what}; give a base checkpoint folder ({BASE_CONFIG} + {BASE_PARAMS}/), "
                         "as `flanscale pretrain --out` or `flanscale convert` write")
-    cfg = read_base_config(path, where)
-    from trainers.families import validate
-
-    try:  # the architecture as recorded: the cells build this one, not their preset's
-        validate(cfg)
-    except UserError as e:
-        raise UserError(f"{where}: {root / BASE_CONFIG}: {e}") from None
+    cfg = read_base_config(path, where)  # an architecture a family builds, as recorded
     params = root / BASE_PARAMS
     if not params.is_dir() or not any(params.iterdir()):
         raise UserError(f"{where}: {path!r} has no {BASE_PARAMS}/ folder with the weights; "
