@@ -2,8 +2,7 @@
 
 Left to the client libraries, a bad Ray address or tracking URI shows up late (after the
 sweep's runs were created) or never (their clients retry for minutes), and a bad data file
-fails inside a cell after Ray started. Each check here reads only (check_inputs also
-remembers the exports it validated, once everything passed), answers within a bounded
+fails inside a cell after Ray started. Each check here reads only, answers within a bounded
 time (`--connect-timeout`, else $FLANSCALE_CONNECT_TIMEOUT, else CONNECT_TIMEOUT_S) and
 raises UserError with one line naming the flag, the value and what is expected.
 """
@@ -350,15 +349,15 @@ def _check_ray_service(host: str, port: int, where: str, what: str, timeout_s: f
 # ---------------------------------------------------------------------------- a sweep's inputs
 
 
-def check_inputs(spec: Any, where: str, cells: Sequence[Any] = ()) -> None:
+def check_inputs(spec: Any, where: str, cells: Sequence[Any] = ()) -> Callable[[], None]:
     """The files a sweep's cells will read, read as the cells will read them: every record of
     every Flan export (streamed), the tokenizer, each base checkpoint's model.json (the
     architecture the cells build) and the benchmark data; then what the cells ask of them:
     no more tasks than the exports hold, and no more token ids than each model embeds. A bad
-    input fails here, once, instead of in every cell after Ray placed it. Nothing is written
-    unless every check passed (then the exports checked are remembered under FLANSCALE_HOME,
-    trainers.data.check.ValidationCache). The cells' workers must see these paths where the
-    controller does."""
+    input fails here, once, instead of in every cell after Ray placed it. Nothing is written:
+    the function returned remembers the exports checked (under FLANSCALE_HOME,
+    trainers.data.check.ValidationCache), for the caller to call once all its other checks
+    passed too. The cells' workers must see these paths where the controller does."""
     from trainers.data import check
 
     cache = check.ValidationCache(flanscale_home() / PREFLIGHT_CACHE)
@@ -381,7 +380,7 @@ def check_inputs(spec: Any, where: str, cells: Sequence[Any] = ()) -> None:
             raise UserError(f"{where}: {field} vocab_size {vocab}, fewer than the {token_ids} ids of data.tokenizer "
                             f"{spec.data.tokenizer!r}; give a tokenizer of at most {vocab} ids ('spm' trains one) "
                             "or a model with its vocabulary")
-    cache.commit()
+    return cache.commit
 
 
 def _check_task_count(cell: Any, exports: Any, where: str) -> None:

@@ -148,10 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         quiet()
     spec, cells = load_and_plan(args.spec, args.overrides, args.max_concurrent)
-    preflight.check_inputs(spec, args.spec, cells)
+    remember_inputs = preflight.check_inputs(spec, args.spec, cells)
     if refuse_infeasible(spec, cells, args.skip_infeasible):
         return 2
     preflight.check_flags(args, spec_tracking=(f"{args.spec}: tracking_uri", spec.tracking_uri or ""))
+    remember_inputs()  # every check passed: the first thing written
     cell_fn = None
     if args.register_models:
         from orchestrator.model_registry import RegisteringCellFn

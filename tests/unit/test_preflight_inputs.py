@@ -106,7 +106,9 @@ def test_an_unwritable_cache_only_means_nothing_is_remembered(tmp_path):
 
 def test_check_inputs_checks_task_counts_tokenizer_ids_and_architectures(tmp_path, empty_home, flan):
     spec = load_spec(DEMO, ["data=flan", f"data.paths=[{flan}]", "models=[tiny-1]", "task_counts=[11]"])
-    preflight.check_inputs(spec, "demo.yaml", plan(spec))
+    remember = preflight.check_inputs(spec, "demo.yaml", plan(spec))
+    assert not empty_home.exists()  # written only when the caller's other checks passed too
+    remember()
     assert len(list((empty_home / preflight.PREFLIGHT_CACHE).glob("*.json"))) == 5  # one per export file
 
     spec = load_spec(DEMO, ["data=flan", f"data.paths=[{flan}]", "models=[tiny-1]", "task_counts=[50]"])
@@ -134,7 +136,7 @@ def _nothing_written(home: Path, tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("mlflow.db")) and not list(tmp_path.rglob("mlruns"))
 
 
-@pytest.mark.parametrize("case", ["bad_line_30", "task_count", "tokenizer_ids", "architecture"])
+@pytest.mark.parametrize("case", ["bad_line_30", "task_count", "tokenizer_ids", "architecture", "tracking_uri"])
 def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runner, empty_home, flan, tmp_path,
                                                                   monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -147,6 +149,9 @@ def test_sweep_run_refuses_bad_inputs_before_anything_is_written(case, cli_runne
     elif case == "task_count":
         args[1] = "task_counts=[50]"
         needle = "task_counts: 50 but the Flan exports under data.paths hold only 11 tasks"
+    elif case == "tracking_uri":  # good inputs, then a bad flag: the inputs are not remembered either
+        args += ["--tracking-uri", "ftp://nowhere"]
+        needle = "--tracking-uri ftp://nowhere: unknown scheme 'ftp'"
     elif case == "architecture":
         other = base_checkpoint(tmp_path / "gpt", family="gpt")
         args.append(f"+init_checkpoint.tiny-1={other}")
