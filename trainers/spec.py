@@ -15,6 +15,14 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, get_type_hints
 
+# Choices both sides check: the spec before anything is scheduled (orchestrator/spec.py), the
+# job where it builds them (trainers/optim.py, trainers/data).
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
+SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")  # the collection's sub-mixtures, in ladder order
+# The paper's nested task ladder: the 9 CoT datasets, + Muffin (89), + T0-SF (282), + NIV2 (1,836).
+TASK_LADDER = (9, 89, 282, 1836)
+
 # Bump when the data pipeline changes what a given DataConfig produces, so old cells
 # are not mistaken for new ones (it is part of the cell key).
 DATA_VERSION = "2"
@@ -153,6 +161,9 @@ class CellSpec:
     seed: int = 0
     init_checkpoint: str = ""  # base model to finetune from ("" = random init)
     pretrain_flops: float = 0.0  # compute that made the base model (for the FLOPs fraction)
+    # The settings (dotted fields) the sweep's `axes:` sweeps: the cell's run logs each as a
+    # param and tag (trainers.axes). Their values are the settings above, already in the key.
+    axes: tuple[str, ...] = ()
 
     def key(self) -> str:
         return cell_key(self)
@@ -174,7 +185,7 @@ def did_you_mean(name: object, choices: Iterable[str], cutoff: float = 0.5) -> s
 # Fields that change where or how a cell runs, or what is measured afterwards, but not the
 # model it trains: they stay out of the key so that re-planning on other hardware, or
 # adding a benchmark, finds the same run and checkpoint.
-_KEY_EXCLUDED = {"sweep", "mesh", "eval", "checkpoint", "pretrain_flops"}
+_KEY_EXCLUDED = {"sweep", "mesh", "eval", "checkpoint", "pretrain_flops", "axes"}
 
 
 def cell_key(spec: CellSpec) -> str:

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="forecast at this number of tasks, e.g. 1836 (repeatable; default: next rung of 9/89/282/1836)")
     p.add_argument("--forecast-flops", action="append", default=[], type=positive_number, metavar="F",
                    help="forecast at this training compute in FLOPs (repeatable; default: 10x the largest run)")
+    p.add_argument("--x", action="append", default=[], metavar="FIELD",
+                   help="also plot against this user axis of the sweep (a field of its `axes:`), e.g. "
+                   "optim.learning_rate: a curve per model size and task count (repeatable)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples per fit (default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's MLflow run")
@@ -43,7 +46,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dashboards.render import mlflow_ui_command
-    from dashboards.report import ReportOptions, check_metrics, write_report
+    from dashboards.report import ReportOptions, check_metrics, check_x, write_report
     from dashboards.runs import load_sweep
     from trainers.home import flanscale_home, tracking_uri
 
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     uri = tracking_uri(args.tracking_uri)
     runs = load_sweep(args.sweep, uri)
     check_metrics(runs, args.metric)
+    xs = check_x(runs, args.x)
     options = ReportOptions(
         metrics=tuple(args.metric),
         forecast_params=tuple(args.forecast_params),
@@ -64,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_boot=args.bootstrap,
         log_artifacts=not args.no_log,
+        x=xs,
     )
     report = write_report(runs, out, options)
     print(f"report:  {report.html.resolve()}")

@@ -275,7 +275,7 @@ def test_cells_name_the_benchmarks_they_score_on_stand_ins(tmp_path):
 
     from orchestrator.store import cell_params
     from trainers.eval.benchmarks import STANDINS, STANDINS_PARAM
-    from trainers.job import _params_to_log
+    from trainers.run_layout import cell_params as _params_to_log
 
     def standins(*overrides):
         (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", *overrides]))
