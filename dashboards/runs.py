@@ -148,7 +148,8 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = T
     # The controller logs the whole plan once on the sweep's run; older stores only per cell.
     plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
     cells = [_to_cell(client, rec, plans.get(rec.key) if plans else None, with_plans) for rec in records]
-    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, sorted(c.axes.items()), c.seed, c.key))
+    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, sorted(map(str, c.axes.items())), c.seed,
+                              c.key))
     return SweepRuns(
         sweep=sweep,
         tracking_uri=uri,

@@ -20,7 +20,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from trainers.spec import CellSpec, DataConfig, ModelConfig, OptimConfig, UserError, did_you_mean
+from trainers.spec import NOT_TRAINED, CellSpec, DataConfig, ModelConfig, OptimConfig, UserError, did_you_mean
 
 # What an axis is in a report: "x" (a scaling axis the report plots against), "series" (its
 # values are separate lines, or panels: never merged), "replicate" (averaged into one point with
@@ -72,9 +72,7 @@ SETTING: tuple[Axis, ...] = tuple(a for a in BUILTIN if a not in CORE)
 # enter its key (what the cell trains). Everything else is refused with the reason.
 TRAINING_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "model": ModelConfig}
 NOT_TRAINING = {
-    "optim.micro_batches": "micro-batching only splits the same batch (the planner chooses it to fit memory)",
-    "model.remat": "rematerialisation recomputes the same activations, trading time for memory",
-    "model.remat_policy": "rematerialisation recomputes the same activations, trading time for memory",
+    **{k: why for k, why in NOT_TRAINED.items() if "." in k},
     "data.version": "it is the data pipeline's version, not a setting",
     "data.task_count": "it is the built-in axis task_counts",
     "data.formats": "it is the built-in axis formats",
@@ -82,9 +80,7 @@ NOT_TRAINING = {
     "model.name": "it is the built-in axis models",
 }
 SECTION_REASONS = {
-    "eval": "evaluation settings do not change what a cell trains (list benchmarks in eval.benchmarks)",
-    "checkpoint": "checkpointing does not change what a cell trains",
-    "mesh": "the device layout does not change what a cell trains",
+    **{k: why for k, why in NOT_TRAINED.items() if "." not in k},
     "retries": "scheduling does not change what a cell trains",
     "budget": "the budget does not change what a cell trains",
 }
@@ -123,11 +119,11 @@ def is_setting_axis(name: str) -> bool:
 
 
 def format_value(value: Any) -> str:
-    """One spelling of an axis value for run names, tags and params (0.003, not 0.0030000000000000001)."""
+    """One spelling of an axis value for run names, tags and params (0.003, 1e-05, true)."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return format(value, "g")
+        return repr(value)  # the shortest spelling that reads back as the same number
     return str(value)
 
 
