@@ -245,7 +245,7 @@ def validate(spec: SweepSpec, where: str = "sweep", each_value: bool = True) -> 
         if dup:
             raise UserError(f"{where}: {axis.spec_field}: {dup[0]!r} is listed twice; each grid value must be unique")
     if not spec.task_counts:
-        raise UserError(f"{where}: task_counts: empty; e.g. [9, 89, 282, 1836] (0 = the base model)")
+        raise UserError(f"{where}: task_counts: empty; e.g. {list(TASK_LADDER)} (0 = the base model)")
     for n in spec.task_counts:
         if not 0 <= n <= MAX_TASKS:
             raise UserError(f"{where}: task_counts: {n!r} is not allowed; must be between 0 and {MAX_TASKS}")

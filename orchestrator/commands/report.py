@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.commands.fit import positive_number
 from orchestrator.preflight import check_out_dir
-from trainers.spec import UserError
+from trainers.spec import TASK_LADDER, UserError
 
 
 def register(subparsers) -> None:
@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--forecast-params", action="append", default=[], type=positive_number, metavar="N",
                    help="forecast at this parameter count, e.g. 540e9 (repeatable; default: 10x the largest run)")
     p.add_argument("--forecast-tasks", action="append", default=[], type=positive_number, metavar="N",
-                   help="forecast at this number of tasks, e.g. 1836 (repeatable; default: next rung of 9/89/282/1836)")
+                   help=f"forecast at this number of tasks, e.g. {TASK_LADDER[-1]} (repeatable; default: next rung of "
+                   f"{'/'.join(map(str, TASK_LADDER))})")
     p.add_argument("--forecast-flops", action="append", default=[], type=positive_number, metavar="F",
                    help="forecast at this training compute in FLOPs (repeatable; default: 10x the largest run)")
     p.add_argument("--x", action="append", default=[], metavar="FIELD",
