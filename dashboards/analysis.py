@@ -29,9 +29,24 @@ import numpy as np
 from dashboards import laws
 from dashboards.kinds import Domain, domain_for
 from dashboards.runs import CellRun
+from trainers import axes as grid
 
 AGAINST = ("params", "task_count", "flops")
-X_NOUN = {"params": "sizes", "task_count": "task counts", "flops": "compute levels"}
+
+
+class AxisText(dict):
+    """Words for each x axis: the built-in ones given, a user axis's (`--x optim.learning_rate`)
+    made from its field by `default`."""
+
+    def __init__(self, known: dict[str, str], default) -> None:
+        super().__init__(known)
+        self.default = default
+
+    def __missing__(self, against: str) -> str:
+        return self.default(grid.axis_named(against).sets)
+
+
+X_NOUN = AxisText({"params": "sizes", "task_count": "task counts", "flops": "compute levels"}, lambda f: f"{f} values")
 SPREAD = "min-max over seeds"
 
 
@@ -135,20 +150,45 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def user_axis(against: str) -> str | None:
+    """The field of the user axis `against` names, None for a built-in x axis."""
+    return None if against in AGAINST else grid.axis_named(against).sets
+
+
+def _value(c: CellRun, name: str) -> object:
+    return c.formats if name == grid.FORMATS.name else c.axis_value(name)
+
+
+def split_by(cells: Sequence[CellRun]) -> list[str]:
+    """The series axes (trainers/axes.py roles: the format set and every user axis) whose
+    values differ among the finetuned cells: each value is its own series, never merged."""
+    finetuned = [c for c in cells if c.task_count > 0]
+    names = [a.name for a in grid.BUILTIN if a.role == "series"]
+    names += [grid.axis_named(k).name for c in finetuned for k in c.axes if grid.axis_named(k).role == "series"]
+    return [n for n in dict.fromkeys(names) if len({grid.format_value(_value(c, n)) for c in finetuned}) > 1]
+
+
 def grouped(cells: Sequence[CellRun], metric: str, against: str = "params",
             states: Iterable[str] = ("finished",)) -> dict[tuple, dict[object, list[CellRun]]]:
-    """The cells of each series (see module doc): group -> member (preset or task count) -> cells."""
-    if against not in AGAINST:
-        raise ValueError(f"against must be one of {AGAINST}, not {against!r}")
+    """The cells of each series (see module doc): group -> member (preset, task count or the
+    user axis's value) -> cells. Cells that differ in any axis but the replicate one (the seed)
+    are never one member of one group."""
+    field = user_axis(against)
     pts = usable(cells, metric, states)
     finetuned = [c for c in pts if c.task_count > 0]
     split_cot = len({c.with_cot for c in finetuned}) > 1
-    split_formats = len({c.formats for c in finetuned}) > 1
+    split = [n for n in split_by(pts) if field is None or n != grid.axis_named(against).name]
     groups: dict[tuple, dict[object, list[CellRun]]] = defaultdict(lambda: defaultdict(list))
     for c in pts:
-        if against == "task_count":
-            g: list[tuple[str, object]] = [("model", c.model)]
-            member: object = c.task_count
+        if field is not None:
+            x = c.axis_value(against)
+            if c.task_count == 0 or not isinstance(x, (int, float)) or isinstance(x, bool) or x <= 0:
+                continue  # a base model is not trained at any value; a value not on a log axis
+            g: list[tuple[str, object]] = [("model", c.model), ("task_count", c.task_count)]
+            member: object = x
+        elif against == "task_count":
+            g = [("model", c.model)]
+            member = c.task_count
         else:
             if (c.params if against == "params" else total_flops(c)) <= 0:
                 continue  # size or compute not known: the cell cannot be placed on the axis
@@ -156,8 +196,9 @@ def grouped(cells: Sequence[CellRun], metric: str, against: str = "params",
             member = c.model
         if split_cot and c.task_count > 0:
             g.append(("with_cot", c.with_cot))
-        if split_formats and c.task_count > 0:
-            g.append(("formats", c.formats))
+        for name in split:
+            if c.task_count > 0:
+                g.append((name, _value(c, name)))
         groups[tuple(g)][member].append(c)
     return groups
 
@@ -173,7 +214,8 @@ def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
         points, base = [], None
         for member, cs in members.items():
             x = axis_x(cs[0], against)
-            name = f"{member} tasks" if against == "task_count" else str(member)
+            name = (f"{member} tasks" if against == "task_count" else
+                    grid.axis_named(against).fragment(member) if user_axis(against) else str(member))
             p = _point(x, [c.metric(metric) for c in cs], [c.key for c in cs], name)  # type: ignore[misc]
             if against == "task_count" and x <= 0:
                 base = p
@@ -188,6 +230,8 @@ def axis_x(c: CellRun, against: str) -> float:
         return float(c.params)
     if against == "task_count":
         return float(c.task_count)
+    if user_axis(against):
+        return float(c.axis_value(against))
     return total_flops(c)
 
 
@@ -199,24 +243,28 @@ def _point(x: float, values: Sequence[float], keys: Sequence[str], name: str) ->
 
 def _group_order(g: tuple, params_of: dict[str, int]) -> tuple:
     d = dict(g)
-    if "task_count" in d:
+    if "family" in d:
         head: tuple = (d["task_count"], str(d["family"]))
     else:
-        head = (params_of.get(str(d["model"]), 0), str(d["model"]))
-    return (*head, not d.get("with_cot", True), str(d.get("formats", "")))
+        head = (params_of.get(str(d["model"]), 0), str(d["model"]), d.get("task_count", 0))
+    rest = [(str(k), (0, v) if isinstance(v, (int, float)) else (1, str(v))) for k, v in g if grid.is_setting_axis(str(k))]
+    return (*head, not d.get("with_cot", True), str(d.get("formats", "")), rest)
 
 
 def _label(g: tuple, one_family: bool) -> str:
     d = dict(g)
-    if "task_count" in d:
-        tasks = "0 tasks (base)" if d["task_count"] == 0 else f"{d['task_count']} tasks"
+    tasks = "0 tasks (base)" if d.get("task_count") == 0 else f"{d.get('task_count')} tasks"
+    if "family" in d:
         parts = [tasks] if one_family else [f"{d['family']}, {tasks}"]
+    elif "task_count" in d:  # against a user axis: a curve per size and task count
+        parts = [str(d["model"]), tasks]
     else:
         parts = [str(d["model"])]
     if "with_cot" in d:
         parts.append("with CoT" if d["with_cot"] else "no CoT")
     if "formats" in d:
         parts.append("+".join(d["formats"]))  # type: ignore[arg-type]
+    parts += [grid.axis_named(str(k)).fragment(v) for k, v in g if grid.is_setting_axis(str(k))]
     return ", ".join(parts)
 
 

@@ -12,13 +12,15 @@ from typing import Sequence
 from dashboards import tables
 from dashboards.kinds import domain_for, metric_kind
 from dashboards.runs import CellRun
+from dashboards.analysis import AxisText
 from dashboards.trends import AXIS_NOUN, Trend, describe
 
 MAX_FIGURES = 3
 MAX_LIMITS = 5
 MAX_MOVING = 2  # metrics the last findings sentence names, besides the loss and the averages
 # Where each series of an axis' test lies: the words for "every series".
-EVERY = {"params": "at every task count", "task_count": "for every model", "flops": "at every task count"}
+EVERY = AxisText({"params": "at every task count", "task_count": "for every model", "flops": "at every task count"},
+                 lambda f: "for every model and task count")
 
 
 @dataclass(frozen=True)

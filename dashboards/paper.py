@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from trainers.spec import TASK_LADDER
+
 TABLE5 = Path(__file__).parent / "data" / "paper_table5.csv"
 # `flanscale fit paper:table5 ...` reads the shipped table.
 TABLE5_ALIAS = "paper:table5"
@@ -30,7 +32,7 @@ METRIC_COLUMNS = {
 SCORE_COLUMNS = tuple(METRIC_COLUMNS.values())
 COLUMN_METRICS = {c: m for m, c in METRIC_COLUMNS.items()}
 # The paper's finetuned models were trained on the full mixture.
-PAPER_TASKS = 1836
+PAPER_TASKS = TASK_LADDER[-1]
 
 
 @dataclass(frozen=True)

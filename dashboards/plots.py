@@ -17,12 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dashboards.analysis import ScalingAnalysis, Series  # noqa: E402
+from dashboards.analysis import AxisText, ScalingAnalysis, Series  # noqa: E402
 from dashboards.paper import PaperPoint  # noqa: E402
 from dashboards.runs import CellRun  # noqa: E402
 
-AXIS_LABEL = {"params": "model parameters", "task_count": "number of finetuning tasks",
-              "flops": "training compute (pretraining + finetuning FLOPs)"}
+AXIS_LABEL = AxisText({"params": "model parameters", "task_count": "number of finetuning tasks",
+                       "flops": "training compute (pretraining + finetuning FLOPs)"}, lambda f: f)
 
 
 @dataclass(frozen=True)

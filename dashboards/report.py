@@ -20,11 +20,12 @@ from dashboards import analysis, findings, laws, paper, plots, render, standins,
 from dashboards.kinds import domain_for, metric_kind
 from dashboards.runs import SweepRuns, load_history
 from dashboards.tables import Table
+from trainers import axes as grid
 from trainers.home import flanscale_home
-from trainers.spec import UserError
+from trainers.spec import TASK_LADDER, UserError, did_you_mean
 
-# The paper's ladder of task counts: forecasts go to the next rung not yet run.
-TASK_LADDER = (9, 89, 282, 1836)
+# Forecasts go to the next rung of the paper's ladder of task counts (trainers.spec.TASK_LADDER)
+# not yet run.
 LOSS_FALLBACK_NOTE = ("this sweep logged no eval/loss, so train/loss stands in as the loss metric: it is each "
                       "cell's training loss on its own mixture, so cells with different task counts are measured "
                       "on different data and a trend with task count is not a finding")
@@ -39,6 +40,7 @@ class ReportOptions:
     seed: int = 0
     n_boot: int = laws.DEFAULT_BOOTSTRAP
     log_artifacts: bool = True
+    x: tuple[str, ...] = ()  # user axes (fields, e.g. optim.learning_rate) to plot against too
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,28 @@ def check_metrics(runs: SweepRuns, metrics: Sequence[str]) -> None:
             close = difflib.get_close_matches(m, known, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"logged: {', '.join(known) or 'nothing yet'}"
             raise UserError(f"--metric: no cell of sweep {runs.sweep!r} has logged {m!r}; {hint}")
+
+
+def check_x(runs: SweepRuns, names: Sequence[str]) -> tuple[str, ...]:
+    """The user axes `--x` names, as their fields; UserError for a field that is not an axis of
+    the sweep or whose values are not positive numbers (a log axis)."""
+    fields = list(dict.fromkeys(f for c in runs.cells for f in c.axes))
+    out = []
+    for name in names:
+        if name in analysis.AGAINST:
+            continue  # always plotted
+        field = next((f for f in fields if grid.axis_named(f) == grid.axis_named(name)), None)
+        if field is None:
+            allowed = ", ".join([*analysis.AGAINST, *fields])
+            raise UserError(f"--x: {name!r} is not an axis of sweep {runs.sweep!r}"
+                            f"{did_you_mean(name, fields)}; allowed: {allowed}")
+        bad = [v for c in runs.cells if field in c.axes for v in [c.axes[field]]
+               if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0]
+        if bad:
+            raise UserError(f"--x: {field}: value {bad[0]!r} is not a positive number, so it has no place on a log "
+                            "axis; its values are drawn as separate series instead")
+        out.append(field)
+    return tuple(dict.fromkeys(out))
 
 
 def loss_metric(runs: SweepRuns) -> tuple[str, str]:
@@ -131,6 +155,7 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
         domain = domain_for(metric) if metric_kind(metric) else domain_for(metric, kind="loss")
         label = standins.label(metric, runs.cells)
         found = trends.sweep_trends(runs.cells, metric, domain)
+        found += [trends.for_cells(runs.cells, metric, x, domain) for x in options.x]
         tested.append(findings.MetricTrends(metric, label, tuple(found)))
         rows["trends"].extend(_trend_row(label, t) for t in found)
         by_axis = {t.against: t for t in found}
@@ -142,13 +167,13 @@ def build_report(runs: SweepRuns, out_dir: Path, options: ReportOptions = Report
             section["notes"].append("compute is proportional to model size within every series, so its trend test "
                                     "is the size test")
         judged = [0, 0]
-        for against in analysis.AGAINST:
+        for against in (*analysis.AGAINST, *options.x):
             gate = by_axis.get(against, by_axis["params"])
-            a = analysis.analyse(runs.cells, metric, against, forecast_at=at[against], seed=options.seed,
+            a = analysis.analyse(runs.cells, metric, against, forecast_at=at.get(against, ()), seed=options.seed,
                                  n_boot=options.n_boot, domain=domain,
                                  no_trend=gate.verdict if gate.direction == "none" else None)
             overlay = [] if standins.is_standin(metric, runs.cells) else _overlay(metric, against, presets, params_of)
-            fig = plots.scaling_figure(a, fig_dir, f"{_slug(metric)}_vs_{against}", overlay, label)
+            fig = plots.scaling_figure(a, fig_dir, f"{_slug(metric)}_vs_{_slug(against)}", overlay, label)
             figures.append(fig)
             fig_of[(metric, against)] = fig
             section["figures"].append(fig)
@@ -233,7 +258,7 @@ def trends_table(rows: Sequence[tuple]) -> Table:
 
 def _overlay(metric: str, against: str, presets: set[str], params_of: dict[str, int]):
     """(x, paper point) pairs to draw: by the preset's size, or at 0 / 1,836 tasks."""
-    if against == "flops":
+    if against not in ("params", "task_count"):
         return []
     out = []
     for pt in paper.overlay(metric, presets):

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from orchestrator.cells import CellRecord, CellState, read_cells, run_age
 from orchestrator.store import TAG_CELL_KEY, TAG_PARENT, TAG_STATE, TAG_SWEEP
+from trainers import axes as grid
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.spec import UserError
 
@@ -53,6 +54,18 @@ class CellRun:
     # real benchmark files (run param `eval_standins`, comma-separated): their metrics are not
     # the benchmark's, and a report says so.
     standins: tuple[str, ...] = ()
+    format_set: str = ""  # the grid's name of the format set ("mixed"); "" in runs stored before it was logged
+    # The values of its setting axes, {user axis field or built-in name: value} (trainers/axes.py).
+    axes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def coords(self) -> dict[str, Any]:
+        """The cell's grid coordinates, {axis name: value} (trainers.axes.point)."""
+        return grid.point(self.model, self.task_count, self.format_set or ",".join(self.formats), self.seed, self.axes)
+
+    def axis_value(self, name: str) -> Any:
+        """The cell's value on an axis (a built-in name, a user axis's field or name)."""
+        return self.coords.get(grid.axis_named(name).name)
 
     def metric(self, name: str) -> float | None:
         v = self.metrics.get(name)
@@ -135,7 +148,8 @@ def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = T
     # The controller logs the whole plan once on the sweep's run; older stores only per cell.
     plans = _read_plan_list(client, parent.info.run_id) if with_plans and parent is not None else {}
     cells = [_to_cell(client, rec, plans.get(rec.key) if plans else None, with_plans) for rec in records]
-    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, c.seed, c.key))
+    cells.sort(key=lambda c: (c.params, c.model, c.task_count, c.with_cot, sorted(map(str, c.axes.items())), c.seed,
+                              c.key))
     return SweepRuns(
         sweep=sweep,
         tracking_uri=uri,
@@ -205,6 +219,8 @@ def _to_cell(client, rec: CellRecord, plan: dict[str, Any] | None, with_plan: bo
         metrics=dict(rec.metrics),
         plan=plan,
         standins=_as_tuple(p.get("eval_standins", "")),
+        format_set=p.get(grid.FORMATS.param) or plan.get("formats", ""),
+        axes=grid.read_values(p),
     )
 
 

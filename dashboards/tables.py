@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from dashboards import standins
 from dashboards.runs import CellRun
+from trainers import axes as grid
 
 # The paper's held-out columns (the paper's Table 5 and the normalized average of its section 5).
 EVAL_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -91,12 +92,36 @@ class PointKey:
     task_count: int
     with_cot: bool
     formats: tuple[str, ...]
+    # Every other axis but the replicate one (trainers/axes.py): ((axis name, value), ...).
+    axes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def user(self) -> str:
+        """The setting axes' run-name fragments ("lr 0.003, steps 200"), "" when none."""
+        return ", ".join(grid.axis_named(n).fragment(v) for n, v in self.axes if grid.is_setting_axis(n))
+
+
+def point_key(c: CellRun) -> PointKey:
+    coords = tuple((a.name, grid.format_value(v)) for a, v in grid.ordered(c.coords) if a.role != "replicate")
+    return PointKey(c.model, c.params, c.task_count, c.with_cot, c.formats, coords)
 
 
 def by_point(cells: Sequence[CellRun]) -> dict[PointKey, list[CellRun]]:
     out: dict[PointKey, list[CellRun]] = {}
-    for c in sorted(cells, key=lambda c: (c.params, c.model, c.task_count, not c.with_cot, c.formats, c.seed)):
-        out.setdefault(PointKey(c.model, c.params, c.task_count, c.with_cot, c.formats), []).append(c)
+    for c in sorted(cells, key=lambda c: (c.params, c.model, c.task_count, not c.with_cot, c.formats,
+                                          sorted(map(str, c.axes.items())), c.seed)):
+        out.setdefault(point_key(c), []).append(c)
+    return out
+
+
+def _base_of(groups: dict[PointKey, list[CellRun]], value) -> dict:
+    """The base model (0 tasks) of each size, by (model, user-axis values) where it was planned
+    at each (model.dtype, ...) and by model alone (a base model is not trained at a learning rate)."""
+    out: dict = {}
+    for k, cs in groups.items():
+        if k.task_count == 0:
+            out[(k.model, k.user)] = v = value(cs)
+            out.setdefault(k.model, v)
     return out
 
 
@@ -126,13 +151,13 @@ def results_table(cells: Sequence[CellRun]) -> Table:
     done = [c for c in cells if c.state == "finished" and any(c.metric(m) is not None for _, m in present + loss)]
     headline = _headline(present)
     groups = by_point(done)
-    base = {k.model: _score(cs, headline) for k, cs in groups.items() if k.task_count == 0}
+    base = _base_of(groups, lambda cs: _score(cs, headline))
     rows = []
     for k, cs in groups.items():
         s = _score(cs, headline)
-        b = base.get(k.model)
+        b = base.get((k.model, k.user), base.get(k.model))
         gain = s - b if k.task_count > 0 and s is not None and b is not None else None
-        rows.append((k.model, k.params, k.task_count, cot_data(k.task_count, k.with_cot), len(cs),
+        rows.append((", ".join(filter(None, (k.model, k.user))), k.params, k.task_count, cot_data(k.task_count, k.with_cot), len(cs),
                      *[seed_mean(cs, m)[0] for _, m in loss + present], gain))
     gain_col = f"gain in {headline[0]} over base" if headline else "gain over base"
     note = ""
@@ -174,16 +199,18 @@ def headline_table(cells: Sequence[CellRun], metric: str) -> Table:
     counts = sorted({c.task_count for c in done})
     tuned = [t for t in counts if t > 0]
     # A sweep that varies CoT data or formats gets a row per variant, each beside its base model.
-    variants = sorted({(c.with_cot, c.formats) for c in done if c.task_count > 0}, reverse=True)
+    variants = sorted({(c.with_cot, c.formats, point_key(c).user) for c in done if c.task_count > 0}, reverse=True)
     split = len(variants) > 1
     rows = []
     for model, params in sorted({(c.model, c.params) for c in done}, key=lambda mp: (mp[1], mp[0])):
         mine = [c for c in done if c.model == model]
         base = seed_mean([c for c in mine if c.task_count == 0], metric)[0]
         for v in variants if split else [None]:
-            means = [seed_mean([c for c in mine if c.task_count == t and (v is None or (c.with_cot, c.formats) == v)],
-                               metric)[0] for t in tuned]
-            name = model if v is None else f"{model}, {'with' if v[0] else 'no'} CoT, {'+'.join(v[1])}"
+            means = [seed_mean([c for c in mine if c.task_count == t
+                                and (v is None or (c.with_cot, c.formats, point_key(c).user) == v)], metric)[0]
+                     for t in tuned]
+            name = model if v is None else ", ".join(filter(None, (model, f"{'with' if v[0] else 'no'} CoT",
+                                                                   "+".join(v[1]), v[2])))
             gains = [m - base if m is not None and base is not None else None for m in means]
             rows.append((name, params, *([base] if 0 in counts else []), *means, *(gains if 0 in counts else [])))
     heads = [("base (0 tasks)" if t == 0 else f"{t} tasks") for t in counts]
@@ -199,15 +226,15 @@ def gains_table(cells: Sequence[CellRun], metrics: Sequence[str]) -> Table:
     groups = by_point([c for c in cells if c.state == "finished"])
     rows = []
     for metric in metrics:
-        base = {k.model: seed_mean(cs, metric) for k, cs in groups.items() if k.task_count == 0}
+        base = _base_of(groups, lambda cs: seed_mean(cs, metric))
         for k, cs in groups.items():
-            if k.task_count == 0 or k.model not in base or base[k.model][0] is None:
+            b, nb = base.get((k.model, k.user)) or base.get(k.model, (None, 0))
+            if k.task_count == 0 or b is None:
                 continue
             ft, n = seed_mean(cs, metric)
             if ft is None:
                 continue
-            b, nb = base[k.model]
-            rows.append((standins.label(metric, cells), k.model, k.params, k.task_count,
+            rows.append((standins.label(metric, cells), ", ".join(filter(None, (k.model, k.user))), k.params, k.task_count,
                          cot_data(k.task_count, k.with_cot), b, nb, ft, n, ft - b))
     note = "" if rows else "no preset has both a base model (0 tasks) and a finetuned cell with these metrics"
     return Table("gains", "Gain over the base model of the same size (finetuned minus base, means over seeds; "

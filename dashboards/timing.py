@@ -81,7 +81,7 @@ def cell_rows(cells: Sequence[Any]) -> list[dict[str, Any]]:
     for c in cells:
         times = {phase: c.metric(metric) for phase, metric in CELL_PHASES.items()}
         if any(v is not None for v in times.values()):
-            name = run_name(c.model, c.task_count, c.plan.get("formats") or ",".join(c.formats), c.seed)
+            name = run_name(c.coords)
             rows.append({"cell": name, "key": c.key, **{k: round(v, 1) if v is not None else None for k, v in times.items()}})
     return rows
 

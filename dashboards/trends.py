@@ -39,8 +39,8 @@ from dashboards.runs import CellRun
 
 LEVEL = 0.95
 TEST = "OLS of the metric on ln x with one intercept per series (seeds as replicates); t test of the slope"
-AXIS_NOUN = {"params": "model size", "task_count": "task count", "flops": "compute"}
-PER = {"params": "parameters", "task_count": "tasks", "flops": "FLOPs"}
+AXIS_NOUN = analysis.AxisText({"params": "model size", "task_count": "task count", "flops": "compute"}, lambda f: f)
+PER = analysis.AxisText({"params": "parameters", "task_count": "tasks", "flops": "FLOPs"}, lambda f: f)
 # Within a series compute may only be proportional to size (the same pretraining and
 # finetuning tokens at every size); its test is then the size test exactly, told once.
 PROPORTIONAL = 0.01  # largest spread of ln(FLOPs / parameters) within a series

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.sqlite_store import with_retry
 from orchestrator.store import TAG_CELL_KEY
+from trainers.axes import user_values
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def register_cell(spec: dict, run_id: str, tracking_uri: str, home: str | os.Pat
         info = export_in_subprocess(source, out, home)
         tags = {TAG_CELL_KEY: cell.key(), "model": cell.model.name, "task_count": str(cell.data.task_count),
                 "formats": ",".join(cell.data.formats), "seed": str(cell.seed), "format": str(info["format"]),
-                "step": str(info.get("step"))}
+                "step": str(info.get("step")), **user_values(cell)}
         description = (f"{cell.model.name} finetuned on {cell.data.task_count} tasks ({', '.join(cell.data.formats)}),"
                        f" seed {cell.seed}; cell {cell.key()} of sweep {cell.sweep}; exported as {info['format']}.")
         return register_export(client, run_id, out, registered_model_name(cell.sweep, cell.model.name), tags,

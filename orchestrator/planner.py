@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY, Preset
-from orchestrator.spec import COT_TASKS, FORMAT_SETS, SweepSpec
+from orchestrator.spec import COT_TASKS, FORMAT_SETS, SweepSpec, setting_axes, with_axes
 from trainers import accounting, architecture
+from trainers import axes as grid
 from trainers.accounting import GIB, Accelerator, get_accelerator
 from trainers.spec import CellSpec, DataConfig, MeshConfig, ModelConfig, OptimConfig, UserError, to_dict
 
@@ -70,10 +71,14 @@ class Cell:
     # Set when the cell's init checkpoint holds another architecture than its preset: the
     # parameters, FLOPs, memory and cost above are the checkpoint's (Base.note).
     architecture_note: str = ""
+    # The values of its setting axes ({field of a user axis, or built-in name: value},
+    # trainers/axes.py), already set in `spec`.
+    axes: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "spec"}
         d["mesh"] = dict(self.mesh)
+        d["axes"] = dict(self.axes)
         d["spec"] = to_dict(self.spec)
         return d
 
@@ -262,7 +267,8 @@ def plan_resources(spec: SweepSpec, cell: CellSpec) -> Resources:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_set: str, seed: int) -> Cell:
+def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_set: str, seed: int,
+          axes: dict[str, Any]) -> Cell:
     model = base.model
     pretrain = _pretrain_flops(spec, preset, base)
     cell_spec = CellSpec(
@@ -275,6 +281,7 @@ def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_s
         seed=seed,
         init_checkpoint=base.init_checkpoint,
         pretrain_flops=pretrain,
+        axes=tuple(axes),
     )
     res = plan_resources(spec, cell_spec)
     if not cell_spec.data.with_cot and 0 < task_count <= COT_TASKS:
@@ -321,26 +328,31 @@ def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_s
         feasible=res.feasible,
         reason=res.reason,
         architecture_note=base.note,
+        axes=dict(axes),
     )
 
 
 def plan(spec: SweepSpec) -> list[Cell]:
     """All cells of the sweep in the order they should run (Cell.priority 0 first)."""
+    user = setting_axes(spec)
+    values = [(a, tuple(getattr(spec, a.spec_field))) for a in grid.CORE]
+    values += [(grid.axis_named(k), vals) for k, vals in user.items()]
     cells: list[Cell] = []
     seen: set[str] = set()
-    for name in spec.models:
-        preset = REGISTRY.get(name, field="models")
-        trains = base_model(spec, preset)
-        for task_count in spec.task_counts:
-            # The base model depends on neither the format set nor the seed (it is evaluated,
-            # not trained, and evaluation is deterministic): one cell per model.
-            base = task_count == 0
-            for format_set in spec.formats[:1] if base else spec.formats:
-                for seed in spec.seeds[:1] if base else spec.seeds:
-                    cell = _cell(spec, preset, trains, task_count, format_set, seed)
-                    if cell.key not in seen:
-                        seen.add(cell.key)
-                        cells.append(cell)
+    bases: dict[tuple, tuple[Preset, Base]] = {}
+    for coords in grid.grid_points(values):
+        mine = {k: coords[grid.axis_named(k).name] for k in user}
+        at = with_axes(spec, mine)
+        name = coords[grid.MODEL.name]
+        if (name, *mine.values()) not in bases:
+            preset = REGISTRY.get(name, field="models")
+            bases[(name, *mine.values())] = (preset, base_model(at, preset))
+        preset, trains = bases[(name, *mine.values())]
+        cell = _cell(at, preset, trains, coords[grid.TASK_COUNT.name], coords[grid.FORMATS.name],
+                     coords[grid.SEED.name], mine)
+        if cell.key not in seen:
+            seen.add(cell.key)
+            cells.append(cell)
     if spec.priority == "spec_order":
         ordered = list(cells)
     else:

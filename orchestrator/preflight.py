@@ -395,12 +395,13 @@ def _check_task_count(cell: Any, exports: Any, where: str) -> None:
 
 def infeasible(cells: Sequence[Any]) -> list[str]:
     """One line per distinct reason that cells cannot run, naming those cells."""
+    from trainers.axes import cell_point
     from trainers.run_layout import run_name
 
     by_reason: dict[str, list[str]] = {}
     for c in cells:
         if not c.feasible:
-            by_reason.setdefault(c.reason, []).append(run_name(c.model, c.task_count, c.formats, c.seed))
+            by_reason.setdefault(c.reason, []).append(run_name(cell_point(c)))
     return [f"{', '.join(dict.fromkeys(names))}: {reason}" for reason, names in by_reason.items()]
 
 

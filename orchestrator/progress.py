@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.cells import CellState
@@ -28,6 +28,7 @@ class CellRow:
     run_id: str
     step_s: float | None = None  # last measured seconds per optimizer step
     error: str = ""
+    axes: dict[str, str] = field(default_factory=dict)  # the user axes' values, {field: value} (trainers/axes.py)
 
 
 def estimate_remaining_s(rows: Sequence[CellRow], slots: int, fallback_step_s: float | None = None) -> float | None:

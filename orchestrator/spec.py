@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +27,9 @@ from orchestrator.compose import compose
 from trainers.accounting import ACCELERATORS, DTYPE_BYTES
 from trainers.families import REMAT_POLICIES
 from trainers.eval import benchmarks
-from trainers.spec import CheckpointConfig, DataConfig, EvalConfig, UserError, did_you_mean, from_dict
+from trainers import axes as grid
+from trainers.spec import (OPTIMIZERS, SCHEDULES, SUBMIXTURES, TASK_LADDER, CheckpointConfig,  # noqa: F401
+                           DataConfig, EvalConfig, UserError, did_you_mean, from_dict)
 
 # Named sets of template formats (a grid axis). Each maps to DataConfig.formats/with_cot:
 # the CoT formats exist only for the 9 CoT datasets, so they come with the CoT data.
@@ -41,13 +43,10 @@ FORMAT_SETS: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 # The paper's nested ladder; any count up to the full collection is allowed. The ladder
 # starts with the 9 CoT datasets, so a format set without CoT data needs more than 9 tasks.
-MAX_TASKS = 1836
-COT_TASKS = 9
-SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")  # names used by trainers.data
+MAX_TASKS = TASK_LADDER[-1]
+COT_TASKS = TASK_LADDER[0]
 SOURCES = ("synthetic", "flan")
 MIXTURES = ("A", "B", "custom")
-OPTIMIZERS = ("adafactor", "adamw", "sgd")
-SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
 PRIORITIES = ("smallest_first", "largest_first", "spec_order")
 
 _DATA = DataConfig()
@@ -137,6 +136,9 @@ class SweepSpec:
     max_concurrent: int = 2
     priority: str = "smallest_first"
     seeds: tuple[int, ...] = (0,)  # a grid axis: each seed is its own cell (data order, init)
+    # More grid axes: a training setting (dotted field of data, optim or model) -> its values,
+    # e.g. {"optim.learning_rate": [1e-3, 3e-3]}; trainers/axes.py declares every axis.
+    axes: dict[str, Any] = field(default_factory=dict)
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -219,8 +221,9 @@ def _positive(where: str, name: str, value: Any, zero_ok: bool = False) -> None:
         raise UserError(f"{where}: {name}: {value!r} is not allowed; must be {bound}")
 
 
-def validate(spec: SweepSpec, where: str = "sweep") -> None:
-    """Raise UserError (one line) for the first problem found."""
+def validate(spec: SweepSpec, where: str = "sweep", each_value: bool = True) -> None:
+    """Raise UserError (one line) for the first problem found; with `each_value`, also for the
+    spec at each value of each setting axis."""
     bad = _non_finite(spec)
     if bad:
         raise UserError(f"{where}: {bad[0]}: {bad[1]!r} is not allowed; must be a finite number")
@@ -234,13 +237,15 @@ def validate(spec: SweepSpec, where: str = "sweep") -> None:
         raise UserError(f"{where}: seeds: empty; e.g. [0] or [0, 1, 2] (one cell per seed)")
     for s in spec.seeds:
         _positive(where, "seeds", s, zero_ok=True)
-    for kind, values in (("models", spec.models), ("task_counts", spec.task_counts), ("formats", spec.formats),
-                         ("seeds", spec.seeds)):
-        dup = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+    for axis in grid.BUILTIN:
+        values = list(getattr(spec, axis.spec_field))
+        if not values and axis in grid.SETTING:
+            raise UserError(f"{where}: {axis.spec_field}: empty; list at least one value")
+        dup = sorted({v for v in values if values.count(v) > 1}, key=str)
         if dup:
-            raise UserError(f"{where}: {kind}: {dup[0]!r} is listed twice; each grid value must be unique")
+            raise UserError(f"{where}: {axis.spec_field}: {dup[0]!r} is listed twice; each grid value must be unique")
     if not spec.task_counts:
-        raise UserError(f"{where}: task_counts: empty; e.g. [9, 89, 282, 1836] (0 = the base model)")
+        raise UserError(f"{where}: task_counts: empty; e.g. {list(TASK_LADDER)} (0 = the base model)")
     for n in spec.task_counts:
         if not 0 <= n <= MAX_TASKS:
             raise UserError(f"{where}: task_counts: {n!r} is not allowed; must be between 0 and {MAX_TASKS}")
@@ -275,6 +280,42 @@ def validate(spec: SweepSpec, where: str = "sweep") -> None:
             if kind == "pretrain_tokens":
                 _positive(where, f"pretrain_tokens.{name}", value, zero_ok=True)
     _validate_mesh(spec, where)
+    for one in axis_specs(spec, where) if each_value else ():  # every value passes the checks above
+        validate(one, f"{where}: axes", each_value=False)
+
+
+SETTABLE = {"data": DataSpec, "optim": OptimSpec, "model": ModelSpec}
+
+
+def user_axes(spec: SweepSpec, where: str = "sweep") -> dict[str, tuple]:
+    """The sweep's `axes:` as {field: values}, checked (trainers.axes.check_user_axes) and each
+    value as its setting holds it."""
+    settable = {name: [f.name for f in fields(cls)] for name, cls in SETTABLE.items()}
+    checked = grid.check_user_axes(spec.axes, settable, [f.name for f in fields(SweepSpec)], where)
+    return {f: tuple(grid.coerce(f, v, where) for v in values) for f, values in checked.items()}
+
+
+def setting_axes(spec: SweepSpec, where: str = "sweep") -> dict[str, tuple]:
+    """The axes that set one setting of a cell, {built-in axis name or user axis field: values}:
+    the built-in ones beyond preset, task count, format set and seed, then the sweep's `axes:`."""
+    out = {a.name: tuple(getattr(spec, a.spec_field)) for a in grid.SETTING}
+    return {**out, **user_axes(spec, where)}
+
+
+def with_axes(spec: SweepSpec, values: dict[str, Any]) -> SweepSpec:
+    """The spec with each setting axis's setting at one of its values (and no `axes:` left)."""
+    out = replace(spec, axes={})
+    for key, v in values.items():
+        axis = grid.axis_named(key)
+        out = grid.set_field(out, axis.sets, v)
+        if axis.builtin:
+            out = replace(out, **{axis.spec_field: (v,)})
+    return out
+
+
+def axis_specs(spec: SweepSpec, where: str = "sweep") -> list[SweepSpec]:
+    """The spec at each value of each setting axis alone (for validating every value)."""
+    return [with_axes(spec, {k: v}) for k, values in setting_axes(spec, where).items() for v in values]
 
 
 def _non_finite(obj: Any, name: str = "") -> tuple[str, float] | None:

@@ -26,7 +26,6 @@ from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, rea
                                sweep_live_state, sweep_summary)
 from orchestrator.leases import Lease
 from orchestrator.sqlite_store import open_sqlite_client, with_retry
-from trainers.eval import benchmarks
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
@@ -37,6 +36,8 @@ from trainers.run_layout import (EXPERIMENT_KIND, TAG_ATTEMPTS, TAG_BEST, TAG_CA
                                  TAG_KIND, TAG_LEASE, TAG_MAX_CONCURRENT, TAG_MODEL, TAG_PARENT, TAG_PREEMPTIONS,
                                  TAG_SEED, TAG_STATE, TAG_SWEEP, TAG_SYSTEM_METRICS, TAG_TASK_COUNT, TAG_WORKER,
                                  run_name)
+from trainers.axes import FORMATS, cell_point
+from trainers.run_layout import cell_params as layout_params
 from trainers.run_layout import cell_tags as layout_tags
 
 STATES = tuple(s.value for s in CellState)
@@ -56,36 +57,18 @@ def resolve_tracking_uri(explicit: str | None = None, home: str | os.PathLike[st
 
 def cell_name(cell: Any) -> str:
     """The run name of a planner Cell (trainers.run_layout.run_name)."""
-    return run_name(cell.model, cell.task_count, cell.formats, cell.seed)
+    return run_name(cell_point(cell))
 
 
 def cell_tags(cell: Any) -> dict[str, str]:
     """The tags of a planner Cell's run that people group and filter by."""
-    return layout_tags(cell.model, cell.task_count, cell.formats, cell.seed, cell.spec.model.family)
+    return layout_tags(cell_point(cell), cell.spec.model.family)
 
 
 def cell_params(cell: Any) -> dict[str, Any]:
-    """The params of a cell's run (the README's "Where state lives"), from a planner Cell."""
-    spec = cell.spec
-    return {
-        "cell_key": cell.key,
-        "model": getattr(cell, "model", spec.model.name),
-        "params": getattr(cell, "params", ""),
-        "task_count": getattr(cell, "task_count", spec.data.task_count),
-        "mixture": spec.data.mixture,
-        # The template formats, written as run_cell writes them; the grid's name for the set apart.
-        "formats": ",".join(spec.data.formats),
-        "format_set": getattr(cell, "formats", ""),
-        "with_cot": spec.data.with_cot,
-        "batch_size": spec.optim.batch_size,
-        "learning_rate": spec.optim.learning_rate,
-        "steps": spec.optim.steps,
-        "dropout": spec.model.dropout_rate,
-        "accelerator": getattr(cell, "accelerator", spec.mesh.accelerator),
-        "devices": getattr(cell, "devices", spec.mesh.devices),
-        "seed": spec.seed,
-        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
-    }
+    """The params of a cell's run (the README's "Where state lives"), from a planner Cell: the
+    job's own (trainers.run_layout.cell_params), its key and the grid's name of its format set."""
+    return {"cell_key": cell.key, **layout_params(cell.spec, cell.params), FORMATS.param: cell.formats}
 
 
 class SweepStore:

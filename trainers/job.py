@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainers.eval import benchmarks
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
-from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED
+from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED, cell_params
 from trainers.spec import CellSpec, UserError
 from trainers.process import StopFlag, init_distributed, use_compilation_cache
 from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
@@ -45,29 +44,6 @@ def _pretrain_flops(spec: CellSpec) -> float:
     from trainers.accounting import measured_pretrain_flops
 
     return measured_pretrain_flops(spec.init_checkpoint) if spec.init_checkpoint else 0.0
-
-
-def _params_to_log(spec: CellSpec, n_params: int) -> dict[str, Any]:
-    d = spec.data
-    return {
-        "model": spec.model.name,
-        "params": n_params,
-        "task_count": d.task_count,
-        "mixture": d.mixture,
-        "formats": ",".join(d.formats),
-        "with_cot": d.with_cot,
-        "batch_size": spec.optim.batch_size,
-        "learning_rate": spec.optim.learning_rate,
-        "steps": spec.optim.steps,
-        "dropout": spec.model.dropout_rate,
-        "optimizer": spec.optim.optimizer,
-        "accelerator": spec.mesh.accelerator,
-        "devices": spec.mesh.devices,
-        "input_length": d.input_length,
-        "target_length": d.target_length,
-        "seed": spec.seed,
-        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
-    }
 
 
 def run_cell(
@@ -172,7 +148,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
     pretrain_flops = _pretrain_flops(cell)
     fraction = flops_fraction(finetune_flops, pretrain_flops)
     tracker.set_tags({TAG_CELL_KEY: key})
-    tracker.log_params(_params_to_log(cell, n_params))
+    tracker.log_params(cell_params(cell, n_params))
     log_training_data(tracker, cell.data, batches.stream.mixture)
     once = {"flops/finetune": finetune_flops, "flops/pretrain": pretrain_flops}
     if fraction is not None:
@@ -252,7 +228,7 @@ def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any,
     params = _initial_params(cell, model_cfg, setup, models)
     pretrain_flops = _pretrain_flops(cell)
     tracker.set_tags({TAG_CELL_KEY: key})
-    tracker.log_params(_params_to_log(cell, accounting.param_count(model_cfg)))
+    tracker.log_params(cell_params(cell, accounting.param_count(model_cfg)))
     tracker.log_metrics({"flops/finetune": 0.0, "flops/pretrain": pretrain_flops}, 0)
     evaluate = _evaluator(cell, model_cfg, tokenizer)
     timing = {"time/setup_s": time.perf_counter() - started}

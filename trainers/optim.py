@@ -14,10 +14,8 @@ from collections.abc import Callable
 import jax
 import optax
 
-from trainers.spec import OptimConfig, UserError
-
-OPTIMIZERS = ("adafactor", "adamw", "sgd")
-SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
+# The choices are listed once, in trainers.spec, which the control plane checks specs against.
+from trainers.spec import OPTIMIZERS, SCHEDULES, OptimConfig, UserError  # noqa: F401
 
 
 def build_schedule(cfg: OptimConfig) -> Callable[[int], float]:

@@ -6,11 +6,18 @@ the job, the reports and the metrics exporter read and write the same tags.
 Layout: experiment = sweep name (a model-training experiment); one parent run per sweep, run
 name = sweep name; one child run per cell, found again by its cell key and named for a
 person (`tiny-2 · 89 tasks · mixed · seed 0`). The `flanscale.*` tags are the store's
-bookkeeping; the short ones (`model`, `task_count`, `formats`, `seed`, `family`) are for
-people: the MLflow UI groups, filters and draws parallel coordinates by tags.
+bookkeeping; the short ones (one per grid axis, trainers/axes.py: `model`, `task_count`,
+`formats`, `seed`, `axis.optim.learning_rate`, ..., and `family`) are for people: the MLflow UI
+groups, filters and draws parallel coordinates by tags.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
+
+from trainers import axes
+from trainers.eval import benchmarks
+from trainers.spec import CellSpec
 
 TAG_SWEEP = "flanscale.sweep"
 TAG_KIND = "flanscale.kind"  # "sweep" (parent) | "cell" (child)
@@ -35,10 +42,10 @@ TAG_SYSTEM_METRICS = "flanscale.system_metrics"
 TAG_BEST = "flanscale.best."  # + metric name, on the parent run: the run name of the best cell
 TAG_PARENT = "mlflow.parentRunId"
 
-TAG_MODEL = "model"
-TAG_TASK_COUNT = "task_count"
-TAG_FORMATS = "formats"  # the grid's name of the format set ("mixed"), not the template list
-TAG_SEED = "seed"
+TAG_MODEL = axes.MODEL.tag
+TAG_TASK_COUNT = axes.TASK_COUNT.tag
+TAG_FORMATS = axes.FORMATS.tag  # the grid's name of the format set ("mixed"), not the template list
+TAG_SEED = axes.SEED.tag
 TAG_FAMILY = "family"  # "t5" | "decoder"
 
 # MLflow 3 tells GenAI experiments (traces, sessions) from model-training ones (runs,
@@ -52,18 +59,41 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_RUNS_QUERY = "workflowType=machine_learning&orderByKey=metrics.%60eval%2Floss%60&orderByAsc=true"
 
 
-def run_name(model: str, task_count: int, formats: str, seed: int) -> str:
-    """A cell's run name as a person reads it: `tiny-2 · 89 tasks · mixed · seed 0`. A base
-    model's cell (no finetuning, so no format set) is `tiny-2 · base model · seed 0`."""
-    if int(task_count) == 0:
-        return f"{model} · base model · seed {seed}"
-    return f"{model} · {task_count} tasks · {formats} · seed {seed}"
+def run_name(coords: Mapping[str, Any]) -> str:
+    """A cell's run name from its grid coordinates (trainers.axes.run_name)."""
+    return axes.run_name(coords)
 
 
-def cell_tags(model: str, task_count: int, formats: str, seed: int, family: str) -> dict[str, str]:
-    """The tags people group and filter a sweep's runs by."""
-    return {TAG_MODEL: str(model), TAG_TASK_COUNT: str(task_count), TAG_FORMATS: str(formats),
-            TAG_SEED: str(seed), TAG_FAMILY: str(family)}
+def cell_tags(coords: Mapping[str, Any], family: str) -> dict[str, str]:
+    """The tags people group and filter a sweep's runs by: one per grid axis, and the family."""
+    return {**axes.tags(coords), TAG_FAMILY: str(family)}
+
+
+def cell_params(spec: CellSpec, n_params: int) -> dict[str, Any]:
+    """The params of a cell's run, from its spec alone: the controller writes them when it
+    creates the run and the job when it starts, and MLflow params never change, so both write
+    these. The values of the sweep's user axes are among them (trainers.axes.user_values)."""
+    d, o = spec.data, spec.optim
+    return {
+        "model": spec.model.name,
+        "params": n_params,
+        "task_count": d.task_count,
+        "mixture": d.mixture,
+        "formats": ",".join(d.formats),
+        "with_cot": d.with_cot,
+        "batch_size": o.batch_size,
+        "learning_rate": o.learning_rate,
+        "steps": o.steps,
+        "dropout": spec.model.dropout_rate,
+        "optimizer": o.optimizer,
+        "accelerator": spec.mesh.accelerator,
+        "devices": spec.mesh.devices,
+        "input_length": d.input_length,
+        "target_length": d.target_length,
+        "seed": spec.seed,
+        **axes.user_values(spec),
+        **benchmarks.standins_param(spec.eval.benchmarks, spec.eval.data_dir),
+    }
 
 
 def ui_runs_url(base_url: str, experiment_id: str) -> str:

@@ -15,6 +15,14 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, get_type_hints
 
+# Choices both sides check: the spec before anything is scheduled (orchestrator/spec.py), the
+# job where it builds them (trainers/optim.py, trainers/data).
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+SCHEDULES = ("constant", "linear_warmup_constant", "cosine")
+SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")  # the collection's sub-mixtures, in ladder order
+# The paper's nested task ladder: the 9 CoT datasets, + Muffin (89), + T0-SF (282), + NIV2 (1,836).
+TASK_LADDER = (9, 89, 282, 1836)
+
 # Bump when the data pipeline changes what a given DataConfig produces, so old cells
 # are not mistaken for new ones (it is part of the cell key).
 DATA_VERSION = "2"
@@ -153,6 +161,9 @@ class CellSpec:
     seed: int = 0
     init_checkpoint: str = ""  # base model to finetune from ("" = random init)
     pretrain_flops: float = 0.0  # compute that made the base model (for the FLOPs fraction)
+    # The settings (dotted fields) the sweep's `axes:` sweeps: the cell's run logs each as a
+    # param and tag (trainers.axes). Their values are the settings above, already in the key.
+    axes: tuple[str, ...] = ()
 
     def key(self) -> str:
         return cell_key(self)
@@ -171,18 +182,28 @@ def did_you_mean(name: object, choices: Iterable[str], cutoff: float = 0.5) -> s
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-# Fields that change where or how a cell runs, or what is measured afterwards, but not the
-# model it trains: they stay out of the key so that re-planning on other hardware, or
-# adding a benchmark, finds the same run and checkpoint.
-_KEY_EXCLUDED = {"sweep", "mesh", "eval", "checkpoint", "pretrain_flops"}
+# Settings that change where or how a cell runs, or what is measured afterwards, but not the
+# model it trains, and why: they stay out of the key so that re-planning on other hardware, or
+# adding a benchmark, finds the same run and checkpoint (and they are not grid axes,
+# trainers/axes.py). The compute dtype does change what the cell computes (a bf16 cell is not
+# the fp32 cell, nor is its checkpoint), so it is in the key.
+NOT_TRAINED = {
+    "mesh": "the device layout does not change what a cell trains",
+    "eval": "evaluation settings do not change what a cell trains (list benchmarks in eval.benchmarks)",
+    "checkpoint": "checkpointing does not change what a cell trains",
+    "model.remat": "rematerialisation recomputes the same activations, trading time for memory",
+    "model.remat_policy": "rematerialisation recomputes the same activations, trading time for memory",
+    "optim.micro_batches": "micro-batching only splits the same batch (the planner chooses it to fit memory)",
+}
+# ...and what is not a setting at all: the sweep's name, the base model's cost, the axes' names.
+_KEY_EXCLUDED = {"sweep", "pretrain_flops", "axes", *(k for k in NOT_TRAINED if "." not in k)}
 
 
 def cell_key(spec: CellSpec) -> str:
     d = {k: v for k, v in to_dict(spec).items() if k not in _KEY_EXCLUDED}
-    # The compute dtype changes what the cell computes (a bf16 cell is not the fp32 cell, nor
-    # is its checkpoint); remat only recomputes the same activations, trading time for memory.
-    d["model"] = {k: v for k, v in d["model"].items() if k not in {"remat", "remat_policy"}}
-    d["optim"] = {k: v for k, v in d["optim"].items() if k != "micro_batches"}
+    for dotted in (k for k in NOT_TRAINED if "." in k):
+        section, name = dotted.split(".", 1)
+        d[section] = {k: v for k, v in d[section].items() if k != name}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

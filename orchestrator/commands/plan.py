@@ -166,6 +166,7 @@ def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled
     from rich.markup import escape
 
     from orchestrator.termtable import Column, FittedTable, wide_console
+    from trainers.axes import axis_named
 
     footers = {
         "model": "total",
@@ -174,12 +175,15 @@ def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled
         "cost": f"{tot['est_cost']:,.2f}",
         "ok": f"{tot['feasible']}/{tot['cells']}",
     }
-    left = {"key", "model", "formats", "mesh d/f/t", "ok"}
+    left = {"key", "model", "formats", "axes", "mesh d/f/t", "ok"}
     ranks = dict(_RANKS)
     if compiled is not None:
         at = list(ranks).index("GiB/dev") + 1
         ranks = dict(list(ranks.items())[:at] + list(_COMPILE_RANKS.items()) + list(ranks.items())[at:])
         ranks["GiB/dev"] = ranks["XLA GiB"]  # the two figures are compared: shown or dropped together
+    if any(c.axes for c in cells):  # the sweep's own axes (`axes:`), beside the built-in ones
+        at = list(ranks).index("formats") + 1
+        ranks = dict(list(ranks.items())[:at] + [("axes", KEEP)] + list(ranks.items())[at:])
     values: dict[str, list[str]] = {col: [] for col in ranks}
     notes = []
     for c in cells:
@@ -193,6 +197,8 @@ def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled
                f"{c.est_device_hours:.3g}", f"{c.est_cost:,.2f}", "yes" if c.feasible else f"[red]no [{len(notes)}][/red]")
         for col, value in zip(_RANKS, row):
             values[col].append(value)
+        if "axes" in values:
+            values["axes"].append(", ".join(axis_named(f).fragment(v) for f, v in c.axes.items()))
         if compiled is not None:
             xla, secs = _compile_cells_text(c, compiled.get(c.key), notes)
             values["XLA GiB"].append(xla)

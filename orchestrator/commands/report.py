@@ -8,7 +8,7 @@ from pathlib import Path
 
 from orchestrator.commands.fit import positive_number
 from orchestrator.preflight import check_out_dir
-from trainers.spec import UserError
+from trainers.spec import TASK_LADDER, UserError
 
 
 def register(subparsers) -> None:
@@ -32,9 +32,13 @@ def register(subparsers) -> None:
     p.add_argument("--forecast-params", action="append", default=[], type=positive_number, metavar="N",
                    help="forecast at this parameter count, e.g. 540e9 (repeatable; default: 10x the largest run)")
     p.add_argument("--forecast-tasks", action="append", default=[], type=positive_number, metavar="N",
-                   help="forecast at this number of tasks, e.g. 1836 (repeatable; default: next rung of 9/89/282/1836)")
+                   help=f"forecast at this number of tasks, e.g. {TASK_LADDER[-1]} (repeatable; default: next rung of "
+                   f"{'/'.join(map(str, TASK_LADDER))})")
     p.add_argument("--forecast-flops", action="append", default=[], type=positive_number, metavar="F",
                    help="forecast at this training compute in FLOPs (repeatable; default: 10x the largest run)")
+    p.add_argument("--x", action="append", default=[], metavar="FIELD",
+                   help="also plot against this user axis of the sweep (a field of its `axes:`), e.g. "
+                   "optim.learning_rate: a curve per model size and task count (repeatable)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples per fit (default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's MLflow run")
@@ -51,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or flanscale_home() / "reports" / args.sweep
     check_out_dir(out, "--out" if args.out else "report folder")
     from dashboards.render import mlflow_ui_command
-    from dashboards.report import ReportOptions, check_metrics, write_report
+    from dashboards.report import ReportOptions, check_metrics, check_x, write_report
     from dashboards.runs import load_sweep
 
     uri = tracking_uri(args.tracking_uri)
     runs = load_sweep(args.sweep, uri)
     check_metrics(runs, args.metric)
+    xs = check_x(runs, args.x)
     options = ReportOptions(
         metrics=tuple(args.metric),
         forecast_params=tuple(args.forecast_params),
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_boot=args.bootstrap,
         log_artifacts=not args.no_log,
+        x=xs,
     )
     report = write_report(runs, out, options)
     print(f"report:  {report.html.resolve()}")

@@ -178,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[Any]:
     """One row per cell: MLflow's record, plus planned cells that have no run yet (pending)."""
     from orchestrator.progress import CellRow
+    from trainers.axes import USER_PREFIX, format_value
 
     rows = []
     seen = set()
@@ -185,13 +186,15 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
         total = r.total_steps
         step = total if r.state == "finished" else r.metric_steps.get("train/loss", 0)
         # "lapsed", not "running", once the controller that ran the cell is gone
+        axes = {k[len(USER_PREFIX):]: v for k, v in r.params.items() if k.startswith(USER_PREFIX)}
         rows.append(CellRow(r.key, r.name, r.live_state(), step, total, r.metrics.get("train/loss"), r.attempts,
-                            r.run_id, r.metrics.get("train/step_s"), r.error))
+                            r.run_id, r.metrics.get("train/step_s"), r.error, axes))
         seen.add(r.key)
     for c in cells or []:
         if c.key not in seen:
             rows.append(CellRow(c.key, cell_name(c), "pending" if c.feasible else "infeasible",
-                                0, int(c.spec.optim.steps), None, 0, "", None, "" if c.feasible else c.reason))
+                                0, int(c.spec.optim.steps), None, 0, "", None, "" if c.feasible else c.reason,
+                                {f: format_value(v) for f, v in c.axes.items()}))
     return rows
 
 

@@ -225,3 +225,37 @@ def test_changed_eval_settings_evaluate_finished_cells_again_without_training(ra
     assert after.eval_hash != before.eval_hash and after.attempts == before.attempts + 1
     assert raw_steps(store, after.run_id) == list(range(1, 11))  # not trained again
     assert raw_steps(store, after.run_id, "eval/loss") == [10, 10]  # evaluated again, at its final step
+
+
+def test_a_learning_rate_axis_runs_end_to_end_and_reports_two_series(ray_cpu, make_sweep, module_home, tmp_path,
+                                                                      capsys):
+    path = make_sweep("lr-axis", task_counts="[9]", steps=3, every=0)
+    spec = load_spec(str(path), ["+axes={optim.learning_rate:[1e-3,3e-3]}"])
+    cells = plan(spec)
+    assert sorted(c.axes["optim.learning_rate"] for c in cells) == [1e-3, 3e-3]
+    summary = C.run_sweep(spec, cells, home=module_home, progress=False)
+    assert summary.counts() == {"finished": 2}, summary.errors
+    store = SweepStore(home=module_home)
+    recs = {r.key: r for r in store.list_cells("lr-axis")}
+    for cell in cells:
+        lr = f"{cell.axes['optim.learning_rate']:g}"
+        rec = recs[cell.key]
+        # The controller's params and the job's agree (MLflow params never change); the tag and name say the value.
+        assert rec.params["axis.optim.learning_rate"] == rec.tags["axis.optim.learning_rate"] == lr
+        assert rec.params["learning_rate"] == str(cell.spec.optim.learning_rate) and "optimizer" in rec.params
+        assert rec.name == f"tiny-1 · 9 tasks · mixed · lr {lr} · seed 0"
+    from orchestrator import cli  # in this process (FLANSCALE_HOME is the module's): no second start-up
+
+    out = tmp_path / "report"
+    assert cli.main(["report", "lr-axis", "--out", str(out), "--metric", "train/loss", "--x", "optim.learning_rate",
+                     "--bootstrap", "0", "--no-log"]) == 0, capsys.readouterr().err
+    series = (out / "tables" / "series.csv").read_text()
+    assert "9 tasks, lr 0.001" in series and "9 tasks, lr 0.003" in series  # by size: one series per lr
+    assert "tiny-1, 9 tasks" in series  # against the learning rate: one curve with both
+    assert (out / "figures" / "train_loss_vs_optim_learning_rate.png").is_file()
+    capsys.readouterr()
+    assert cli.main(["sweep", "status", "lr-axis", "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert sorted(c["axes"]["optim.learning_rate"] for c in status["cells"]) == ["0.001", "0.003"]
+    assert cli.main(["report", "lr-axis", "--out", str(tmp_path / "r2"), "--x", "optim.steps", "--no-log"]) == 2
+    assert "--x: 'optim.steps' is not an axis of sweep 'lr-axis'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pytest
 from orchestrator.cells import CellRecord, sweep_summary
 from trainers.cell_logging import log_evaluation, log_training_data, training_dataset, mixture_table
 from trainers.eval import loaders, prompts, runner
+from trainers.axes import point
 from trainers.run_layout import TAG_SYSTEM_METRICS, cell_tags, run_name, ui_runs_url
 from trainers.spec import DataConfig, EvalConfig, UserError
 from trainers.tracking import FanOutTracker, MemoryTracker, MLflowTracker, system_metrics_enabled
@@ -74,9 +75,9 @@ def _mixture(cfg: DataConfig):
 
 
 def test_run_names_and_tags_read_as_a_person_would():
-    assert run_name("tiny-2", 89, "mixed", 0) == "tiny-2 · 89 tasks · mixed · seed 0"
-    assert run_name("tiny-2", 0, "mixed", 1) == "tiny-2 · base model · seed 1"
-    assert cell_tags("tiny-2", 89, "mixed", 0, "t5") == {
+    assert run_name(point("tiny-2", 89, "mixed", 0)) == "tiny-2 · 89 tasks · mixed · seed 0"
+    assert run_name(point("tiny-2", 0, "mixed", 1)) == "tiny-2 · base model · seed 1"
+    assert cell_tags(point("tiny-2", 89, "mixed", 0), "t5") == {
         "model": "tiny-2", "task_count": "89", "formats": "mixed", "seed": "0", "family": "t5"}
     assert ui_runs_url("http://127.0.0.1:5000/", "7") == ("http://127.0.0.1:5000/#/experiments/7/runs?workflowType="
                                                           "machine_learning&orderByKey=metrics.%60eval%2Floss%60&orderByAsc=true")

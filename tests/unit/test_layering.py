@@ -20,8 +20,13 @@ def test_control_plane_never_loads_jax():
     assert "jax" not in mods and "flax" not in mods
 
 
+def test_reports_never_load_jax_ray_or_hydra():
+    mods = _imported_after("import dashboards.report, dashboards.runs, dashboards.analysis, dashboards.tables")
+    assert not {"jax", "flax", "ray", "hydra"} & mods
+
+
 def test_cell_spec_is_stdlib_only():
-    mods = _imported_after("import trainers.spec, trainers.accounting")
+    mods = _imported_after("import trainers.spec, trainers.accounting, trainers.axes, trainers.run_layout")
     heavy = {"jax", "numpy", "ray", "mlflow", "hydra"} & mods
     assert not heavy, heavy
 

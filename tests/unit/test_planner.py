@@ -275,12 +275,12 @@ def test_cells_name_the_benchmarks_they_score_on_stand_ins(tmp_path):
 
     from orchestrator.store import cell_params
     from trainers.eval.benchmarks import STANDINS, STANDINS_PARAM
-    from trainers.job import _params_to_log
+    from trainers.run_layout import cell_params as job_params
 
     def standins(*overrides):
         (cell,) = plan(load_spec(DEMO, ["models=[tiny-1]", "task_counts=[9]", "seeds=[0]", *overrides]))
         logged = cell_params(cell)[STANDINS_PARAM]
-        assert _params_to_log(cell.spec, cell.params)[STANDINS_PARAM] == logged  # the job logs the same value
+        assert job_params(cell.spec, cell.params)[STANDINS_PARAM] == logged  # the job logs the same value
         return logged
 
     # Without data of their own, the paper's benchmarks are stand-ins (in the sweep's order);

@@ -90,12 +90,16 @@ def _expected(override: str, base: Path) -> tuple[str, object]:
     """(dotted field, value it must have) for a plain override; groups are checked apart."""
     key, value = override.lstrip("+").split("=", 1)
     parsed = yaml.safe_load(value.replace("PATH", str(base)))
+    return key, [_number(v) for v in parsed] if isinstance(parsed, list) else _number(parsed)
+
+
+def _number(parsed: object) -> object:
     if isinstance(parsed, str):
         try:
-            parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string; Hydra as a float
+            return float(parsed)  # YAML 1.1 reads 1e-3 as a string; Hydra as a float
         except ValueError:
             pass
-    return key, parsed
+    return parsed
 
 
 def _lookup(doc: dict, dotted: str) -> object:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
 from trainers.data.templates import MAX_EXEMPLARS, Example, Template, render
-from trainers.spec import UserError, did_you_mean
-
-# Ladder order of the paper: 9 tasks = CoT, 89 = + Muffin, 282 = + T0-SF, 1,836 = + NIV2.
-SUBMIXTURES = ("cot", "muffin", "t0sf", "niv2")
+# Ladder order of the paper: 9 tasks = CoT, 89 = + Muffin, 282 = + T0-SF, 1,836 = + NIV2
+# (trainers.spec.SUBMIXTURES and TASK_LADDER, which the control plane checks specs against).
+from trainers.spec import SUBMIXTURES, UserError, did_you_mean  # noqa: F401
 # Paper Table 23: tasks per sub-mixture and the per-task example cap.
 PAPER_TASK_COUNTS = {"cot": 9, "muffin": 80, "t0sf": 193, "niv2": 1554}
 PAPER_CAPS = {"cot": 100_000, "muffin": 30_000, "t0sf": 20_000, "niv2": 5_000}
