@@ -180,7 +180,7 @@ def run_model(args: argparse.Namespace) -> int:
     if args.predictions_out and len(names) > 1 and "{benchmark}" not in args.predictions_out:
         raise UserError(f"--predictions-out: {args.predictions_out!r} must contain '{{benchmark}}' when "
                         "several benchmarks run (one file per benchmark, each scorable with `eval score`)")
-    from trainers.eval import loaders, runner, scoring
+    from trainers.eval import runner
 
     if args.mode:
         for b in names:
@@ -188,19 +188,17 @@ def run_model(args: argparse.Namespace) -> int:
     from orchestrator.commands.export import resolve_model_dir
     from trainers import export
 
-    from trainers.spec import mesh_from_sizes
+    from trainers.spec import EvalConfig, mesh_from_sizes
 
     mesh_cfg = mesh_from_sizes(args.mesh, "--mesh") if args.mesh else None
     checkpoint, record = resolve_model_dir(args.checkpoint, args.sweep, args.tracking_uri, "--checkpoint")
+    cfg = EvalConfig(benchmarks=tuple(names), data_dir=args.data_dir, max_examples=args.max_examples,
+                     max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples, mmlu_split=args.mmlu_split)
     # Bad data and a mesh the host's devices cannot form are reported before the model is loaded.
-    benches = {b: loaders.load(b, args.data_dir, args.mmlu_split).limited(args.max_examples) for b in names}
+    data = runner.load_all(cfg)
 
     from trainers.data.tokenizer import load_tokenizer
-    from trainers.eval import rc
-    from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
-    from trainers.eval.rank import OptionScorer
     from trainers.eval.placement import EvalMesh
-    from trainers.spec import EvalConfig
 
     placement = None
     if mesh_cfg is not None:
@@ -213,41 +211,28 @@ def run_model(args: argparse.Namespace) -> int:
     loaded = export.load(checkpoint, record)
     model_cfg, params = loaded.model, loaded.params
     tokenizer = load_tokenizer(loaded.data, flanscale_home(), vocab_size=model_cfg.vocab_size)
-    cfg = EvalConfig(benchmarks=tuple(names), data_dir=args.data_dir, max_examples=args.max_examples,
-                     max_new_tokens=args.max_new_tokens, sc_samples=args.sc_samples, mmlu_split=args.mmlu_split)
-    generate = TextGenerator(model_cfg, params, tokenizer, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
-                             stop_sequences=DEFAULT_STOP, placement=placement)
-    scorer = OptionScorer(model_cfg, generate.params, tokenizer, batch_size=args.batch_size,
-                          max_prompt_tokens=args.max_prompt_tokens, placement=generate.placement)
-    scores, outputs, rc_metrics = [], {}, {}
-    for b in names:
-        mode = args.mode or benchmarks.get(b).default_mode
-        if mode == "rc":
-            ranked = rc.run_rank(benches[b], scorer)
-            scores += [ranked.rc, ranked.rc_norm]
-            rc_metrics.update(ranked.metrics())
-            outputs[b] = {i: {"prediction": c[0]} for i, c in ranked.chosen.items()}
-            continue
-        run = runner.run_benchmark(benches[b], mode, generate, cfg, seed=args.seed)
-        scores.append(run.score)
-        outputs[b] = {i: {"samples": o} if mode == "sc" else {"prediction": o[0]} for i, o in run.outputs.items()}
+    generate, scorer = runner.model_scorers(cfg, model_cfg, params, tokenizer, batch_size=args.batch_size,
+                                            max_prompt_tokens=args.max_prompt_tokens, placement=placement)
+    # The loop a cell runs, each benchmark in the given mode or its usual one.
+    modes = {b: [args.mode or benchmarks.get(b).default_mode] for b in names}
+    result = runner.run_eval(cfg, generate, scorer, args.seed, data=data, modes=modes,
+                             keep_outputs=bool(args.predictions_out))
     if args.predictions_out:
-        for b, rows in outputs.items():
+        for (b, mode), rows in result.outputs.items():
             path = Path(args.predictions_out.replace("{benchmark}", b))
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as f:
-                for ex_id, row in rows.items():
+                for ex_id, o in rows.items():
+                    row = {"samples": o} if mode == "sc" else {"prediction": o[0]}
                     f.write(json.dumps({"id": ex_id, **row}, ensure_ascii=False) + "\n")
-    metrics = {**scoring.metrics([s for s in scores if s.mode not in ("rc", "rc_norm")]), **rc_metrics}
-    standins = [b for b in names if benchmarks.standin(b, args.data_dir)]
+    standins = list(result.standins)
     if args.format == "json":
-        print(json.dumps({"scores": [_score_json(s, args.data_dir) for s in scores], "metrics": metrics,
+        print(json.dumps({"scores": [_score_json(s, args.data_dir) for s in result.scores], "metrics": result.metrics,
                           "standins": standins}, indent=2, sort_keys=True))
         return 0
-    for score in scores:
+    for score in result.scores:
         _print_score(score, args.format, args.data_dir)
-    for key, value in metrics.items():
+    for key, value in result.metrics.items():
         print(f"{key} = {value:.2f}" + (" (stand-in)" if _standin_metric(key, standins) else ""))
     return 0
 

@@ -1,19 +1,20 @@
-"""Answer extraction and comparison by benchmark *shape* (mmlu, bbh, tydiqa, mgsm), plus the
-self-consistency vote.
+"""Reading answers out of model outputs: the readers the benchmark shapes
+(`trainers/eval/shapes/`) compose into their extractors, plus the self-consistency vote.
 
-Every extractor maps a model's raw output text to a canonical answer string (or None when no
+Every reader maps a model's raw output text to a canonical answer string (or None when no
 answer can be read), so that exact match is a string comparison and majority voting counts
 equal answers together. Two readings exist, as lm-evaluation-harness reports both:
 
-- strict (`extract`, compared with `gold`): the paper's conventions, the numbers its tables
-  use;
-- flexible (`flex`, compared with `flex_gold`): also credits answers whose form strays from
-  the exemplars' ("The answer is (C)." in direct mode, "C Paris", "c", "true" for "True",
-  "A" for "(A)", an option's text instead of its letter, MGSM's last number anywhere).
+- strict (`Shape.extract`, compared with `Shape.gold`): the paper's conventions, the numbers
+  its tables use;
+- flexible (`Shape.flex`, compared with `Shape.flex_gold`): also credits answers whose form
+  strays from the exemplars' ("The answer is (C)." in direct mode, "C Paris", "c", "true" for
+  "True", "A" for "(A)", an option's text instead of its letter, MGSM's last number anywhere).
 
-Extraction is keyed by shape, not benchmark name, so every benchmark of a shape (the paper's
-and the built-in unseen-task ones) reads answers the same way. MGSM-shaped benchmarks read
-numbers per language (the task name is the language code; anything else uses the English
+Which reader a benchmark uses is its shape's choice, so every benchmark of a shape (the
+paper's and the built-in unseen-task ones) reads answers the same way; `extract`, `gold`,
+`flex` and `flex_gold` here ask a shape given by object or registered name. Numbers are read
+per language (MGSM-shaped tasks are named by language code; anything else uses the English
 conventions and accepts every language's answer trigger).
 """
 
@@ -28,7 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from trainers.eval.loaders import Example
+    from trainers.eval.shapes.base import Example, Shape
 
 ANSWER_TRIGGER = "the answer is"
 COT_TRIGGER = "Let's think step by step."
@@ -37,7 +38,7 @@ _ANSWER_IS = re.compile(ANSWER_TRIGGER, re.IGNORECASE)
 # An option letter: "(B)" followed by anything, or a bare "B" followed by the end or
 # punctuation (so the article in "A dog ..." is not read as option A).
 _MC = re.compile(r"^(?:\(([A-R])\)|([A-R])(?=$|[\n.,:;)]))")
-_MC_TARGET = re.compile(r"^\(([A-R])\)$")
+MC_TARGET = re.compile(r"^\(([A-R])\)$")
 
 # MGSM answer triggers, from the release's native-language exemplars (url-nlp
 # mgsm/exemplars.py: "Die Antwort lautet 11.", "答えは11です。", "Ответ — 11."); German also as
@@ -115,7 +116,7 @@ def bbh_answer(text: str, cot: bool, target: str | None = None) -> str | None:
     span = after_answer_is(text) if cot else _strip_period(first_line(text))
     if not span:
         return None
-    if target is not None and _MC_TARGET.match(target):
+    if target is not None and MC_TARGET.match(target):
         letter = _mc_letter(span)
         return f"({letter})" if letter else span
     return span
@@ -200,35 +201,6 @@ def squad_normalize(s: str) -> str:
     return " ".join(s.split())
 
 
-# ------------------------------------------------------------------------------ strict
-
-def extract(shape: str, mode: str, text: str, target: str | None = None, task: str = "") -> str | None:
-    """The canonical answer a model gave in `text` for a benchmark of `shape` under `mode`
-    (`target`: a gold answer, telling BBH's multiple-choice tasks apart; `task`: MGSM's
-    language)."""
-    cot = mode in ("cot", "sc")
-    if shape == "mmlu":
-        return mmlu_letter(text, cot)
-    if shape == "bbh":
-        return bbh_answer(text, cot, target)
-    if shape == "mgsm":
-        return final_number(text, task)
-    if shape == "tydiqa":
-        span = after_answer_is(text) if cot else first_line(text)
-        return squad_normalize(span) if span else None
-    raise ValueError(f"unknown benchmark shape {shape!r}")
-
-
-def gold(shape: str, answers: Sequence[str], task: str = "") -> set[str]:
-    """The canonical forms of the gold answers, comparable with `extract`'s output."""
-    if shape == "mgsm":
-        lang = mgsm_language(task)
-        return {c for a in answers if (c := canonical_number(a, lang)) is not None}
-    if shape == "tydiqa":
-        return {squad_normalize(a) for a in answers}
-    return {a.strip() for a in answers}
-
-
 # ---------------------------------------------------------------------------- flexible
 
 _LABEL = re.compile(r"answer(?:\s+is|\s*:)", re.IGNORECASE)
@@ -236,11 +208,10 @@ _LABEL = re.compile(r"answer(?:\s+is|\s*:)", re.IGNORECASE)
 # case letter only on its own, since "a dog" is an article.
 _FLEX_LETTER = re.compile(r"(?:\(([A-Za-z])\)|([A-Z])(?![A-Za-z0-9])|([a-z])(?![A-Za-z0-9 ]))")
 _PAREN_LETTER = re.compile(r"\(([A-Za-z])\)")
-_OPTION_LINE = re.compile(r"^\(([A-R])\)\s*(.+?)\s*$", re.MULTILINE)
 _DECORATION = " \t*`\"'“”«»"
 
 
-def _after_label(text: str) -> str | None:
+def after_label(text: str) -> str | None:
     """The rest of the line after the first "answer is" / "answer:" (any case)."""
     m = _LABEL.search(text)
     if m is None:
@@ -258,12 +229,11 @@ def _letter(span: str, letters: str, options: dict[str, str]) -> str | None:
     return next((letter for letter, text in options.items() if key and key == squad_normalize(text)), None)
 
 
-def _choice(text: str, mode: str, letters: str, options: dict[str, str]) -> str | None:
+def choice_letter(text: str, cot: bool, letters: str, options: dict[str, str]) -> str | None:
     """A multiple-choice letter read leniently: after "answer is"/"answer:" anywhere, from the
     start of a direct answer, or as an option's text; else the first "(X)" of a direct answer
     or the last of a rationale (its conclusion)."""
-    cot = mode in ("cot", "sc")
-    spans = [_after_label(text)] + ([] if cot else [first_line(text)])
+    spans = [after_label(text)] + ([] if cot else [first_line(text)])
     for span in spans:
         if span and (letter := _letter(span, letters, options)):
             return letter
@@ -271,7 +241,7 @@ def _choice(text: str, mode: str, letters: str, options: dict[str, str]) -> str 
     return (found[-1] if cot else found[0]) if found else None
 
 
-def _loose(s: str) -> str:
+def loose(s: str) -> str:
     """Free-form answers compared loosely: NFKC, any case, no decoration or trailing period,
     single spaces; numbers canonical ("-35.0" == "\u221235")."""
     s = _strip_period(unicodedata.normalize("NFKC", s).strip(_DECORATION))
@@ -279,44 +249,40 @@ def _loose(s: str) -> str:
     return number if number is not None else " ".join(s.casefold().split())
 
 
-def _bbh_options(question: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) for m in _OPTION_LINE.finditer(question)}
+# ----------------------------------------------------------------------- by shape name
+
+def _example(answers: Sequence[str], task: str) -> Example:
+    from trainers.eval.shapes.base import Example
+
+    return Example(id="", task=task, question="", answers=tuple(answers))
 
 
-def flex(shape: str, mode: str, text: str, ex: Example) -> str | None:
+def extract(shape: Shape | str, mode: str, text: str, target: str | None = None, task: str = "") -> str | None:
+    """The canonical answer a model gave in `text` for a benchmark of `shape` under `mode`
+    (`target`: a gold answer, telling BBH's multiple-choice tasks apart; `task`: MGSM's
+    language): `Shape.extract` of the shape or registered shape name."""
+    return _shape(shape).extract(mode, text, _example(() if target is None else (target,), task))
+
+
+def gold(shape: Shape | str, answers: Sequence[str], task: str = "") -> set[str]:
+    """The canonical forms of the gold answers, comparable with `extract`'s output."""
+    return _shape(shape).gold(_example(answers, task))
+
+
+def flex(shape: Shape | str, mode: str, text: str, ex: Example) -> str | None:
     """The answer `text` gives to `ex` read leniently, comparable with `flex_gold`."""
-    cot = mode in ("cot", "sc")
-    if shape == "mmlu":
-        letters = "ABCD"[: len(ex.choices) or 4]
-        return _choice(text, mode, letters, dict(zip(letters, ex.choices)))
-    if shape == "bbh":
-        if _MC_TARGET.match(ex.answers[0].strip()):
-            options = _bbh_options(ex.question)
-            letter = _choice(text, mode, "".join(options) or string.ascii_uppercase[:18], options)
-            return f"({letter})" if letter else None
-        span = _after_label(text)
-        if span is None:
-            lines = [ln for ln in text.strip().split("\n") if ln.strip()]
-            span = (lines[-1] if cot else lines[0]) if lines else ""
-        return _loose(span) or None
-    if shape == "tydiqa":
-        span = _after_label(text) or first_line(text)
-        span = re.split(r"(?<=[.!?。])\s", span, maxsplit=1)[0]  # the first sentence
-        return squad_normalize(span) or None
-    if shape == "mgsm":
-        # lm-evaluation-harness's flexible extract: the last number anywhere.
-        found = numbers(text, mgsm_language(ex.task))
-        return found[-1] if found else None
-    raise ValueError(f"unknown benchmark shape {shape!r}")
+    return _shape(shape).flex(mode, text, ex)
 
 
-def flex_gold(shape: str, ex: Example) -> set[str]:
+def flex_gold(shape: Shape | str, ex: Example) -> set[str]:
     """The gold answers of `ex` in `flex`'s canonical forms."""
-    if shape == "mmlu":
-        return {a.strip().upper() for a in ex.answers}
-    if shape == "bbh":
-        return {a.strip() if _MC_TARGET.match(a.strip()) else _loose(a) for a in ex.answers}
-    return gold(shape, ex.answers, ex.task)
+    return _shape(shape).flex_gold(ex)
+
+
+def _shape(shape: Shape | str) -> Shape:
+    from trainers.eval import benchmarks
+
+    return benchmarks.shape(shape)
 
 
 def majority_vote(answers: Sequence[str | None]) -> str | None:

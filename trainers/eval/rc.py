@@ -3,10 +3,11 @@ scores read from their log-probabilities. JAX-free; the log-probabilities come f
 `trainers.eval.rank.OptionScorer` (or anything with its signature).
 
 Options are scored by their content, as Flan's `*_opt` formats train a model to answer (the
-option's text, never a letter): MMLU's four choice texts; for BBH-shaped subtasks whose targets
-are option letters, the texts of the "(X) ..." lines listed in the question; for subtasks with
-a small fixed answer set (True/False, Yes/No, valid/invalid, ...) that set. The prompt is the
-direct few-shot prompt with its exemplars answered by text too (`prompts.prompt(..., "rc")`).
+option's text, never a letter); each shape lists them (`Shape.rc_options`): MMLU's four choice
+texts; for BBH-shaped subtasks whose targets are option letters, the texts of the "(X) ..."
+lines listed in the question; for subtasks with a small fixed answer set (True/False, Yes/No,
+valid/invalid, ...) that set; a span question's candidate spans. The prompt is the direct
+few-shot prompt with its exemplars answered by text too (`Shape.rc_prompt`).
 Scoring letters instead measures little below the scale where models map letters to options:
 a small model prefers one letter whatever the question, which on balanced answers is exactly
 chance. A choice is still reported by its label (letter), so rc predictions score as direct
@@ -26,18 +27,13 @@ tell options apart; `rc_choice_logprob` rises only with the latter.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from trainers.eval import benchmarks, prompts
-from trainers.eval.loaders import MMLU_LETTERS, Benchmark, Example
 from trainers.eval.scoring import Score, aggregate
+from trainers.eval.shapes.base import Benchmark, Choices, Example
 from trainers.spec import UserError
-
-# A subtask whose targets take more distinct values than this is free-form, not multiple choice.
-MAX_FIXED_OPTIONS = 8
-_LETTER_TARGET = re.compile(r"^\(([A-R])\)$")
 
 
 class OptionScores(Protocol):
@@ -50,43 +46,10 @@ class ScoreOptions(Protocol):
     def __call__(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[OptionScores]]: ...
 
 
-@dataclass(frozen=True)
-class Choices:
-    """One question's options: the texts scored as continuations, how each is written as an
-    answer (MMLU's letter, BBH's "(X)"), and which one is right."""
-
-    options: tuple[str, ...]
-    labels: tuple[str, ...]
-    gold: int
-
-
 def task_options(bench: Benchmark, task: str) -> dict[str, Choices] | None:
     """Example id -> its choices, for every example of `task`; None when the task is not
-    multiple choice (then rc skips it)."""
-    examples = bench.tasks[task]
-    if bench.shape == "tydiqa":
-        # Span questions are rankable where the file lists candidate spans of the passage.
-        if not examples or not all(ex.choices and ex.answers[0] in ex.choices for ex in examples):
-            return None
-        return {ex.id: Choices(tuple(ex.choices), tuple(ex.choices), ex.choices.index(ex.answers[0])) for ex in examples}
-    if bench.shape == "mmlu":
-        return {ex.id: Choices(tuple(ex.choices), MMLU_LETTERS[: len(ex.choices)],
-                               MMLU_LETTERS.index(ex.answers[0])) for ex in examples}
-    if bench.shape != "bbh" or not examples:
-        return None
-    targets = [ex.answers[0].strip() for ex in examples]
-    if all(_LETTER_TARGET.match(t) for t in targets):
-        out = {}
-        for ex, target in zip(examples, targets):
-            listed = prompts.option_texts(ex.question)
-            if target not in listed:
-                return None  # the question does not list its options: not rankable
-            out[ex.id] = Choices(tuple(listed.values()), tuple(listed), list(listed).index(target))
-        return out
-    fixed = tuple(sorted(set(targets)))
-    if len(fixed) > MAX_FIXED_OPTIONS or benchmarks.get(bench.name).baseline(task) == 0.0:
-        return None
-    return {ex.id: Choices(fixed, fixed, fixed.index(t)) for ex, t in zip(examples, targets)}
+    multiple choice (then rc skips it). The benchmark's shape lists them (`Shape.rc_options`)."""
+    return bench.shape.rc_options(bench, task)
 
 
 def _credit(values: list[float], gold: int) -> float:

@@ -7,12 +7,14 @@ fake in tests, or is bypassed by `score_outputs` for predictions made elsewhere.
 `run_eval` / `evaluate_run` return, beside the metrics, the scores they were computed from
 and a sample of the predictions (prompt, output, extracted answer, gold, correct) for people
 to read; `run_all` / `evaluate` return the metrics alone, which are the same either way.
+`run_eval` is the one evaluation loop: a cell runs it (`evaluate_run`, through `trainers.job`)
+and so does `flanscale eval` on a checkpoint, with the same model wrappers (`model_scorers`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Container, Protocol, Sequence
+from typing import Container, Mapping, Protocol, Sequence
 
 from trainers.eval import benchmarks, loaders, prompts, rc, scoring
 from trainers.spec import EvalConfig, UserError
@@ -53,6 +55,9 @@ class EvalRun:
     scores: tuple[scoring.Score, ...]  # strict generative scores (flexible twin inside), rc and rc_norm
     predictions: tuple[Prediction, ...]  # up to `predictions` per benchmark and mode
     standins: tuple[str, ...] = ()  # the benchmarks scored on flanscale's stand-in data (benchmarks.standin)
+    # (benchmark, mode) -> example id -> raw outputs (one, or the SC samples; rc: the chosen
+    # option's label), kept when asked for (`keep_outputs`).
+    outputs: dict[tuple[str, str], dict[str, list[str]]] = field(default_factory=dict)
 
 
 def check_mode(benchmark: str, mode: str) -> None:
@@ -143,29 +148,37 @@ def ranked_predictions(bench: loaders.Benchmark, ranked: rc.RankResult, n: int) 
 
 
 def run_eval(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,
-             seed: int = 0, predictions: int = 0) -> EvalRun:
+             seed: int = 0, predictions: int = 0, *, data: Mapping[str, loaders.Benchmark] | None = None,
+             modes: Mapping[str, Sequence[str]] | None = None, keep_outputs: bool = False) -> EvalRun:
     """Every configured benchmark in every configured mode it supports: the metrics dict (see
     `evaluate`), the scores and up to `predictions` predictions per benchmark and mode. rc
-    runs only when an option scorer is given."""
-    data = load_all(cfg)
+    runs only when an option scorer is given. `data`: the benchmarks already loaded
+    (`load_all(cfg)`); `modes`: the modes to run per benchmark instead of `modes_for`;
+    `keep_outputs`: keep every raw output in `EvalRun.outputs`."""
+    data = load_all(cfg) if data is None else data
     scores: list[scoring.Score] = []
     ranked: list[scoring.Score] = []
     sample: list[Prediction] = []
     out: dict[str, float] = {}
+    kept: dict[tuple[str, str], dict[str, list[str]]] = {}
     for b in cfg.benchmarks:
-        for mode in modes_for(cfg, b):
+        for mode in (modes_for(cfg, b) if modes is None else modes[b]):
             if mode == "rc":
                 if score_options is not None:
                     result = rc.run_rank(data[b], score_options)
                     out.update(result.metrics())
                     ranked += [result.rc, result.rc_norm]
                     sample += ranked_predictions(data[b], result, predictions)
+                    if keep_outputs:
+                        kept[(b, mode)] = {i: [c[0]] for i, c in result.chosen.items()}
                 continue
             run = run_benchmark(data[b], mode, generate, cfg, seed)
             scores.append(run.score)
             sample += generated_predictions(data[b], run, predictions)
+            if keep_outputs:
+                kept[(b, mode)] = run.outputs
     standins = tuple(b for b in cfg.benchmarks if benchmarks.standin(b, cfg.data_dir))
-    return EvalRun({**scoring.metrics(scores), **out}, (*scores, *ranked), tuple(sample), standins)
+    return EvalRun({**scoring.metrics(scores), **out}, (*scores, *ranked), tuple(sample), standins, kept)
 
 
 def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions | None = None,
@@ -174,9 +187,11 @@ def run_all(cfg: EvalConfig, generate: Generate, score_options: rc.ScoreOptions 
     return run_eval(cfg, generate, score_options, seed).metrics
 
 
-def evaluate_run(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
-                 max_prompt_tokens: int = 0, seed: int = 0, predictions: int = 0, placement=None) -> EvalRun:
-    """`evaluate`, with the scores and a sample of predictions (see `run_eval`)."""
+def model_scorers(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
+                  max_prompt_tokens: int = 0, placement=None):
+    """(generate, score_options) of a model: its TextGenerator (up to `cfg.max_new_tokens`,
+    stopping at the exemplar separators) and OptionScorer, on `placement` (default one local
+    device)."""
     from trainers.eval.decoding import DEFAULT_STOP, TextGenerator
     from trainers.eval.rank import OptionScorer
 
@@ -185,6 +200,14 @@ def evaluate_run(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: i
                              placement=placement)
     scorer = OptionScorer(model_cfg, generate.params, tokenizer, batch_size=batch_size,
                           max_prompt_tokens=max_prompt_tokens, placement=generate.placement)
+    return generate, scorer
+
+
+def evaluate_run(cfg: EvalConfig, model_cfg, params, tokenizer, *, batch_size: int = 8,
+                 max_prompt_tokens: int = 0, seed: int = 0, predictions: int = 0, placement=None) -> EvalRun:
+    """`evaluate`, with the scores and a sample of predictions (see `run_eval`)."""
+    generate, scorer = model_scorers(cfg, model_cfg, params, tokenizer, batch_size=batch_size,
+                                     max_prompt_tokens=max_prompt_tokens, placement=placement)
     return run_eval(cfg, generate, scorer, seed, predictions)
 
 

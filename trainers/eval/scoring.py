@@ -2,7 +2,7 @@
 each benchmark's random baseline, and the paper's normalized average of six scores.
 
 Every generative score comes with its flexible-extract twin (`Score.flex`, mode
-"<mode>_flex"), read from the same outputs by `extract.flex`: an example counts for it when
+"<mode>_flex"), read from the same outputs by the shape's `flex`: an example counts for it when
 the strict reading or the flexible one finds a gold answer, so it is never below the strict
 score. The normalized averages use the strict scores, as the paper's tables do."""
 
@@ -11,13 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from trainers.eval.extract import extract, flex, flex_gold, gold, majority_vote
 from trainers.eval import benchmarks
-from trainers.eval.loaders import Benchmark, Example
+from trainers.eval.extract import majority_vote
+from trainers.eval.shapes.base import Benchmark, Example, Shape
 from trainers.spec import UserError
-
-# The six scores of the paper's normalized average.
-NORMALIZED_AVERAGE_OF = benchmarks.average_members("paper")
 
 
 def normalize(score: float, baseline: float) -> float:
@@ -60,30 +57,31 @@ def aggregate(benchmark: str, mode: str, task_scores: Mapping[str, float], missi
     return Score(benchmark, mode, tasks, mean, normalized, missing)
 
 
-def is_correct(shape: str, ex: Example, answer: str | None) -> bool:
-    return answer is not None and answer in gold(shape, ex.answers, ex.task)
+def is_correct(shape: Shape | str, ex: Example, answer: str | None) -> bool:
+    return answer is not None and answer in benchmarks.shape(shape).gold(ex)
 
 
-def answer_of(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
+def answer_of(shape: Shape | str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
     """One output -> its extracted answer; several samples -> the majority vote."""
-    answers = [extract(shape, mode, o, ex.answers[0], ex.task) for o in outputs]
+    answers = [benchmarks.shape(shape).extract(mode, o, ex) for o in outputs]
     return answers[0] if len(answers) == 1 else majority_vote(answers)
 
 
-def flex_answer_of(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
+def flex_answer_of(shape: Shape | str, mode: str, ex: Example, outputs: Sequence[str]) -> str | None:
     """`answer_of` with the flexible reading."""
-    answers = [flex(shape, mode, o, ex) for o in outputs]
+    answers = [benchmarks.shape(shape).flex(mode, o, ex) for o in outputs]
     return answers[0] if len(answers) == 1 else majority_vote(answers)
 
 
-def judge(shape: str, mode: str, ex: Example, outputs: Sequence[str]) -> tuple[bool, bool]:
-    """(strict, flexible) correctness of one example's outputs. The flexible one also holds
-    whenever the strict one does: a self-consistency vote over lenient readings can move
-    away from the answer the strict vote found, and a lenient score must not fall below
-    the strict one."""
+def judge(shape: Shape | str, mode: str, ex: Example, outputs: Sequence[str]) -> tuple[bool, bool]:
+    """(strict, flexible) correctness of one example's outputs under `shape` (a Shape or a
+    registered shape's name). The flexible one also holds whenever the strict one does: a
+    self-consistency vote over lenient readings can move away from the answer the strict vote
+    found, and a lenient score must not fall below the strict one."""
+    shape = benchmarks.shape(shape)
     strict = is_correct(shape, ex, answer_of(shape, mode, ex, outputs))
     lenient = flex_answer_of(shape, mode, ex, outputs)
-    return strict, strict or (lenient is not None and lenient in flex_gold(shape, ex))
+    return strict, strict or (lenient is not None and lenient in shape.flex_gold(ex))
 
 
 def score_outputs(bench: Benchmark, mode: str, outputs: Mapping[str, Sequence[str]]) -> Score:
@@ -114,9 +112,7 @@ def score_outputs(bench: Benchmark, mode: str, outputs: Mapping[str, Sequence[st
 
 def _id_hint(bench: Benchmark) -> str:
     first = next((ex[0].id for ex in bench.tasks.values() if ex), "")
-    form = {"mmlu": "{subject}/{split}/{row}", "bbh": "{task}/{index}", "mgsm": "{lang}/{index}",
-            "tydiqa": "the question's id"}[bench.shape]
-    return f"{form} ({first!r})"
+    return f"{bench.shape.id_form} ({first!r})"
 
 
 def metrics(scores: Sequence[Score]) -> dict[str, float]:
