@@ -1,6 +1,6 @@
 """Models of every registered family (trainers/families) behind one small API.
 
-build(cfg) -> flax module; init_params / param_shapes / logical_axes for the parameter
+build(cfg) -> flax module; loss_fn(cfg) -> its training loss; init_params / param_shapes / logical_axes for the parameter
 tree; prefill / decode_step for incremental decoding with a fixed-size cache;
 option_logits for scoring several targets of one prompt encoded once; and
 save_pretrained / load_pretrained for base-model checkpoints (orbax params + model.json).
@@ -45,6 +45,12 @@ def model_class(cfg: ModelConfig) -> type[nn.Module]:
 def build(cfg: ModelConfig) -> nn.Module:
     validate(cfg)
     return model_class(cfg)(cfg)
+
+
+def loss_fn(cfg: ModelConfig):
+    """The family's training loss (trainers/models/loss.py): (logits, batch, z_loss) ->
+    (cross-entropy sum, z-loss sum, target tokens)."""
+    return resolve(family_of(cfg).loss)
 
 
 def dummy_batch(cfg: ModelConfig, batch_size: int, input_length: int, target_length: int) -> dict[str, jnp.ndarray]:
