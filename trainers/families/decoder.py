@@ -14,6 +14,9 @@ class DecoderFamily(Family):
     description = "PaLM-style decoder-only model"
     model = "trainers.models.decoder:DecoderOnly"
     mlp = SWIGLU
+    # T5's span corruption in the decoder-only layout: the corrupted text is the input, the
+    # dropped spans the target (UL2's R-denoiser, as U-PaLM trains a decoder-only model).
+    pretrain_objective = "span_corruption"
     export_note = """\
 No Hugging Face class matches this block exactly, so it is not exported as one: each layer
 normalises with a mean-subtracting, scale-only layer norm (no bias; Llama's RMS norm does not
