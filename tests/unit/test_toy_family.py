@@ -82,6 +82,13 @@ def test_registry_refuses_duplicates_and_suggests_names(registered):
         families.get_family("toy-mpl")
 
 
+def test_a_family_that_does_not_decode_says_so(registered):
+    with pytest.raises(UserError, match=f"model.family: 'toy-mlp' does not decode \\({__name__}:ToyLM has no prefill\\)"):
+        models.prefill(TOY, {}, [[3, 4]], 2)
+    with pytest.raises(UserError, match="has no decode_state_axes"):
+        models.decode_state_axes(TOY)
+
+
 @pytest.mark.slow
 def test_toy_family_trains_through_run_cell(registered, tmp_path):
     import jax
