@@ -1,9 +1,11 @@
 """Model presets: architecture, pretraining tokens and default finetuning hyperparameters.
 
 The T5 and PaLM presets are the paper's models (the paper's section 4 for the architectures,
-Table 22 for the finetuning hyperparameters). The tiny presets are small T5 v1.1-shaped
-models with a byte vocabulary that train on a laptop CPU in seconds to minutes; they have no
-pretraining (0 tokens) unless a base checkpoint says otherwise.
+Table 22 for the finetuning hyperparameters). The tiny presets are small models with a byte
+vocabulary that train on a laptop CPU in seconds to minutes: tiny-0..3 T5 v1.1-shaped,
+tiny-dec-1..3 PaLM-shaped decoder-only models of about tiny-1..3's sizes. They have no
+pretraining (0 tokens) unless a base checkpoint says otherwise (`flanscale pretrain` makes
+one for either family).
 """
 
 from __future__ import annotations
@@ -109,15 +111,31 @@ def _palm(name: str, nominal: str, d: int, heads: int, layers: int, tokens: floa
     return Preset(name, model, nominal, tokens, Finetune(batch, dropout, lr, steps), display)
 
 
+# Byte tokenizer: 259 ids, rounded up to a multiple of 128 for the embedding table; CPU
+# numerics; finetuned with batch 8 at 3e-3 for 100 steps on 256-byte inputs, 64-byte targets.
+_TINY = dict(vocab_size=384, dropout_rate=0.0, param_dtype="float32", dtype="float32", remat=False)
+_TINY_FINETUNE = Finetune(8, 0.0, 3e-3, 100, 256, 64)
+
+
 def _tiny(name: str, nominal: str, d: int, ff: int, heads: int, d_kv: int, layers: int) -> Preset:
-    # Byte tokenizer: 259 ids, rounded up to a multiple of 128 for the embedding table.
     model = ModelConfig(
-        name=name, family="t5", vocab_size=384, d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv,
+        name=name, family="t5", d_model=d, d_ff=ff, num_heads=heads, d_kv=d_kv,
         num_kv_heads=0, num_encoder_layers=layers, num_decoder_layers=layers,
-        tie_embeddings=False, parallel_block=False, dropout_rate=0.0,
-        param_dtype="float32", dtype="float32", remat=False,
+        tie_embeddings=False, parallel_block=False, **_TINY,
     )
-    return Preset(name, model, nominal, 0.0, Finetune(8, 0.0, 3e-3, 100, 256, 64), name)
+    return Preset(name, model, nominal, 0.0, _TINY_FINETUNE, name)
+
+
+def _tiny_dec(name: str, nominal: str, d: int, heads: int, d_kv: int, layers: int) -> Preset:
+    # PaLM's block (multi-query attention, parallel attention + SwiGLU, tied embeddings,
+    # d_ff = 4 d_model) at tiny-1..3's width with their encoder's and decoder's layers in
+    # one stack, so a sweep compares the two families at about the same size.
+    model = ModelConfig(
+        name=name, family="decoder", d_model=d, d_ff=4 * d, num_heads=heads, d_kv=d_kv,
+        num_kv_heads=1, num_encoder_layers=0, num_decoder_layers=layers,
+        tie_embeddings=True, parallel_block=True, **_TINY,
+    )
+    return Preset(name, model, nominal, 0.0, _TINY_FINETUNE, name)
 
 
 for _p in (
@@ -125,6 +143,9 @@ for _p in (
     _tiny("tiny-1", "0.6M", 96, 256, 4, 24, 2),
     _tiny("tiny-2", "1.9M", 128, 512, 4, 32, 3),
     _tiny("tiny-3", "8M", 256, 768, 8, 32, 4),
+    _tiny_dec("tiny-dec-1", "0.6M", 96, 4, 24, 4),
+    _tiny_dec("tiny-dec-2", "2.0M", 128, 4, 32, 8),
+    _tiny_dec("tiny-dec-3", "7.6M", 256, 8, 32, 8),
     _t5("t5-small", "80M", 512, 1024, 6, 8, 98_000, "Flan-T5-Small"),
     _t5("t5-base", "250M", 768, 2048, 12, 12, 84_000, "Flan-T5-Base"),
     _t5("t5-large", "780M", 1024, 2816, 16, 24, 64_000, "Flan-T5-Large"),

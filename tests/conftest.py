@@ -34,6 +34,21 @@ def empty_home(tmp_path, monkeypatch):
     return h
 
 
+@pytest.fixture
+def register_family(monkeypatch):
+    """`register_family(family)` -> the model family registry with `family` added, for this
+    test only (trainers.families.FAMILIES is swapped for a copy)."""
+    from trainers import families
+
+    def register(family):
+        registry = families.FamilyRegistry(tuple(families.FAMILIES))
+        registry.register(family)
+        monkeypatch.setattr(families, "FAMILIES", registry)
+        return registry
+
+    return register
+
+
 _EXIT_STATUS: list[int] = []
 
 

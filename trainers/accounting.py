@@ -306,6 +306,7 @@ def memory_per_device(
     matmul inputs, attention probabilities and MLP intermediates for the backward pass; with
     remat it keeps only its input and recomputes one layer at a time.
     """
+    family = family_of(cfg)
     shards = max(1, mesh.fsdp * mesh.tensor)
     pbytes, abytes = _dtype_bytes(cfg.param_dtype), _dtype_bytes(cfg.dtype)
     n = param_count(cfg)
@@ -341,13 +342,13 @@ def memory_per_device(
             scores += h * tokens * cross_keys / t
             extra = cross_keys * 2 * hd / t  # cross-attention keys and values
             sublayers = 3
-        # MLP norm; of the MLP's hidden units XLA keeps about eight tensors for the backward
-        # pass: both projections, the activation's intermediates and output, the gated product.
-        per_token += 2 * d + 8 * ff / t
+        # MLP norm, and the tensors of the MLP's hidden units kept for the backward pass
+        # (the family's feed-forward form says how many).
+        per_token += 2 * d + family.mlp.saved_per_hidden * ff / t
         dropped = scores + tokens * (ff / t + sublayers * d)
         return (tokens * per_token + extra) * abytes + scores * score_bytes + dropped * drop_bytes
 
-    layers, logits_tokens = family_of(cfg).activation_layers(cfg, input_length, target_length)
+    layers, logits_tokens = family.activation_layers(cfg, input_length, target_length)
     if not training:
         # Inference keeps one layer's activations at a time.
         act_bytes = max((layer(*x) for x in layers), default=0.0)

@@ -262,6 +262,7 @@ def make_setup(model_cfg: Any, optim: Any, mesh_cfg: Any, li: int, lt: int, pack
     mesh = partitioning.make_mesh(mesh_cfg)
     return TrainSetup(
         apply_fn=models.build(model_cfg).apply,
+        loss_fn=models.loss_fn(model_cfg),
         optim=optim,
         optimizer=build_optimizer(optim),
         mesh=mesh,

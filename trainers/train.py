@@ -34,22 +34,6 @@ class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
 
 
-def token_loss(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray, z_loss: float):
-    """Summed (not averaged) weighted cross-entropy and z-loss over a batch.
-
-    Sums let micro-batches add up exactly to the full batch; the caller divides once by
-    the number of target tokens of the whole optimizer step. The z-loss term z * log(Z)^2
-    keeps the softmax normaliser near 1 (PaLM / T5X), which stabilises bf16 training.
-    """
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    weights = weights.astype(jnp.float32)
-    ce_sum = jnp.sum((log_z - target_logit) * weights)
-    z_sum = z_loss * jnp.sum(jnp.square(log_z) * weights)
-    return ce_sum, z_sum, jnp.sum(weights)
-
-
 def _split_micro(batch: Batch, micro_batches: int) -> Batch:
     """[B, ...] -> [M, B/M, ...], micro-batch m taking rows m, m+M, m+2M, ...
 
@@ -68,18 +52,23 @@ def make_train_step(
     apply_fn: Callable[..., jnp.ndarray],
     optimizer: optax.GradientTransformation,
     *,
+    loss_fn: Callable[..., tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]],
     micro_batches: int,
     z_loss: float,
     dropout: bool,
     batch_sharding: NamedSharding | None = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jnp.ndarray]]]:
-    """Builds step(state, batch) -> (state, metrics); jit it with the shardings of the state."""
+    """Builds step(state, batch) -> (state, metrics); jit it with the shardings of the state.
+
+    `loss_fn(logits, batch, z_loss)` is the model family's (trainers.models.loss_fn): summed,
+    not averaged, so micro-batches add up exactly to the full batch; the step divides once
+    by the number of target tokens of the whole optimizer step."""
 
     def summed_loss(params, batch, rng):
         logits = apply_fn(
             {"params": params}, batch, deterministic=not dropout, rngs={"dropout": rng}
         )
-        ce, z, n = token_loss(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+        ce, z, n = loss_fn(logits, batch, z_loss)
         return ce + z, (ce, z, n)
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -126,6 +115,7 @@ class TrainSetup:
     """Everything the loop needs that the job wires up (model, optimizer, mesh, data)."""
 
     apply_fn: Callable[..., jnp.ndarray]
+    loss_fn: Callable[..., Any]  # the model family's loss (trainers.models.loss_fn)
     optim: OptimConfig
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -260,6 +250,7 @@ def compile_step(setup: TrainSetup, state: State, batch: Batch):
     step = make_train_step(
         setup.apply_fn,
         setup.optimizer,
+        loss_fn=setup.loss_fn,
         micro_batches=setup.optim.micro_batches,
         z_loss=setup.optim.z_loss,
         dropout=setup.dropout,

@@ -137,7 +137,8 @@ def test_estimates_agree_with_the_compiled_train_step():
     # stack, only once); memory from the scanned one, the default.
     for scan_layers in (False, True):
         cfg = dataclasses.replace(get_preset("tiny-1").model, scan_layers=scan_layers)
-        step = make_train_step(models.build(cfg).apply, optimizer, micro_batches=1, z_loss=1e-4, dropout=False)
+        step = make_train_step(models.build(cfg).apply, optimizer, loss_fn=models.loss_fn(cfg), micro_batches=1,
+                               z_loss=1e-4, dropout=False)
         params = models.param_shapes(cfg)
         state = {"params": params, "opt_state": jax.eval_shape(optimizer.init, params),
                  "step": jax.ShapeDtypeStruct((), jnp.int32), "rng": jax.eval_shape(lambda: jax.random.PRNGKey(0))}

@@ -73,7 +73,7 @@ def test_registry_rejects_duplicates_and_suggests():
         reg.register(preset)
     with pytest.raises(UserError, match=r"did you mean 'palm-62b'"):
         get_preset("palm-64b")
-    assert len(REGISTRY) == 15 and "tiny-1" in REGISTRY
+    assert len(REGISTRY) == 18 and "tiny-1" in REGISTRY
 
 
 def test_accelerator_table():

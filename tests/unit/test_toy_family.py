@@ -12,12 +12,12 @@ import pytest
 
 from trainers import accounting, families, models
 from trainers.families.base import Family, ParamLayout
-from trainers.models.layers import Embed, GatedMLP, LMHead, Norm, dtype_of, layer_stack, run_stack
+from trainers.models.layers import Embed, LMHead, Norm, dtype_of, layer_stack, mlp, run_stack
 from trainers.spec import ModelConfig, UserError
 
 
 class ToyFamily(Family):
-    """A residual stack of gated MLPs over token embeddings: next-token prediction from the
+    """A residual stack of its feed-forward form's MLPs over token embeddings: next-token prediction from the
     current token alone, decoder-only rows."""
 
     name = "toy-mlp"
@@ -28,12 +28,12 @@ class ToyFamily(Family):
         d = cfg.d_model
         out: ParamLayout = [("embedding", "token_embedder", (cfg.vocab_size, d))]
         for i in range(cfg.num_decoder_layers):
-            out += [("decoder", f"layers_{i}.norm", (d,)), ("decoder", f"layers_{i}.wi_0", (d, cfg.d_ff)),
-                    ("decoder", f"layers_{i}.wi_1", (d, cfg.d_ff)), ("decoder", f"layers_{i}.wo", (cfg.d_ff, d))]
+            out.append(("decoder", f"layers_{i}.norm", (d,)))
+            self.mlp.params(out, cfg, "decoder", f"layers_{i}.mlp")  # the form's (SwiGLU by default)
         return out + [("decoder", "final_norm", (d,)), ("head", "logits_dense", (d, cfg.vocab_size))]
 
     def matmul_params_per_token(self, cfg: ModelConfig) -> dict[str, float]:
-        per = cfg.num_decoder_layers * 3 * cfg.d_model * cfg.d_ff + cfg.d_model * cfg.vocab_size
+        per = cfg.num_decoder_layers * self.mlp.matmul_params(cfg) + cfg.d_model * cfg.vocab_size
         return {"input": per, "target": per}
 
     def forward_flops_per_row(self, cfg: ModelConfig, input_length: int, target_length: int) -> float:
@@ -47,7 +47,7 @@ class ToyBlock(nn.Module):
     def __call__(self, x, xs, ctx, mode: str):
         dt, pdt = dtype_of(self.cfg.dtype), dtype_of(self.cfg.param_dtype)
         h = Norm(dtype=dt, param_dtype=pdt, name="norm")(x)
-        return x + GatedMLP(self.cfg.d_ff, "silu", 0.0, dt, pdt, name="mlp")(h, mode != "train"), None
+        return x + mlp(self.cfg)(h, mode != "train"), None
 
 
 class ToyLM(nn.Module):
@@ -71,11 +71,8 @@ TOY = ModelConfig(name="toy", family="toy-mlp", vocab_size=384, d_model=32, d_ff
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    registry = families.FamilyRegistry(tuple(families.FAMILIES))
-    registry.register(ToyFamily())
-    monkeypatch.setattr(families, "FAMILIES", registry)
-    return registry
+def registered(register_family):
+    return register_family(ToyFamily())
 
 
 def test_registry_refuses_duplicates_and_suggests_names(registered):
@@ -83,6 +80,13 @@ def test_registry_refuses_duplicates_and_suggests_names(registered):
         registered.register(ToyFamily())
     with pytest.raises(UserError, match="unknown 'toy-mpl' \\(did you mean 'toy-mlp'\\?\\)"):
         families.get_family("toy-mpl")
+
+
+def test_a_family_that_does_not_decode_says_so(registered):
+    with pytest.raises(UserError, match=f"model.family: 'toy-mlp' does not decode \\({__name__}:ToyLM has no prefill\\)"):
+        models.prefill(TOY, {}, [[3, 4]], 2)
+    with pytest.raises(UserError, match="has no decode_state_axes"):
+        models.decode_state_axes(TOY)
 
 
 @pytest.mark.slow

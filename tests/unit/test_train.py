@@ -12,7 +12,8 @@ import pytest
 from trainers.job import make_setup
 from trainers.spec import CellSpec, DataConfig, MeshConfig, ModelConfig, OptimConfig
 from trainers.loop import train_loop
-from trainers.train import NonFiniteLoss, init_state, token_loss
+from trainers.models.loss import token_loss
+from trainers.train import NonFiniteLoss, init_state
 
 LI, LT = 32, 16
 TINY = ModelConfig(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trainers.data.packing import build_batch, pack_best_fit, truncate
@@ -53,11 +51,9 @@ def _summed_ce_program(model_cfg):
 
     def program(params, rows, _):
         (batch,) = rows
-        logits = models.build(model_cfg).apply({"params": params}, batch, deterministic=True).astype(jnp.float32)
-        log_z = jax.nn.logsumexp(logits, axis=-1)
-        target = jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
-        w = batch["decoder_loss_weights"].astype(jnp.float32)
-        return jnp.sum((log_z - target) * w), jnp.sum(w)
+        logits = models.build(model_cfg).apply({"params": params}, batch, deterministic=True)
+        ce, _, n = models.loss_fn(model_cfg)(logits, batch, 0.0)
+        return ce, n
 
     return program
 

@@ -3,8 +3,9 @@
 Everything that differs between kinds of model is asked of the family of a ModelConfig
 (`family_of(cfg)`): accounting (parameters, FLOPs, memory), packing (the batch layout),
 trainers/models (the flax module, dummy batch, Hugging Face conversion) and model cards.
-Adding a family is one module (a Family subclass here, its flax module under
-trainers/models) plus one entry in FAMILIES.
+Adding a family is one module (a Family subclass, with its flax module) plus one entry in
+FAMILIES; a variant of a built-in family (another feed-forward form, trainers/families/mlp.py,
+or another loss) is a subclass that changes only that.
 """
 
 from __future__ import annotations

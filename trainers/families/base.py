@@ -2,10 +2,11 @@
 trainers/models builds them through the names it gives.
 
 A family answers for its own architecture: the parameter layout (which decides parameter
-count and the optimizer state), the FLOPs of a token and of a training step, what a layer
-keeps for the backward pass, the layout of a packed batch, and where its flax module and
-Hugging Face conversion live (as "module:attribute" names that only trainers resolves, so
-importing a family never imports JAX).
+count and the optimizer state), its feed-forward form (trainers/families/mlp.py), the FLOPs
+of a token and of a training step, what a layer keeps for the backward pass, the layout of
+a packed batch, and where its flax module (which also decodes: prefill, decode_step,
+option_logits), training loss and Hugging Face conversion live (as "module:attribute" names
+that only trainers resolves, so importing a family never imports JAX).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from trainers.families.layouts import DecoderOnlyLayout, EncoderDecoderLayout
+from trainers.families.mlp import SWIGLU, MLPForm
 from trainers.spec import ModelConfig, UserError
 
 ParamLayout = list[tuple[str, str, tuple[int, ...]]]  # (part, name, shape); part: embedding|encoder|decoder|head
@@ -30,12 +32,6 @@ def attention_params(out: ParamLayout, cfg: ModelConfig, part: str, prefix: str)
     out.append((part, f"{prefix}.key", (d, kv, dk)))
     out.append((part, f"{prefix}.value", (d, kv, dk)))
     out.append((part, f"{prefix}.out", (h, dk, d)))
-
-
-def mlp_params(out: ParamLayout, cfg: ModelConfig, part: str, prefix: str) -> None:
-    out.append((part, f"{prefix}.wi_0", (cfg.d_model, cfg.d_ff)))
-    out.append((part, f"{prefix}.wi_1", (cfg.d_model, cfg.d_ff)))
-    out.append((part, f"{prefix}.wo", (cfg.d_ff, cfg.d_model)))
 
 
 def attention_flops(cfg: ModelConfig, queries: int, keys: int) -> float:
@@ -56,6 +52,11 @@ class Family(ABC):
     export_note: str = ""  # model-card paragraph on how else the weights can be used
     pretrain_objective: str = ""  # the objective `flanscale pretrain` trains base models with; "" = none
     batch_layout = DecoderOnlyLayout()
+    # The feed-forward form: parameter layout, FLOPs, planner memory, flax layer, HF names.
+    mlp: MLPForm = SWIGLU
+    # "module:function" of the training loss, (logits, batch, z_loss) -> (cross-entropy sum,
+    # z-loss sum, target tokens); the held-out loss is its cross-entropy.
+    loss: str = "trainers.models.loss:next_token_loss"
     # c in the paper's c x N x tokens (Table 2; and pretraining compute of a catalog model):
     # 3 where a token passes through about half the parameters (encoder-decoders), else 6.
     flops_per_param_token: float = 6.0

@@ -4,7 +4,8 @@ HF conversion."""
 
 from __future__ import annotations
 
-from trainers.families.base import Family, ParamLayout, attention_flops, attention_params, kv_heads, mlp_params, require
+from trainers.families.base import Family, ParamLayout, attention_flops, attention_params, kv_heads, require
+from trainers.families.mlp import SWIGLU
 from trainers.spec import ModelConfig
 
 
@@ -12,6 +13,10 @@ class DecoderFamily(Family):
     name = "decoder"
     description = "PaLM-style decoder-only model"
     model = "trainers.models.decoder:DecoderOnly"
+    mlp = SWIGLU
+    # T5's span corruption in the decoder-only layout: the corrupted text is the input, the
+    # dropped spans the target (UL2's R-denoiser, as U-PaLM trains a decoder-only model).
+    pretrain_objective = "span_corruption"
     export_note = """\
 No Hugging Face class matches this block exactly, so it is not exported as one: each layer
 normalises with a mean-subtracting, scale-only layer norm (no bias; Llama's RMS norm does not
@@ -36,7 +41,7 @@ applied to the final hidden state scaled by d_model**-0.5.
             attention_params(out, cfg, "decoder", f"{p}.attention")
             if not cfg.parallel_block:
                 out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp_params(out, cfg, "decoder", f"{p}.mlp")
+            self.mlp.params(out, cfg, "decoder", f"{p}.mlp")
         out.append(("decoder", "decoder.final_norm", (d,)))
         if not cfg.tie_embeddings:
             out.append(("head", "logits_dense", (d, cfg.vocab_size)))
@@ -44,7 +49,7 @@ applied to the final hidden state scaled by d_model**-0.5.
 
     def matmul_params_per_token(self, cfg: ModelConfig) -> dict[str, float]:
         d, inner, kv_inner = cfg.d_model, cfg.num_heads * cfg.d_kv, kv_heads(cfg) * cfg.d_kv
-        per = cfg.num_decoder_layers * (2 * d * inner + 2 * d * kv_inner + 3 * d * cfg.d_ff) + d * cfg.vocab_size
+        per = cfg.num_decoder_layers * (2 * d * inner + 2 * d * kv_inner + self.mlp.matmul_params(cfg)) + d * cfg.vocab_size
         return {"input": per, "target": per}
 
     def forward_flops_per_row(self, cfg: ModelConfig, input_length: int, target_length: int) -> float:

@@ -4,7 +4,8 @@ trainers/models/t5.py, Hugging Face conversion trainers/models/hf_import.py / hf
 from __future__ import annotations
 
 from trainers.families.base import (EncoderDecoderFamily, ParamLayout, attention_flops, attention_params, kv_heads,
-                                    mlp_params, require)
+                                    require)
+from trainers.families.mlp import GATED_GELU
 from trainers.spec import ModelConfig
 
 
@@ -12,10 +13,15 @@ class T5Family(EncoderDecoderFamily):
     name = "t5"
     description = "T5 v1.1 encoder-decoder"
     model = "trainers.models.t5:T5"
+    mlp = GATED_GELU
     hf_import = "trainers.models.hf_import:from_hf"
     hf_export = "trainers.models.hf_export"
-    export_note = ("The same weights load in Hugging Face transformers: `flanscale export --format hf` writes them\n"
-                   "as a T5ForConditionalGeneration (T5 v1.1, gated-GELU) checkpoint.\n")
+    @property
+    def export_note(self) -> str:  # type: ignore[override]
+        if not self.mlp.hf_name:  # no Hugging Face T5 has this feed-forward
+            return ""
+        return ("The same weights load in Hugging Face transformers: `flanscale export --format hf` writes them\n"
+                f"as a T5ForConditionalGeneration (T5 v1.1 blocks, {self.mlp.name} feed-forward) checkpoint.\n")
     pretrain_objective = "span_corruption"
 
     def validate(self, cfg: ModelConfig) -> None:
@@ -34,7 +40,7 @@ class T5Family(EncoderDecoderFamily):
             out.append(("encoder", f"{p}.pre_attention_norm", (d,)))
             attention_params(out, cfg, "encoder", f"{p}.attention")
             out.append(("encoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp_params(out, cfg, "encoder", f"{p}.mlp")
+            self.mlp.params(out, cfg, "encoder", f"{p}.mlp")
         out.append(("encoder", "encoder.final_norm", (d,)))
         out.append(("decoder", "decoder.relpos_bias", (buckets, cfg.num_heads)))
         for i in range(cfg.num_decoder_layers):
@@ -44,7 +50,7 @@ class T5Family(EncoderDecoderFamily):
             out.append(("decoder", f"{p}.pre_cross_attention_norm", (d,)))
             attention_params(out, cfg, "decoder", f"{p}.encoder_decoder_attention")
             out.append(("decoder", f"{p}.pre_mlp_norm", (d,)))
-            mlp_params(out, cfg, "decoder", f"{p}.mlp")
+            self.mlp.params(out, cfg, "decoder", f"{p}.mlp")
         out.append(("decoder", "decoder.final_norm", (d,)))
         out.append(("head", "logits_dense", (d, cfg.vocab_size)))  # untied (validate)
         return out
@@ -52,7 +58,7 @@ class T5Family(EncoderDecoderFamily):
     def matmul_params_per_token(self, cfg: ModelConfig) -> dict[str, float]:
         d, inner, kv_inner = cfg.d_model, cfg.num_heads * cfg.d_kv, kv_heads(cfg) * cfg.d_kv
         attn = 2 * d * inner + 2 * d * kv_inner
-        mlp = 3 * d * cfg.d_ff
+        mlp = self.mlp.matmul_params(cfg)
         cross_q_o = 2 * d * inner
         cross_kv = 2 * d * kv_inner  # applied to encoder outputs, once per decoder layer
         return {

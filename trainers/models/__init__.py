@@ -1,6 +1,6 @@
 """Models of every registered family (trainers/families) behind one small API.
 
-build(cfg) -> flax module; init_params / param_shapes / logical_axes for the parameter
+build(cfg) -> flax module; loss_fn(cfg) -> its training loss; init_params / param_shapes / logical_axes for the parameter
 tree; prefill / decode_step for incremental decoding with a fixed-size cache;
 option_logits for scoring several targets of one prompt encoded once; and
 save_pretrained / load_pretrained for base-model checkpoints (orbax params + model.json).
@@ -45,6 +45,12 @@ def model_class(cfg: ModelConfig) -> type[nn.Module]:
 def build(cfg: ModelConfig) -> nn.Module:
     validate(cfg)
     return model_class(cfg)(cfg)
+
+
+def loss_fn(cfg: ModelConfig):
+    """The family's training loss (trainers/models/loss.py): (logits, batch, z_loss) ->
+    (cross-entropy sum, z-loss sum, target tokens)."""
+    return resolve(family_of(cfg).loss)
 
 
 def dummy_batch(cfg: ModelConfig, batch_size: int, input_length: int, target_length: int) -> dict[str, jnp.ndarray]:
@@ -96,16 +102,26 @@ def param_count(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
+def decoding(cfg: ModelConfig, method: str):
+    """The family module's decoding method (`prefill`, `decode_step`, `option_logits`,
+    `decode_state_axes`); a one-line UserError where the family's module does not decode."""
+    cls = model_class(cfg)
+    if not hasattr(cls, method):
+        raise UserError(f"model.family: {cfg.family!r} does not decode ({family_of(cfg).model} has no {method}); "
+                        "evaluate it with the held-out loss only (eval.benchmarks: [])")
+    return getattr(cls, method)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _prefill(cfg: ModelConfig, params, input_tokens, max_decode_len: int):
     module = build(cfg)
-    return module.apply({"params": params}, input_tokens, max_decode_len, method=type(module).prefill)
+    return module.apply({"params": params}, input_tokens, max_decode_len, method=decoding(cfg, "prefill"))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _decode_step(cfg: ModelConfig, params, state, tokens):
     module = build(cfg)
-    return module.apply({"params": params}, state, tokens, method=type(module).decode_step)
+    return module.apply({"params": params}, state, tokens, method=decoding(cfg, "decode_step"))
 
 
 def prefill(cfg: ModelConfig, params, input_tokens, max_decode_len: int):
@@ -126,7 +142,7 @@ def decode_step(cfg: ModelConfig, params, state, tokens):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
     module = build(cfg)
-    return module.apply({"params": params}, prompts, prompt_index, tokens, method=type(module).option_logits)
+    return module.apply({"params": params}, prompts, prompt_index, tokens, method=decoding(cfg, "option_logits"))
 
 
 def option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
@@ -145,7 +161,7 @@ def option_logits(cfg: ModelConfig, params, prompts, prompt_index, tokens):
 def decode_state_axes(cfg: ModelConfig) -> dict:
     """Logical axis names of every leaf of `prefill`'s state, e.g. the caches'
     ("layers", "batch", "length", "heads", "kv"), for trainers/partitioning.py to shard."""
-    return model_class(cfg).decode_state_axes(cfg)
+    return decoding(cfg, "decode_state_axes")(cfg)
 
 
 def repeat_state(state, times: int):

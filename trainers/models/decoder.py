@@ -1,6 +1,6 @@
 """PaLM-style decoder-only language model (the Flan-PaLM base models).
 
-SwiGLU feed-forward, multi-query attention (any number of K/V heads), optionally the
+the family's feed-forward (SwiGLU), multi-query attention (any number of K/V heads), optionally the
 parallel attention + feed-forward block, rotary position embeddings at per-example
 positions, no biases, scale-only layer norm, and input/output embeddings shared with the
 logits scaled by d_model**-0.5 (as PaLM does) when tied.
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from trainers.models import masks
-from trainers.models.layers import (ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, cache_axes, constrain_cache,
-                                    dtype_of, layer_stack, run_stack)
+from trainers.models.layers import (ACT_VOCAB, Attention, Embed, LMHead, Norm, cache_axes, constrain_cache,
+                                    dtype_of, layer_stack, mlp, run_stack)
 from trainers.spec import ModelConfig
 
 EPS = 1e-6
@@ -38,7 +38,7 @@ class DecoderOnlyLayer(nn.Module):
         )
         if not cfg.parallel_block:
             self.pre_mlp_norm = Norm(EPS, center=True, dtype=dt, param_dtype=pdt)
-        self.mlp = GatedMLP(cfg.d_ff, "silu", cfg.dropout_rate, dt, pdt)
+        self.mlp = mlp(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def __call__(self, x, xs, ctx, mode: str):

@@ -7,7 +7,7 @@ arrays and `T5ForConditionalGeneration.from_pretrained` computes the same logits
   .../{,self_,cross_}attention/query [E, H, D]    -> ...{SelfAttention,EncDecAttention}.q.weight [H*D, E]
   .../out [H, D, E]                               -> ... .o.weight [E, H*D]
   .../relpos_bias/rel_embedding [buckets, H]      -> block.0 ... relative_attention_bias.weight
-  .../mlp/wi_0, wi_1 [E, F], wo [F, E]            -> ... DenseReluDense.wi_0 / wi_1 [F, E], wo [E, F]
+  .../mlp/wi_0, wi_1 (or wi) [E, F], wo [F, E]    -> ... DenseReluDense.wi_0 / wi_1 (or wi) [F, E], wo [E, F]
   *_norm/scale, final_norm/scale                  -> layer_norm / final_layer_norm .weight
   lm_head/kernel [E, V]                           -> lm_head.weight [V, E]
 
@@ -30,7 +30,6 @@ from trainers.spec import ModelConfig, UserError
 _HF_FIXED = {
     "architectures": ["T5ForConditionalGeneration"],
     "model_type": "t5",
-    "feed_forward_proj": "gated-gelu",
     "is_encoder_decoder": True,
     "tie_word_embeddings": False,
     "layer_norm_epsilon": 1e-6,
@@ -53,6 +52,9 @@ def check_exportable(cfg: ModelConfig) -> None:
     if cfg.num_kv_heads not in (0, cfg.num_heads):
         raise UserError(f"--format hf: model {cfg.name!r} has num_kv_heads={cfg.num_kv_heads}; Hugging Face T5 "
                         f"needs one key/value head per query head ({cfg.num_heads}); use --format flanscale")
+    if not family.mlp.hf_name:
+        raise UserError(f"--format hf: model {cfg.name!r} has a {family.mlp.name} feed-forward, which Hugging Face "
+                        "T5 has not; use --format flanscale")
     if cfg.tie_embeddings or cfg.parallel_block:
         raise UserError(f"--format hf: model {cfg.name!r} ties embeddings or uses parallel blocks, which T5 v1.1 "
                         "does not; use --format flanscale")
@@ -61,6 +63,7 @@ def check_exportable(cfg: ModelConfig) -> None:
 def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     return {
         **_HF_FIXED,
+        "feed_forward_proj": family_of(cfg).mlp.hf_name,
         "vocab_size": cfg.vocab_size,
         "d_model": cfg.d_model,
         "d_ff": cfg.d_ff,
@@ -85,8 +88,8 @@ def _attention(out: dict, prefix: str, p: dict, cfg: ModelConfig) -> None:
     out[f"{prefix}.o.weight"] = _f32(p["out"]).reshape(H * D, E).T  # [H, D, E] -> [E, H*D]
 
 
-def _mlp(out: dict, prefix: str, p: dict) -> None:
-    for name in ("wi_0", "wi_1", "wo"):
+def _mlp(out: dict, prefix: str, p: dict, cfg: ModelConfig) -> None:
+    for name in family_of(cfg).mlp.inputs + ("wo",):
         out[f"{prefix}.DenseReluDense.{name}.weight"] = _f32(p[name]).T
 
 
@@ -100,14 +103,14 @@ def _stack(out: dict, side: str, p: dict, cfg: ModelConfig) -> None:
             out[f"{b}.0.layer_norm.weight"] = _f32(layer["pre_attention_norm"]["scale"])
             _attention(out, f"{b}.0.SelfAttention", layer["attention"], cfg)
             out[f"{b}.1.layer_norm.weight"] = _f32(layer["pre_mlp_norm"]["scale"])
-            _mlp(out, f"{b}.1", layer["mlp"])
+            _mlp(out, f"{b}.1", layer["mlp"], cfg)
         else:
             out[f"{b}.0.layer_norm.weight"] = _f32(layer["pre_self_attention_norm"]["scale"])
             _attention(out, f"{b}.0.SelfAttention", layer["self_attention"], cfg)
             out[f"{b}.1.layer_norm.weight"] = _f32(layer["pre_cross_attention_norm"]["scale"])
             _attention(out, f"{b}.1.EncDecAttention", layer["cross_attention"], cfg)
             out[f"{b}.2.layer_norm.weight"] = _f32(layer["pre_mlp_norm"]["scale"])
-            _mlp(out, f"{b}.2", layer["mlp"])
+            _mlp(out, f"{b}.2", layer["mlp"], cfg)
 
 
 def to_hf(cfg: ModelConfig, params: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

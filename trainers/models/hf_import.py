@@ -7,7 +7,7 @@ time, and maps HF names to this package's parameter tree:
   {enc,dec}oder.block.N.layer.0.SelfAttention.q [H*D, E] -> .../layers_N/{,self_}attention/query [E, H, D]
   ... .o.weight [E, H*D]                               -> .../out [H, D, E]
   ... block.0 ... relative_attention_bias [buckets, H] -> .../relpos_bias/rel_embedding
-  ... DenseReluDense.wi_0 / wi_1 [F, E], wo [E, F]     -> .../mlp/wi_0, wi_1 [E, F], wo [F, E]
+  ... DenseReluDense.wi_0 / wi_1 (or wi) [F, E], wo [E, F] -> .../mlp/wi_0, wi_1 (or wi) [E, F], wo [F, E]
   ... layer_norm / final_layer_norm                    -> *_norm/scale
   lm_head.weight [V, E]                                -> lm_head/kernel [E, V]
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainers import families
 from trainers.families import family_of
 from trainers.models.stacking import stack_layers
 from trainers.spec import ModelConfig, UserError
@@ -41,18 +42,26 @@ def read_hf_config(path: Path) -> dict:
         raise UserError(f"{cfg_file}: invalid JSON ({e.msg} at line {e.lineno})") from None
     if hf.get("model_type") != "t5":
         raise UserError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not supported; allowed: 't5'")
-    if hf.get("feed_forward_proj", "relu") != "gated-gelu":
-        raise UserError(
-            f"{cfg_file}: feed_forward_proj {hf.get('feed_forward_proj', 'relu')!r} is not T5 v1.1; allowed: 'gated-gelu'"
-        )
+    hf_family(hf, cfg_file)  # a feed-forward form no registered family has is refused here
     return hf
+
+
+def hf_family(hf: dict, cfg_file: Path | str = "config.json") -> str:
+    """The registered family this converter imports, whose feed-forward form is the
+    checkpoint's `feed_forward_proj` (T5 v1.1: "gated-gelu")."""
+    proj = hf.get("feed_forward_proj", "relu")
+    able = {f.mlp.hf_name: f.name for f in families.FAMILIES if f.hf_import == f"{__name__}:from_hf" and f.mlp.hf_name}
+    if proj not in able:
+        raise UserError(f"{cfg_file}: feed_forward_proj {proj!r} is not a registered family's; "
+                        f"allowed: {', '.join(map(repr, able))}")
+    return able[proj]
 
 
 def config_from_hf(hf: dict, name: str, param_dtype: str = "float32", scan_layers: bool = True) -> ModelConfig:
     num_layers = int(hf["num_layers"])
     return ModelConfig(
         name=name,
-        family="t5",
+        family=hf_family(hf),
         vocab_size=int(hf["vocab_size"]),
         d_model=int(hf["d_model"]),
         d_ff=int(hf["d_ff"]),
@@ -132,11 +141,10 @@ def _attention(t: _Tensors, prefix: str, cfg: ModelConfig, dtype) -> dict:
 
 def _mlp(t: _Tensors, prefix: str, cfg: ModelConfig, dtype) -> dict:
     E, F = cfg.d_model, cfg.d_ff
-    return {
-        "wi_0": t.get(f"{prefix}.DenseReluDense.wi_0.weight", (F, E)).T.astype(dtype),
-        "wi_1": t.get(f"{prefix}.DenseReluDense.wi_1.weight", (F, E)).T.astype(dtype),
-        "wo": t.get(f"{prefix}.DenseReluDense.wo.weight", (E, F)).T.astype(dtype),
-    }
+    out = {name: t.get(f"{prefix}.DenseReluDense.{name}.weight", (F, E)).T.astype(dtype)
+           for name in family_of(cfg).mlp.inputs}
+    out["wo"] = t.get(f"{prefix}.DenseReluDense.wo.weight", (E, F)).T.astype(dtype)
+    return out
 
 
 def _norm(t: _Tensors, key: str, cfg: ModelConfig, dtype) -> dict:

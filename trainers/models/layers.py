@@ -1,4 +1,4 @@
-"""Building blocks shared by both model families.
+"""Building blocks shared by the model families.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`) and large
 activations carry logical constraints; trainers/partitioning.py alone maps those names to
@@ -14,13 +14,15 @@ leading `layers` axis, so callers see one layout.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from trainers.families import REMAT_POLICIES
+from trainers.families import REMAT_POLICIES, family_of
+from trainers.families.mlp import MLPForm
 from trainers.spec import UserError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -116,11 +118,15 @@ class LMHead(nn.Module):
         return jnp.einsum("ble,ev->blv", x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
 
 
-class GatedMLP(nn.Module):
-    """act(x W0) * (x W1) -> dropout -> W2: gated-GELU (T5 v1.1) or SwiGLU (PaLM)."""
+ACTIVATIONS = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "silu": jax.nn.silu, "relu": jax.nn.relu}
 
+
+class MLP(nn.Module):
+    """The feed-forward layer of a form (trainers/families/mlp.py): act(x wi_0) * (x wi_1)
+    (gated: gated-GELU for T5 v1.1, SwiGLU for PaLM) or act(x wi), then dropout, then wo."""
+
+    form: MLPForm
     d_ff: int
-    activation: str = "gelu"  # "gelu" (tanh approximation, HF "gelu_new") | "silu"
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -128,14 +134,25 @@ class GatedMLP(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         d = x.shape[-1]
-        w0 = param(self, "wi_0", dense_init(), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
-        w1 = param(self, "wi_1", dense_init(), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
+        w = [param(self, name, dense_init(), (d, self.d_ff), ("embed", "mlp"), self.param_dtype)
+             for name in self.form.inputs]
         wo = param(self, "wo", dense_init(), (self.d_ff, d), ("mlp", "embed"), self.param_dtype)
-        act = (lambda h: jax.nn.gelu(h, approximate=True)) if self.activation == "gelu" else jax.nn.silu
-        h = act(jnp.einsum("ble,ef->blf", x, w0.astype(self.dtype))) * jnp.einsum("ble,ef->blf", x, w1.astype(self.dtype))
+        proj = [jnp.einsum("ble,ef->blf", x, wi.astype(self.dtype)) for wi in w]
+        h = ACTIVATIONS[self.form.activation](proj[0])
+        if self.form.gated:
+            h = h * proj[1]
         h = nn.with_logical_constraint(h, ACT_MLP)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return jnp.einsum("blf,fe->ble", h, wo.astype(self.dtype))
+
+
+def mlp(cfg, name: str = "mlp") -> nn.Module:
+    """The feed-forward layer of cfg's family (its form names the flax module)."""
+    form = family_of(cfg).mlp
+    module, _, attr = form.module.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    return cls(form=form, d_ff=cfg.d_ff, dropout_rate=cfg.dropout_rate, dtype=dtype_of(cfg.dtype),
+               param_dtype=dtype_of(cfg.param_dtype), name=name)
 
 
 def rotary(x, positions, base: float = 10000.0):

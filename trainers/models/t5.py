@@ -1,8 +1,8 @@
 """T5 v1.1 encoder-decoder (the Flan-T5 base models).
 
 Untied input/output embeddings (one input table `shared` by encoder and decoder, a separate
-`lm_head`), scale-only RMS norm (eps 1e-6), gated-GELU feed-forward, bucketed relative
-position bias (one table per stack, shared by its layers), no biases, no 1/sqrt(d_kv) on
+`lm_head`), scale-only RMS norm (eps 1e-6), the family's feed-forward form (gated-GELU for
+T5 v1.1), bucketed relative position bias (one table per stack, shared by its layers), no biases, no 1/sqrt(d_kv) on
 attention logits (folded into the query init), dropout where T5 applies it. Relative
 positions come from per-example positions, so packed examples each start at 0.
 HF checkpoint import lives in hf_import.py and is re-exported here.
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from trainers.models import masks
-from trainers.models.layers import (ACT_EMBED, ACT_VOCAB, Attention, Embed, GatedMLP, LMHead, Norm, cache_axes,
-                                    constrain_cache, dtype_of, layer_stack, run_stack)
+from trainers.models.layers import (ACT_EMBED, ACT_VOCAB, Attention, Embed, LMHead, Norm, cache_axes,
+                                    constrain_cache, dtype_of, layer_stack, mlp, run_stack)
 from trainers.spec import ModelConfig
 
 EPS = 1e-6
@@ -81,10 +81,6 @@ def _norm(cfg: ModelConfig, name: str) -> Norm:
     return Norm(eps=EPS, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype), name=name)
 
 
-def _mlp(cfg: ModelConfig) -> GatedMLP:
-    return GatedMLP(cfg.d_ff, "gelu", cfg.dropout_rate, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype), name="mlp")
-
-
 def _relpos(cfg: ModelConfig, bidirectional: bool) -> RelativePositionBias:
     return RelativePositionBias(
         cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
@@ -99,7 +95,7 @@ class EncoderLayer(nn.Module):
         self.pre_attention_norm = _norm(self.cfg, "pre_attention_norm")
         self.attention = _attention(self.cfg, "attention")
         self.pre_mlp_norm = _norm(self.cfg, "pre_mlp_norm")
-        self.mlp = _mlp(self.cfg)
+        self.mlp = mlp(self.cfg)
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
     def __call__(self, x, xs, ctx, mode: str):
@@ -121,7 +117,7 @@ class DecoderLayer(nn.Module):
         self.pre_cross_attention_norm = _norm(self.cfg, "pre_cross_attention_norm")
         self.cross_attention = _attention(self.cfg, "cross_attention")
         self.pre_mlp_norm = _norm(self.cfg, "pre_mlp_norm")
-        self.mlp = _mlp(self.cfg)
+        self.mlp = mlp(self.cfg)
         self.dropout = nn.Dropout(self.cfg.dropout_rate)
 
     def __call__(self, x, xs, ctx, mode: str):
