@@ -25,6 +25,9 @@ from trainers.export import FORMATS, default_format, export, load, peek_config
 
 ARTIFACT = "model"  # the export, inside the MLflow model's artifacts
 MAX_NEW_TOKENS = 64
+# MLflow suggests type hints on predict when a model class is defined; they would make it run
+# the model at save time (see FlanscaleModel.predict).
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 INPUT_EXAMPLE = ["Question: What is the capital of France?\nAnswer:"]
 
 
@@ -71,8 +74,6 @@ def save(src: str | Path, out: str | Path, fmt: str = "auto", max_new_tokens: in
     _, cfg = peek_config(src)
     fmt = default_format(cfg) if fmt == "auto" else fmt
     loaded = load(src)
-    # MLflow suggests type hints on predict; they would make it run the model at save time.
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     with tempfile.TemporaryDirectory() as tmp:
         files = export(loaded, Path(tmp) / ARTIFACT, fmt)
         signature = ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
