@@ -8,7 +8,7 @@ metric names with `ray_`: the gauge `flanscale_loss` is scraped as `ray_flanscal
 dashboards/grafana/flanscale.json charts exactly these names.
 
 Ray's agent forgets a gauge's series that its process has not recorded again within two
-report intervals (about 2 s), as it must for the series of finished tasks; a gauge set once,
+report intervals (20 s at Ray's default of 10 s), as it must for the series of finished tasks; a gauge set once,
 like the cell's state, would leave Prometheus while the cell still trains. So the tracker
 records its gauges' current values again every `REFRESH_S` while the cell runs, and for
 `LINGER_S` after its last state, so that the state a cell ends in is scraped too.

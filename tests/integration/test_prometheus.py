@@ -263,9 +263,10 @@ def slow_steps(spec, run_id, tracking_uri, home, should_stop):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_running_cells_state_series_stays_while_it_runs(tmp_path, monkeypatch):
-    """Three scrapes of Ray's metrics endpoint, seconds apart, while one cell trains: each
-    holds the cell's state series, running = 1 (Ray drops a gauge's series that its process
-    does not record again within ~2 s)."""
+    """Three scrapes of Ray's metrics endpoint, 12 s apart, while one cell trains: each holds
+    the cell's state series, running = 1. Ray's agent drops a gauge's series that its process
+    has not recorded again within two report intervals (20 s at Ray's default 10 s, which
+    this test keeps), so a state set once would be gone by the third."""
     ray = pytest.importorskip("ray")
     from orchestrator.planner import plan
     from orchestrator.spec import load_spec
@@ -275,13 +276,12 @@ def test_a_running_cells_state_series_stays_while_it_runs(tmp_path, monkeypatch)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     sweep = f"prom-{uuid.uuid4().hex[:6]}"
-    (tmp_path / "sweep.yaml").write_text(tiny_sweep(sweep, task_counts="[9]", steps=20, every=100))
+    (tmp_path / "sweep.yaml").write_text(tiny_sweep(sweep, task_counts="[9]", steps=50, every=100))
     cell = plan(load_spec(str(tmp_path / "sweep.yaml"), []))[0]
     store = SweepStore(home=tmp_path / "home")
     run_id, _ = store.cell_run(sweep, cell)
     port = _free_port()
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 500})
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=port)
     try:
         task = ray.remote(slow_steps).remote(cell.spec.to_dict(), run_id, store.tracking_uri, str(store.home),
                                              lambda: False)
@@ -293,7 +293,7 @@ def test_a_running_cells_state_series_stays_while_it_runs(tmp_path, monkeypatch)
             time.sleep(0.5)
         seen = []
         for _ in range(3):
-            time.sleep(4)
+            time.sleep(12)
             assert not ray.wait([task], timeout=0)[0], "the cell ended before the third scrape"
             seen.append(_scrape(port).get(running))
         assert seen == [1.0, 1.0, 1.0]
