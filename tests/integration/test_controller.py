@@ -267,6 +267,7 @@ def two_seconds(spec, run_id, tracking_uri, home, should_stop):
     return {"status": "finished"}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_cell_runs_start_is_when_its_cell_starts(ray_logical, make_sweep, module_home):
     """One cell at a time: the second cell's run starts when the first has ended, not when the
