@@ -122,10 +122,12 @@ def _check_store_exists(uri: str) -> None:
 
 
 def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
+    """A client that reads the store at `uri`, opened read-only: a report reads an archived
+    or read-only home as well as a live one (it writes through a client of its own)."""
+    from orchestrator.sqlite_store import open_read_only_client
 
     _check_store_exists(uri)
-    return MlflowClient(tracking_uri=uri)
+    return open_read_only_client(uri)
 
 
 def load_sweep(sweep: str, tracking_uri: str | None = None, with_plans: bool = True) -> SweepRuns:

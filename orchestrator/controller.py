@@ -259,6 +259,8 @@ class SweepController:
         self.cell_leases[key] = lease
         totals = self.totals[key]
         totals.attempts += 1
+        if totals.attempts == 1:  # its run's start is the cell's first start (a resume keeps it)
+            self.store.mark_started(self.run_ids[key])
         self.store.set_state(self.run_ids[key], CellState.RUNNING, **{
             TAG_ATTEMPTS: totals.attempts, TAG_LEASE: lease.current().to_text(),
             TAG_SYSTEM_METRICS: "on" if self.system_metrics else "off"})

@@ -7,12 +7,20 @@ throughput, MFU, loss and packing efficiency need no extra server. Ray prefixes 
 metric names with `ray_`: the gauge `flanscale_loss` is scraped as `ray_flanscale_loss`.
 dashboards/grafana/flanscale.json charts exactly these names.
 
+Ray's agent forgets a gauge's series that its process has not recorded again within two
+report intervals (20 s at Ray's default of 10 s), as it must for the series of finished tasks; a gauge set once,
+like the cell's state, would leave Prometheus while the cell still trains. So the tracker
+records its gauges' current values again every `REFRESH_S` while the cell runs, and for
+`LINGER_S` after its last state, so that the state a cell ends in is scraped too.
+
 MLflow stays the record; these series are for watching a sweep while it runs.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,9 @@ from typing import Any
 from orchestrator.cells import CellState
 
 STATES = tuple(s.value for s in CellState)
+ENDED = tuple(s for s in STATES if s not in (CellState.PENDING, CellState.RUNNING))
+REFRESH_S = 1.0  # under Ray's gauge lifetime of 2 report intervals (>= 1 s each)
+LINGER_S = 30.0  # how long a cell's last values stay after it ends
 CELL_TAGS = ("flanscale_sweep", "flanscale_cell", "flanscale_model")
 
 # Tracker metric name -> (gauge name, description).
@@ -46,9 +57,40 @@ class RayMetricsTracker:
         self.initial_state = state
         self._m: dict[str, Any] | None = None
         self._last_step = 0
+        self._init_refresh()
+
+    def _init_refresh(self) -> None:
+        # The gauges' current values, (gauge key, tags) -> value, recorded again by a thread.
+        self._current: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        self._ended_at: float | None = None
+        self._thread: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tags": self.tags, "initial_state": self.initial_state, "_m": None, "_last_step": self._last_step}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_refresh()
+
+    def _set(self, key: str, value: float, tags: dict[str, str]) -> None:
+        """Set a gauge and keep its value for the refresh thread."""
+        self._metrics()[key].set(value, tags=tags)
+        with self._lock:
+            self._current[(key, tuple(sorted(tags.items())))] = value
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._refresh, daemon=True, name="flanscale-metrics")
+            self._thread.start()
+
+    def _refresh(self) -> None:
+        """Record every gauge's current value again each REFRESH_S, until LINGER_S after the
+        cell's last state."""
+        while self._ended_at is None or time.monotonic() - self._ended_at < LINGER_S:
+            time.sleep(REFRESH_S)
+            with self._lock:
+                current = list(self._current.items())
+            for (key, tags), value in current:
+                self._m[key].set(value, tags=dict(tags))  # type: ignore[index]
 
     def _metrics(self) -> dict[str, Any]:
         if self._m is None:
@@ -80,13 +122,13 @@ class RayMetricsTracker:
         values = {k: float(v) for k, v in metrics.items() if _finite(v)}
         for name, value in values.items():
             if name in GAUGES:
-                m[name].set(value, tags=self.tags)
+                self._set(name, value, self.tags)
             elif name.startswith("eval/"):
-                m["eval"].set(value, tags={**self.tags, "metric": name})
+                self._set("eval", value, {**self.tags, "metric": name})
         if "train/loss" in values and step > self._last_step:
             # Steps, not calls: a resumed cell re-reporting old steps must not count them twice.
             m["steps"].inc(step - self._last_step, tags=self.tags)
-            m["step"].set(step, tags=self.tags)
+            self._set("step", step, self.tags)
             self._last_step = step
             if "train/step_s" in values and "train/tokens_per_s" in values:
                 m["tokens"].inc(values["train/step_s"] * values["train/tokens_per_s"], tags=self.tags)
@@ -110,9 +152,9 @@ class RayMetricsTracker:
             self._set_state(state)
 
     def _set_state(self, state: str) -> None:
-        g = self._m["state"]  # type: ignore[index]
         for s in STATES:
-            g.set(1.0 if s == state else 0.0, tags={**self.tags, "flanscale_state": s})
+            self._set("state", 1.0 if s == state else 0.0, {**self.tags, "flanscale_state": s})
+        self._ended_at = time.monotonic() if state in ENDED else None
 
 
 def end_state(result: Any, stop_requested: Callable[[], bool]) -> str:

@@ -2,13 +2,17 @@
 
 Each finished cell's final checkpoint becomes a version of the registered model
 `<sweep>-<model>` (one registered model per sweep and model size, one version per cell,
-tagged with the cell's key, task count, formats and seed), with the cell's export, logged
-as the run's `model/` artifacts, as the version's files.
+tagged with the cell's key, task count, formats and seed). The version is an MLflow model
+of the `python_function` flavour (trainers/pyfunc_model.py), logged as the run's `model/`
+artifacts: `mlflow.pyfunc.load_model("models:/<sweep>-<model>/<version>").predict([...])`
+returns the cell's greedy answers, and the cell's export (trainers/export.py) is inside it.
 
 Exporting needs JAX, which the control plane never imports, so `RegisteringCellFn` runs in
 the Ray worker right after the cell (where its checkpoint is) and exports in a subprocess
-(`python -m trainers.export`), which also keeps the export's memory out of the worker.
+(`python -m trainers.pyfunc_model`), which also keeps the export's memory out of the worker.
 A failed registration leaves the trained cell finished and records the reason on its run.
+Cells that finished before (a rerun of a sweep whose cells are done, or that ran without
+--register-models) are registered after the sweep by `register_finished`, which says what it did.
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ def model_source(spec: dict, home: str | os.PathLike) -> Path | None:
 
 
 def export_in_subprocess(source: Path, out: Path, home: str | os.PathLike, timeout_s: float = 3600) -> dict:
-    """`python -m trainers.export SOURCE OUT` on CPU -> its JSON summary {format, files, step}."""
-    env = {**os.environ, "FLANSCALE_HOME": str(home), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "trainers.export", str(source), str(out)], env=env,
+    """`python -m trainers.pyfunc_model SOURCE OUT` on CPU (OUT: an MLflow model holding the
+    export) -> its JSON summary {format, files, step}."""
+    env = {**os.environ, "FLANSCALE_HOME": str(home), "JAX_PLATFORMS": "cpu",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    proc = subprocess.run([sys.executable, "-m", "trainers.pyfunc_model", str(source), str(out)], env=env,
                           capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -63,8 +69,8 @@ def export_in_subprocess(source: Path, out: Path, home: str | os.PathLike, timeo
 
 def register_export(client: Any, run_id: str, export_dir: Path, name: str, tags: dict[str, str],
                     description: str) -> str:
-    """Log `export_dir` as the run's model/ artifacts and register them as a new version of
-    `name` (created if needed) -> "<name>/<version>"."""
+    """Log `export_dir` (an MLflow model) as the run's model/ artifacts and register them as a
+    new version of `name` (created if needed) -> "<name>/<version>"."""
     from mlflow.exceptions import MlflowException
 
     with_retry(client.log_artifacts, run_id, str(export_dir), ARTIFACT_PATH)
@@ -128,3 +134,40 @@ class RegisteringCellFn:
 
                 with_retry(MlflowClient(tracking_uri).set_tag, run_id, TAG_REGISTER_ERROR, str(e)[:500])
         return result
+
+
+def register_finished(store: Any, sweep: str, cells: list[Any]) -> dict[str, list[str]]:
+    """Register the finished cells of `cells` that have no registered version yet (each a
+    subprocess export, as `register_cell`). Returns {"registered": ["<name>/<version>", ...],
+    "already": [...], "failed": ["<key>: <reason>", ...], "nothing": [keys without a model]}."""
+    done: dict[str, list[str]] = {"registered": [], "already": [], "failed": [], "nothing": []}
+    records = {r.key: r for r in store.list_cells(sweep)}
+    for cell in cells:
+        rec = records.get(cell.key)
+        if rec is None or rec.state != "finished":
+            continue
+        tags = store.run_tags(rec.run_id)
+        if tags.get(TAG_REGISTERED):
+            done["already"].append(tags[TAG_REGISTERED])
+            continue
+        try:
+            version = register_cell(cell.spec.to_dict(), rec.run_id, store.tracking_uri, store.home)
+        except Exception as e:  # recorded on the run, as for a cell registered by its worker
+            store.set_tags(rec.run_id, {TAG_REGISTER_ERROR: str(e)[:500]})
+            done["failed"].append(f"{cell.key}: {e}")
+            continue
+        done["registered" if version else "nothing"].append(version or cell.key)
+    return done
+
+
+def describe(done: dict[str, list[str]]) -> list[str]:
+    """What `register_finished` did, as lines for a person."""
+    lines = []
+    if done["registered"]:
+        lines.append(f"registered {len(done['registered'])} model version(s): {', '.join(done['registered'])}")
+    if done["already"]:
+        lines.append(f"already registered: {', '.join(done['already'])}")
+    if done["nothing"]:
+        lines.append(f"nothing to register (no trained model): {', '.join(done['nothing'])}")
+    lines += [f"not registered: {f}" for f in done["failed"]]
+    return lines or ["no finished cell to register"]

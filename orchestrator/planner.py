@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator.catalog import REGISTRY, Preset
+from orchestrator.measured import planning_mfu
 from orchestrator.spec import COT_TASKS, FORMAT_SETS, SweepSpec, setting_axes, with_axes
 from trainers import accounting, architecture
 from trainers import axes as grid
@@ -298,7 +299,8 @@ def _cell(spec: SweepSpec, preset: Preset, base: Base, task_count: int, format_s
     per_step = accounting.step_flops(model, o.batch_size, d.input_length, d.target_length)
     hours = 0.0
     if res.feasible and o.steps:
-        hours = o.steps * per_step / (res.devices * accounting.peak_flops(acc.name, model.dtype) * spec.mfu) / 3600
+        mfu = planning_mfu(spec, model.family, acc.name).value
+        hours = o.steps * per_step / (res.devices * accounting.peak_flops(acc.name, model.dtype) * mfu) / 3600
     price = acc.price_per_device_hour if spec.price_per_device_hour is None else spec.price_per_device_hour
     return Cell(
         key=cell_spec.key(),

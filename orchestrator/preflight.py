@@ -88,15 +88,19 @@ def check_flags(args: argparse.Namespace, spec_tracking: tuple[str, str] | None 
     environment's, else the embedded default."""
     given = vars(args)
     timeout_s = connect_timeout(given.get("connect_timeout"))
+    # A command that only reads the store (set_defaults(reads_store=...), a bool or a test of
+    # its args) needs a store it can read: a read-only home serves it.
+    reads = given.get("reads_store", False)
+    reads = bool(reads(args) if callable(reads) else reads)
     if "tracking_uri" in given and not given.get("tracking_uri_checked_remotely"):
         if given["tracking_uri"]:
-            check_tracking_uri(given["tracking_uri"], "--tracking-uri", timeout_s)
+            check_tracking_uri(given["tracking_uri"], "--tracking-uri", timeout_s, reads)
         elif spec_tracking and spec_tracking[1]:
-            check_tracking_uri(spec_tracking[1], spec_tracking[0], timeout_s)
+            check_tracking_uri(spec_tracking[1], spec_tracking[0], timeout_s, reads)
         elif os.environ.get(TRACKING_ENV):
-            check_tracking_uri(os.environ[TRACKING_ENV], TRACKING_ENV, timeout_s)
+            check_tracking_uri(os.environ[TRACKING_ENV], TRACKING_ENV, timeout_s, reads)
         else:  # the embedded default: SQLite under the home, which the command may create
-            check_tracking_uri(f"sqlite:///{flanscale_home() / 'mlflow.db'}", "FLANSCALE_HOME", timeout_s)
+            check_tracking_uri(f"sqlite:///{flanscale_home() / 'mlflow.db'}", "FLANSCALE_HOME", timeout_s, reads)
     if "ray_address" in given:
         kind = given.get("ray_address_kind", RAY_GCS)
         if given["ray_address"]:
@@ -108,14 +112,14 @@ def check_flags(args: argparse.Namespace, spec_tracking: tuple[str, str] | None 
 # ---------------------------------------------------------------------------- tracking store
 
 
-def check_tracking_uri(uri: str, source: str, timeout_s: float) -> None:
-    """An MLflow store that exists or can be created here, or a server that answers, found
-    out within `timeout_s` (and a little)."""
-    bounded(lambda: _check_tracking_uri(uri, source, timeout_s), timeout_s,
+def check_tracking_uri(uri: str, source: str, timeout_s: float, reads_only: bool = False) -> None:
+    """An MLflow store that exists or can be created here (`reads_only`: that can be read),
+    or a server that answers, found out within `timeout_s` (and a little)."""
+    bounded(lambda: _check_tracking_uri(uri, source, timeout_s, reads_only), timeout_s,
             f"{source} {uri}: no answer within {timeout_s:g} s (--connect-timeout)", grace_s=2.0)
 
 
-def _check_tracking_uri(uri: str, source: str, timeout_s: float) -> None:
+def _check_tracking_uri(uri: str, source: str, timeout_s: float, reads_only: bool = False) -> None:
     where = f"{source} {uri!r}" if not uri or uri.strip() != uri else f"{source} {uri}"
     if not uri.strip():
         raise UserError(f"{where}: empty; give one of: {', '.join(TRACKING_FORMS)}")
@@ -125,12 +129,13 @@ def _check_tracking_uri(uri: str, source: str, timeout_s: float) -> None:
     elif scheme == "sqlite":
         path = uri[len("sqlite://"):]
         if path and path != "/:memory:":
-            _check_writable(Path(path[1:] if path.startswith("/") else path), where, "file", _SQLITE_MAGIC)
+            _check_writable(Path(path[1:] if path.startswith("/") else path), where, "file", _SQLITE_MAGIC,
+                            reads_only)
     elif scheme in ("file", ""):
         if uri == "databricks":
             return
         path = Path(urlsplit(uri).path if scheme else uri).expanduser()
-        _check_writable(path, where, "folder")
+        _check_writable(path, where, "folder", reads_only=reads_only)
     elif scheme.split("+")[0] in DB_PORTS:
         parts = urlsplit(uri)
         try:
@@ -149,14 +154,17 @@ def _plugin_schemes() -> set[str]:
     return {ep.name for ep in entry_points(group="mlflow.tracking_store")}
 
 
-def _check_writable(path: Path, where: str, kind: str, magic: bytes = b"") -> None:
+def _check_writable(path: Path, where: str, kind: str, magic: bytes = b"", reads_only: bool = False) -> None:
     """`path` is a `kind` this process can read and write, or can be created (MLflow creates
-    missing folders); a file must start with `magic` when it is not empty."""
+    missing folders); a file must start with `magic` when it is not empty. `reads_only`: a
+    `kind` this process can read is enough (a missing one is left to the command to report)."""
     if path.exists():
         if (kind == "file") != path.is_file():
             raise UserError(f"{where}: {path} is {'a folder' if path.is_dir() else 'not a regular file'}; "
                             f"the store there must be a {kind}")
-        if not os.access(path, os.R_OK | os.W_OK):
+        if reads_only and not os.access(path, os.R_OK):
+            raise UserError(f"{where}: {path} is not readable by this user")
+        if not reads_only and not os.access(path, os.R_OK | os.W_OK):
             raise UserError(f"{where}: {path} is not readable and writable by this user")
         if magic:
             try:
@@ -166,6 +174,8 @@ def _check_writable(path: Path, where: str, kind: str, magic: bytes = b"") -> No
                 raise UserError(f"{where}: cannot read {path} ({e.strerror or e})") from None
             if head and head != magic:
                 raise UserError(f"{where}: {path} is not an SQLite database; give a new file or an MLflow store")
+        return
+    if reads_only:
         return
     parent = path.parent
     while not parent.exists():

@@ -130,7 +130,7 @@ class SweepSpec:
     max_devices: Optional[int] = None
     min_devices: Optional[int] = None
     mesh: MeshSpec = field(default_factory=MeshSpec)
-    mfu: float = 0.4  # assumed model FLOPs utilisation for time estimates
+    mfu: Optional[float] = None  # model FLOPs utilisation for time estimates; None: measured (orchestrator/measured.py)
     price_per_device_hour: Optional[float] = None  # None = the accelerator table's list price
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     max_concurrent: int = 2
@@ -261,7 +261,7 @@ def validate(spec: SweepSpec, where: str = "sweep", each_value: bool = True) -> 
             raise UserError(f"{where}: {name}: {n!r} is not a {acc.name} slice size; allowed: {', '.join(map(str, acc.slice_sizes))}")
     if spec.max_devices is not None and spec.min_devices is not None and spec.min_devices > spec.max_devices:
         raise UserError(f"{where}: min_devices: {spec.min_devices} is larger than max_devices {spec.max_devices}")
-    if not 0 < spec.mfu <= 1:
+    if spec.mfu is not None and not 0 < spec.mfu <= 1:
         raise UserError(f"{where}: mfu: {spec.mfu!r} is not allowed; must be in (0, 1]")
     _positive(where, "price_per_device_hour", spec.price_per_device_hour, zero_ok=True)
     _positive(where, "budget.max_device_hours", spec.budget.max_device_hours)

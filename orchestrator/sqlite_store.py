@@ -6,6 +6,10 @@ every write retries on "database is locked" instead of failing a cell (`with_ret
 Creating the schema is not safe to race (two processes migrating one new file corrupt it for
 good), so the first client call on a SQLite store runs under an inter-process lock beside
 it; the database, its journal and the home are readable by their owner only.
+
+Commands that only read (`sweep status`, `eval`, `export`, `report --no-log`) open the file
+read-only (`read_only_uri`), so an archived home, a copy on a read-only mount or a store
+this user may only read serves them as well as a live one.
 """
 
 from __future__ import annotations
@@ -57,6 +61,40 @@ def open_sqlite_client(tracking_uri: str, db: Path) -> Any:
         with_retry(client.search_experiments, max_results=1)
         _enable_wal(str(db))
     return client
+
+
+def sqlite_read_uri(db: Path) -> str:
+    """An SQLite URI that opens `db` read-only. A store whose file or folder this process may
+    write (a live one) opens with `mode=ro`, which still takes SQLite's locks and sees the
+    writers' WAL; so does one whose WAL holds pages not yet written back (a copy taken while
+    a sweep ran), which SQLite reads through the WAL index beside it. Otherwise a store it may
+    not write (a read-only mount, an archived copy) cannot get the WAL index SQLite would
+    create, and nothing writes it through here: it opens `immutable=1`, which reads the file
+    as it is, without locks."""
+    db = db.resolve()
+    writable = os.access(db, os.W_OK) and os.access(db.parent, os.W_OK | os.X_OK)
+    wal = db.with_name(db.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    return f"{db.as_uri()}?{'mode=ro' if writable or pending else 'immutable=1'}"
+
+
+def read_only_uri(tracking_uri: str) -> str:
+    """The tracking URI MLflow opens read-only: for the embedded SQLite store, its file as a
+    read-only SQLite URI (`sqlite_read_uri`); any other store as it is (a server or another
+    database decides who may write)."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.startswith("sqlite:///file:"):
+        return tracking_uri
+    path = tracking_uri[len("sqlite:///"):]
+    if not path or path == ":memory:":
+        return tracking_uri
+    return f"sqlite:///{sqlite_read_uri(Path(path))}&uri=true"
+
+
+def open_read_only_client(tracking_uri: str) -> Any:
+    """An MlflowClient that reads the store at `tracking_uri` and never writes it."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=read_only_uri(tracking_uri))
 
 
 def _enable_wal(db_path: str) -> None:

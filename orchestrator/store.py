@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator.cells import (LAPSED, CellRecord, CellState, latest_steps, read_cells, run_age,
                                sweep_live_state, sweep_summary)
 from orchestrator.leases import Lease
-from orchestrator.sqlite_store import open_sqlite_client, with_retry
+from orchestrator.sqlite_store import open_read_only_client, open_sqlite_client, with_retry
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 
@@ -74,12 +74,18 @@ def cell_params(cell: Any) -> dict[str, Any]:
 class SweepStore:
     """Finds or creates the runs of a sweep and reads their state back."""
 
-    def __init__(self, tracking_uri: str | None = None, home: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, tracking_uri: str | None = None, home: str | os.PathLike[str] | None = None,
+                 read_only: bool = False) -> None:
+        """`read_only`: for commands that only read; the store is opened read-only
+        (orchestrator.sqlite_store.read_only_uri) and nothing is created, not even the home."""
         from mlflow.tracking import MlflowClient
 
-        self.home = resolve_home(home)
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, self.home)
-        if self.tracking_uri.startswith("sqlite:///"):
+        self.read_only = read_only
+        self.home = flanscale_home(home) if read_only else resolve_home(home)
+        self.tracking_uri = home_tracking_uri(tracking_uri, self.home)
+        if read_only:
+            self.client = open_read_only_client(self.tracking_uri)
+        elif self.tracking_uri.startswith("sqlite:///"):
             self.client = open_sqlite_client(self.tracking_uri, Path(self.tracking_uri[len("sqlite:///"):]))
         else:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -97,6 +103,8 @@ class SweepStore:
     def experiment_id(self, sweep: str, create: bool = True) -> str | None:
         exp = with_retry(self.client.get_experiment_by_name, sweep)
         if exp is not None:
+            if self.read_only:
+                return exp.experiment_id if exp.lifecycle_stage != "deleted" else None
             if exp.lifecycle_stage == "deleted":
                 with_retry(self.client.restore_experiment, exp.experiment_id)
             if create and TAG_EXPERIMENT_KIND not in exp.tags:  # a sweep stored before experiments had a kind
@@ -271,6 +279,29 @@ class SweepStore:
             with_retry(self.client.update_run, run_id, status=status)
         else:
             with_retry(self.client.set_terminated, run_id, status=status)
+
+    def mark_started(self, run_id: str, when_ms: int | None = None) -> bool:
+        """Set a cell run's start time to when its cell first starts (`when_ms`, default now).
+        Its run is created with the sweep, so without this MLflow's "Duration" of every cell
+        would count from the sweep's start. MLflow's API sets a run's start only when it
+        creates the run, so this writes the run's row through the SQL store MLflow opened
+        (the embedded SQLite store, or a database given as the tracking URI); a tracking
+        server keeps the creation time (returns False)."""
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = self.client._tracking_client.store
+        if not isinstance(store, SqlAlchemyStore):
+            return False
+        when = int(time.time() * 1000) if when_ms is None else int(when_ms)
+
+        def update() -> None:
+            with store.ManagedSessionMaker(read_only=False) as session:
+                run = store._get_run(run_uuid=run_id, session=session)
+                run.start_time = when
+                session.add(run)
+
+        with_retry(update)
+        return True
 
     def delete_tag(self, run_id: str, key: str) -> None:
         run = with_retry(self.client.get_run, run_id)

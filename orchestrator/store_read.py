@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cells import CellRecord, read_cells, run_age
+from orchestrator.sqlite_store import sqlite_read_uri
 from trainers.home import flanscale_home
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.run_layout import TAG_KIND, TAG_SWEEP
@@ -70,8 +71,7 @@ class SqliteSweepReader:
         self.db, self.tracking_uri = db, tracking_uri
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                              isolation_level=None)
+        con = sqlite3.connect(sqlite_read_uri(self.db), uri=True, timeout=30, isolation_level=None)
         con.execute("BEGIN")  # one snapshot for every query of a read (the writers use WAL)
         return con
 
@@ -141,4 +141,4 @@ def open_reader(tracking_uri: str | None = None) -> Any:
             return reader
     from orchestrator.store import SweepStore
 
-    return SweepStore(uri)
+    return SweepStore(uri, read_only=True)

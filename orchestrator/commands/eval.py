@@ -56,7 +56,7 @@ def register(subparsers) -> None:
                         "cell's are (e.g. 1,1,8 for a model that fits no one device; default: one device); on a "
                         "CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N devices")
     p.add_argument("--format", choices=("json", "table"), default="table")
-    p.set_defaults(func=run_model)
+    p.set_defaults(func=run_model, reads_store=True)
 
     actions = p.add_subparsers(dest="eval_action", metavar="score|average", title="optional action")
     s = actions.add_parser("score", help="score predictions (JSON lines) against a benchmark's answers",

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=FORMATS, help="hf or flanscale (default: hf for T5, flanscale for decoders)")
     add_source_args(p)
     p.add_argument("--force", action="store_true", help="replace --out if it holds files")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, reads_store=True)
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -120,7 +120,7 @@ def _match_key(source: str, known: list[str], flag: str, what: str, hint: str = 
 def _from_sweep(source: str, sweep: str, tracking_uri: str | None, flag: str) -> tuple[Path, dict | None]:
     from orchestrator.store import SweepStore
 
-    store = SweepStore(tracking_uri)
+    store = SweepStore(tracking_uri, read_only=True)
     if store.sweep_run(sweep, create=False) is None:
         raise UserError(f"--sweep: no sweep {sweep!r} in {store.tracking_uri}")
     records = {r.key: r for r in store.list_cells(sweep)}
@@ -153,11 +153,10 @@ def _record_from_any_sweep(key: str, tracking_uri: str | None) -> dict | None:
     uri = home_tracking_uri(tracking_uri, flanscale_home())
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None  # no store here: do not create one just to look
-    from mlflow.tracking import MlflowClient
-
+    from orchestrator.sqlite_store import open_read_only_client
     from orchestrator.store import TAG_CELL_KEY, TAG_KIND
 
-    client = MlflowClient(uri)
+    client = open_read_only_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return None

@@ -209,6 +209,9 @@ def _print_table(spec: Any, cells: list, tot: dict, wide: bool = False, compiled
                         show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
     console = wide_console(table)
     console.print(table)
+    from orchestrator.measured import mfu_notes
+
+    notes += [f"[cyan]hours[/cyan] {escape(n)}" for n in mfu_notes(spec, cells)]
     # A base checkpoint of another architecture than its preset, said once for all its cells.
     notes += [f"[yellow]architecture[/yellow] {escape(n)}" for n in dict.fromkeys(c.architecture_note for c in cells) if n]
     for note in notes:

@@ -42,7 +42,12 @@ def register(subparsers) -> None:
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples per fit (default 200)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's MLflow run")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, reads_store=_reads_only)
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """--no-log: the report only reads the store (a read-only home serves it)."""
+    return bool(args.no_log)
 
 
 def run(args: argparse.Namespace) -> int:

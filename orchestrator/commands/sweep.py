@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
                         help="every column (run id, attempts, loss), however wide; by default columns that do not "
                              "fit the terminal are left out")
     status.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under FLANSCALE_HOME)")
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=cmd_status, reads_store=True)
 
     cancel = sub.add_parser("cancel", help="stop a running sweep's cells cleanly (they checkpoint first)")
     cancel.add_argument("name", metavar="NAME")
@@ -152,6 +152,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refuse_infeasible(spec, cells, args.skip_infeasible):
         return 2
     preflight.check_flags(args, spec_tracking=(f"{args.spec}: tracking_uri", spec.tracking_uri or ""))
+    from orchestrator.measured import mfu_notes
+
+    for note in mfu_notes(spec, cells):
+        print(f"hours: {note}")
     remember_inputs()  # every check passed: the first thing written
     cell_fn = None
     if args.register_models:
@@ -165,6 +169,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name}: {counts} ({len(summary.started)} started in {summary.wall_s:.1f}s)")
     for key, error in sorted(summary.errors.items()):
         print(f"  failed {key}: {error}")
+    if args.register_models and not summary.cancelled:
+        # The cells that finished now were registered by their workers; these are the others
+        # (finished on an earlier run, or whose registration failed then).
+        from orchestrator.model_registry import describe, register_finished
+
+        for line in describe(register_finished(SweepStore(summary.tracking_uri), spec.name, cells)):
+            print(f"models: {line}")
     print(f"MLflow: {summary.tracking_uri} (experiment {spec.name!r}, parent run {summary.parent_run_id})")
     if summary.tracking_uri.startswith("sqlite:"):
         print(f"  browse: mlflow ui --backend-store-uri {summary.tracking_uri}")

@@ -262,6 +262,28 @@ def test_failure_is_recorded_and_others_go_on(ray_logical, make_sweep, module_ho
     assert records[by_tc[89]].attempts == 1 and records[by_tc[9]].attempts == 1
 
 
+def two_seconds(spec, run_id, tracking_uri, home, should_stop):
+    time.sleep(2)
+    return {"status": "finished"}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_cell_runs_start_is_when_its_cell_starts(ray_logical, make_sweep, module_home):
+    """One cell at a time: the second cell's run starts when the first has ended, not when the
+    sweep made both runs, so MLflow's durations are the cells' own."""
+    spec = load_spec(str(make_sweep("started")), ["max_concurrent=1"])
+    cells = plan(spec)
+    C.run_sweep(spec, cells, home=module_home, progress=False, cell_fn=two_seconds)
+    store = SweepStore(home=module_home)
+    runs = sorted((store.client.get_run(r.run_id).info for r in store.list_cells("started")),
+                  key=lambda i: i.start_time)
+    assert len(runs) == 2
+    first, second = runs
+    assert second.start_time >= first.start_time + 2000
+    assert all(2000 <= i.end_time - i.start_time < 2000 + 30_000 for i in runs)
+
+
 def loss_by_tasks(spec, run_id, tracking_uri, home, should_stop):
     from mlflow.tracking import MlflowClient
 

@@ -235,3 +235,68 @@ def test_grafana_queries_return_a_live_sweeps_metrics(tmp_path, monkeypatch):
         except subprocess.TimeoutExpired:
             prom.kill()
             prom.wait()
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    """One scrape of Ray's metrics agent, as Prometheus takes it: the cell-state series,
+    (cell, state) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.labels["flanscale_cell"], s.labels["flanscale_state"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "ray_flanscale_cell_state"}
+
+
+def slow_steps(spec, run_id, tracking_uri, home, should_stop):
+    """The real cell function, each step a second long, so the cell runs while it is scraped."""
+    from orchestrator.placement import default_cell_fn
+
+    def stop():
+        time.sleep(1.0)
+        return should_stop()
+
+    return default_cell_fn(spec, run_id, tracking_uri, home, stop)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_running_cells_state_series_stays_while_it_runs(tmp_path, monkeypatch):
+    """Three scrapes of Ray's metrics endpoint, 12 s apart, while one cell trains: each holds
+    the cell's state series, running = 1. Ray's agent drops a gauge's series that its process
+    has not recorded again within two report intervals (20 s at Ray's default 10 s, which
+    this test keeps), so a state set once would be gone by the third."""
+    ray = pytest.importorskip("ray")
+    from orchestrator.planner import plan
+    from orchestrator.spec import load_spec
+    from orchestrator.store import SweepStore
+
+    monkeypatch.setenv("FLANSCALE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    sweep = f"prom-{uuid.uuid4().hex[:6]}"
+    (tmp_path / "sweep.yaml").write_text(tiny_sweep(sweep, task_counts="[9]", steps=50, every=100))
+    cell = plan(load_spec(str(tmp_path / "sweep.yaml"), []))[0]
+    store = SweepStore(home=tmp_path / "home")
+    run_id, _ = store.cell_run(sweep, cell)
+    port = _free_port()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _metrics_export_port=port)
+    try:
+        task = ray.remote(slow_steps).remote(cell.spec.to_dict(), run_id, store.tracking_uri, str(store.home),
+                                             lambda: False)
+        running = (cell.key, "running")
+        deadline = time.monotonic() + 120
+        while _scrape(port).get(running) != 1.0:  # the cell has started
+            assert time.monotonic() < deadline, "no running state series within 120 s"
+            assert not ray.wait([task], timeout=0)[0], "the cell ended before its state was scraped"
+            time.sleep(0.5)
+        seen = []
+        for _ in range(3):
+            time.sleep(12)
+            assert not ray.wait([task], timeout=0)[0], "the cell ended before the third scrape"
+            seen.append(_scrape(port).get(running))
+        assert seen == [1.0, 1.0, 1.0]
+        ray.get(task)
+    finally:
+        ray.shutdown()

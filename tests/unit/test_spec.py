@@ -48,7 +48,7 @@ def test_schema_defaults_fill_missing_sections_and_registered(tmp_path):
     from hydra.core.config_store import ConfigStore
 
     spec = load_spec(write(tmp_path, "name: x\nmodels: [tiny-2]\n"), ["optim.steps=7"])
-    assert spec.formats == ("mixed",) and spec.mfu == 0.4 and spec.optim.steps == 7
+    assert spec.formats == ("mixed",) and spec.mfu is None and spec.optim.steps == 7
     assert spec.optim.batch_size is None  # None = the preset's Table 22 value
     assert ConfigStore.instance().load(f"{SCHEMA_NAME}.yaml") is not None
 
