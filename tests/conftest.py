@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config):
+    """Tests never read or write the user's stores: a checkout's own ./.flanscale (where `make
+    demo` leaves finished cells, whose measured MFU plans would use) or a tracking server in
+    the environment. Tests that need a home set their own."""
+    os.environ["FLANSCALE_HOME"] = tempfile.mkdtemp(prefix="flanscale-tests-")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("RAY_ADDRESS", None)
 
 
 @pytest.fixture
