@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from orchestrator.catalog import REGISTRY
 from orchestrator.compose import compose
@@ -29,7 +29,8 @@ from trainers.families import REMAT_POLICIES
 from trainers.eval import benchmarks
 from trainers import axes as grid
 from trainers.spec import (OPTIMIZERS, SCHEDULES, SUBMIXTURES, TASK_LADDER, CheckpointConfig,  # noqa: F401
-                           DataConfig, EvalConfig, UserError, did_you_mean, from_dict)
+                           DataConfig, EvalConfig, ModelConfig, OptimConfig, UserError, did_you_mean,
+                           from_dict)
 
 # Named sets of template formats (a grid axis). Each maps to DataConfig.formats/with_cot:
 # the CoT formats exist only for the 9 CoT datasets, so they come with the CoT data.
@@ -67,33 +68,24 @@ class DataSpec:
     examples_per_task: int = _DATA.examples_per_task
 
 
-@dataclass(frozen=True)
-class OptimSpec:
-    """Overrides on top of each preset's Table 22 hyperparameters (None = the preset's)."""
-
-    optimizer: Optional[str] = None
-    learning_rate: Optional[float] = None
-    schedule: Optional[str] = None
-    warmup_steps: Optional[int] = None
-    batch_size: Optional[int] = None
-    micro_batches: Optional[int] = None  # None = the planner raises it until activations fit
-    steps: Optional[int] = None
-    decay_rate: Optional[float] = None
-    factored_min_dim: Optional[int] = None
-    z_loss: Optional[float] = None
-    grad_clip: Optional[float] = None
+def _overrides(name: str, config: type, names: tuple[str, ...] | None = None, doc: str = "") -> type:
+    """A spec section of optional overrides of a trainers.spec config: the named fields (all by
+    default) with the config's own types, each None = the preset's value. Built from the config
+    so a field added there is a field here, with the same type."""
+    hints = get_type_hints(config)
+    chosen = names or tuple(f.name for f in fields(config))
+    cls = make_dataclass(name, [(n, Optional[hints[n]], field(default=None)) for n in chosen],
+                         frozen=True)
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Overrides of the presets' numerics (None = the preset's)."""
-
-    dtype: Optional[str] = None
-    param_dtype: Optional[str] = None
-    remat: Optional[bool] = None
-    remat_policy: Optional[str] = None
-    scan_layers: Optional[bool] = None
-    dropout_rate: Optional[float] = None
+OptimSpec = _overrides("OptimSpec", OptimConfig,
+                       doc="Overrides on top of each preset's Table 22 hyperparameters (None = the preset's; "
+                           "micro_batches None = the planner raises it until activations fit).")
+ModelSpec = _overrides("ModelSpec", ModelConfig,
+                       ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "dropout_rate"),
+                       doc="Overrides of the presets' numerics (None = the preset's).")
 
 
 @dataclass(frozen=True)
