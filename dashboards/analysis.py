@@ -30,6 +30,7 @@ from dashboards import laws
 from dashboards.kinds import Domain, domain_for
 from dashboards.runs import CellRun
 from trainers import axes as grid
+from trainers.states import CellState
 
 AGAINST = ("params", "task_count", "flops")
 
@@ -133,7 +134,7 @@ def lineage(model: str) -> str:
     return model.rsplit("-", 1)[0] if "-" in model else model
 
 
-def usable(cells: Iterable[CellRun], metric: str, states: Iterable[str] = ("finished",)) -> list[CellRun]:
+def usable(cells: Iterable[CellRun], metric: str, states: Iterable[str] = (CellState.FINISHED,)) -> list[CellRun]:
     """Cells whose `metric` is final: a running cell's last value is not its result."""
     wanted = set(states)
     return [c for c in cells if c.state in wanted and c.metric(metric) is not None]
@@ -169,7 +170,7 @@ def split_by(cells: Sequence[CellRun]) -> list[str]:
 
 
 def grouped(cells: Sequence[CellRun], metric: str, against: str = "params",
-            states: Iterable[str] = ("finished",)) -> dict[tuple, dict[object, list[CellRun]]]:
+            states: Iterable[str] = (CellState.FINISHED,)) -> dict[tuple, dict[object, list[CellRun]]]:
     """The cells of each series (see module doc): group -> member (preset, task count or the
     user axis's value) -> cells. Cells that differ in any axis but the replicate one (the seed)
     are never one member of one group."""
@@ -204,7 +205,7 @@ def grouped(cells: Sequence[CellRun], metric: str, against: str = "params",
 
 
 def curves(cells: Sequence[CellRun], metric: str, against: str = "params",
-           states: Iterable[str] = ("finished",)) -> list[Series]:
+           states: Iterable[str] = (CellState.FINISHED,)) -> list[Series]:
     """Series of `metric` by lineage, seeds aggregated into points (see module doc)."""
     groups = grouped(cells, metric, against, states)
     one_family = len({lineage(c.model) for m in groups.values() for cs in m.values() for c in cs}) <= 1
@@ -343,7 +344,7 @@ def analyse(cells: Sequence[CellRun], metric: str, against: str = "params", fore
     notes = []
     if not series:
         notes.append(f"no finished cell has logged {metric}")
-    left = [c for c in cells if c.metric(metric) is not None and c.state != "finished"]
+    left = [c for c in cells if c.metric(metric) is not None and c.state != CellState.FINISHED]
     if left:
         states = ", ".join(sorted({c.state for c in left}))
         notes.append(f"{len(left)} unfinished cell(s) left out of the curves ({states})")

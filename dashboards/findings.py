@@ -14,6 +14,7 @@ from dashboards.kinds import domain_for, metric_kind
 from dashboards.runs import CellRun
 from dashboards.analysis import AxisText
 from dashboards.trends import AXIS_NOUN, Trend, describe
+from trainers.states import CellState
 
 MAX_FIGURES = 3
 MAX_LIMITS = 5
@@ -115,7 +116,7 @@ def _axes(metrics: Sequence[MetricTrends]) -> str:
 
 
 def _range(cells: Sequence[CellRun], metric: str) -> str:
-    values = [v for c in cells if c.state == "finished" for v in [c.metric(metric)] if v is not None]
+    values = [v for c in cells if c.state == CellState.FINISHED for v in [c.metric(metric)] if v is not None]
     text = f"{min(values):.3g} to {max(values):.3g} over {len(values)} cells" if values else "no cells"
     if metric_kind(metric) == "accuracy":
         d = domain_for(metric)

@@ -23,6 +23,7 @@ from dashboards.tables import Table
 from trainers import axes as grid
 from trainers.home import flanscale_home
 from trainers.spec import TASK_LADDER, UserError, did_you_mean
+from trainers.states import CellState
 
 # Forecasts go to the next rung of the paper's ladder of task counts (trainers.spec.TASK_LADDER)
 # not yet run.
@@ -124,7 +125,7 @@ def default_metrics(runs: SweepRuns) -> tuple[str, ...]:
 
 def default_forecasts(runs: SweepRuns) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """One decade beyond the largest model and compute that finished, and the next rung of tasks."""
-    done = [c for c in runs.cells if c.state == "finished"] or list(runs.cells)
+    done = [c for c in runs.cells if c.state == CellState.FINISHED] or list(runs.cells)
     params = [c.params for c in done if c.params > 0]
     tasks = [c.task_count for c in done]
     compute = [analysis.total_flops(c) for c in done if analysis.total_flops(c) > 0]
@@ -336,7 +337,8 @@ def paper_table(presets: set[str]) -> Table:
 
 def _histories(runs: SweepRuns, fig_dir: Path) -> list[plots.Figure]:
     """Training curves; a metric no cell logged at two steps or more has no curve to draw."""
-    started = [c for c in runs.cells if c.state in ("finished", "running", "preempted", "failed")]
+    started = [c for c in runs.cells
+               if c.state in (CellState.FINISHED, CellState.RUNNING, CellState.PREEMPTED, CellState.FAILED)]
     out = []
     for metric, title in (("train/loss", "train/loss during finetuning: training loss on each cell's own mixture"),
                           ("eval/loss", "eval/loss during finetuning: the same held-out set for every cell")):

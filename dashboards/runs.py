@@ -83,7 +83,7 @@ class CellRun:
         """Hours this cell has held its devices (until now if still running)."""
         if self.start_time is None:
             return 0.0
-        end = self.end_time if self.end_time is not None else (now if self.state == "running" else None)
+        end = self.end_time if self.end_time is not None else (now if self.state == CellState.RUNNING else None)
         if end is None:
             return 0.0
         return max(0.0, end - self.start_time) / 3600.0

@@ -15,6 +15,7 @@ from dashboards import standins
 from dashboards.runs import CellRun
 from trainers import axes as grid
 from trainers.eval import benchmarks
+from trainers.states import CellState
 
 # The paper's held-out columns (the paper's Table 5 and the normalized average of its section 5):
 # the members of the normalized average as the benchmark registry declares them, then the average.
@@ -143,7 +144,8 @@ def results_table(cells: Sequence[CellRun]) -> Table:
     model of the same preset (0 tasks, seeds averaged)."""
     present = [(n, m) for n, m in result_columns(cells) if m != "eval/loss"]
     loss = [("eval/loss", "eval/loss")] if any(c.metric("eval/loss") is not None for c in cells) else []
-    done = [c for c in cells if c.state == "finished" and any(c.metric(m) is not None for _, m in present + loss)]
+    done = [c for c in cells
+            if c.state == CellState.FINISHED and any(c.metric(m) is not None for _, m in present + loss)]
     headline = _headline(present)
     groups = by_point(done)
     base = _base_of(groups, lambda cs: _score(cs, headline))
@@ -190,7 +192,7 @@ def _score(cells: Sequence[CellRun], headline: tuple[str, str] | None) -> float 
 def headline_table(cells: Sequence[CellRun], metric: str) -> Table:
     """One metric by size (rows) and task count (columns), seeds averaged, then each finetuned
     column's gain over the base model of the same row (for a loss, negative is better)."""
-    done = [c for c in cells if c.state == "finished" and c.metric(metric) is not None]
+    done = [c for c in cells if c.state == CellState.FINISHED and c.metric(metric) is not None]
     counts = sorted({c.task_count for c in done})
     tuned = [t for t in counts if t > 0]
     # A sweep that varies CoT data or formats gets a row per variant, each beside its base model.
@@ -218,7 +220,7 @@ def headline_table(cells: Sequence[CellRun], metric: str) -> Table:
 
 def gains_table(cells: Sequence[CellRun], metrics: Sequence[str]) -> Table:
     """Finetuned minus base model of the same preset, per metric, seeds averaged on both sides."""
-    groups = by_point([c for c in cells if c.state == "finished"])
+    groups = by_point([c for c in cells if c.state == CellState.FINISHED])
     rows = []
     for metric in metrics:
         base = _base_of(groups, lambda cs: seed_mean(cs, metric))
@@ -263,7 +265,7 @@ def cost_summary(cells: Sequence[CellRun], prices: Mapping[str, float], now: flo
     priced = [c for c in cells if c.accelerator in prices]
     spent = sum(c.wall_hours(now) * max(c.devices, 1) * prices[c.accelerator] for c in priced)
     planned = [c.plan.get("est_cost") for c in cells if isinstance(c.plan.get("est_cost"), (int, float))]
-    ft_done = sum(c.finetune_flops or 0.0 for c in cells if c.state == "finished")
+    ft_done = sum(c.finetune_flops or 0.0 for c in cells if c.state == CellState.FINISHED)
     ft_planned = [c.plan.get("finetune_flops") for c in cells if isinstance(c.plan.get("finetune_flops"), (int, float))]
     return {
         "cells": len(cells),

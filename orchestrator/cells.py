@@ -8,7 +8,6 @@ through `CellRecord.from_run` alone, so a field means the same thing everywhere.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import time
@@ -20,28 +19,9 @@ from orchestrator.leases import Lease, pid_alive
 from trainers.run_layout import (TAG_ATTEMPTS, TAG_CELL_KEY, TAG_ERROR, TAG_EVAL_HASH, TAG_FAILURES, TAG_LEASE,
                                  TAG_PREEMPTIONS, TAG_STATE)
 from trainers.spec import EvalConfig, UserError, to_dict
-
-
-class CellState(enum.StrEnum):
-    """What became of a cell (and, on the parent run, of a sweep session)."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    PREEMPTED = "preempted"  # out of preemption retries, or waiting for its next one
-    CANCELLED = "cancelled"
-    INFEASIBLE = "infeasible"
-
-    @property
-    def terminal(self) -> bool:
-        """Done for good until the spec (or --retry-failed) says otherwise."""
-        return self in (CellState.FINISHED, CellState.FAILED, CellState.INFEASIBLE)
-
-
-# Shown instead of "running" when the controller that ran a cell (or a sweep) is gone: its
-# lease lapsed, so nothing runs it now and the next `sweep run` resumes it.
-LAPSED = "lapsed"
+# Re-exported: the states live in trainers.states, which the job imports too.
+from trainers.states import LAPSED as LAPSED
+from trainers.states import CellState as CellState
 
 
 def parse_state(text: str | None, where: str = "") -> CellState:
@@ -176,11 +156,11 @@ def sweep_summary(records: Iterable[CellRecord]) -> tuple[dict[str, float], dict
     measured (planned where a cell has no measurement); the bests are over finished cells:
     the lowest `eval/loss`, the highest of each normalized average."""
     records = list(records)
-    finished = [r for r in records if r.state == "finished"]
+    finished = [r for r in records if r.state == CellState.FINISHED]
     metrics = {
         "sweep/cells": float(len(records)),
         "sweep/cells_finished": float(len(finished)),
-        "sweep/cells_failed": float(sum(r.state == "failed" for r in records)),
+        "sweep/cells_failed": float(sum(r.state == CellState.FAILED for r in records)),
         "sweep/flops_spent": sum(r.metrics.get("flops/finetune_measured", r.metrics.get("flops/finetune", 0.0))
                                  for r in finished),
     }

@@ -275,7 +275,7 @@ class SweepController:
         if self.running[key].phase == "run":
             self.launcher.stop([key])
         else:  # not training yet: nothing to checkpoint
-            self._finish(key, Outcome("cancelled", "cancelled before it started"))
+            self._finish(key, Outcome(CellState.CANCELLED, "cancelled before it started"))
 
     def _on_ready(self, ref: Any) -> None:
         key = self.inflight.pop(ref)
@@ -307,21 +307,21 @@ class SweepController:
         view = self.views[key] = after_outcome(self.views[key], outcome, self.spec.retries)
         totals = self.totals[key]
         tags: dict[str, Any] = {}
-        if outcome.kind == "preempted":
+        if outcome.kind == CellState.PREEMPTED:
             totals.preemptions += 1
             tags[TAG_PREEMPTIONS] = totals.preemptions
-        if outcome.kind == "failed":
+        if outcome.kind == CellState.FAILED:
             totals.failures += 1
             tags.update({TAG_ERROR: outcome.message, TAG_FAILURES: totals.failures})
             self.errored.add(key)
             self.summary.errors[key] = outcome.message
-        if outcome.kind == "finished":
+        if outcome.kind == CellState.FINISHED:
             self.reevaluate.discard(key)
             tags[TAG_EVAL_HASH] = eval_hash(self.by_key[key].spec.eval)
         # A cell waiting for its retry shows why it is waiting.
         state = outcome.kind if view.state == CellState.PENDING else view.state
         self.store.set_state(handle.run_id, state, **tags)
-        if outcome.kind == "finished":
+        if outcome.kind == CellState.FINISHED:
             if key in self.errored:
                 self.store.delete_tag(handle.run_id, TAG_ERROR)
             self.summary.errors.pop(key, None)
@@ -343,7 +343,7 @@ class SweepController:
         now = time.monotonic()
         for key, handle in list(self.running.items()):
             if handle.phase == "placing" and now - handle.start_s > self.placement_timeout_s:
-                self._finish(key, Outcome("failed", f"placement group not placed within "
+                self._finish(key, Outcome(CellState.FAILED, f"placement group not placed within "
                                           f"{self.placement_timeout_s:g} s: asked for {handle.asked}", retry=False))
 
     def _heartbeat(self) -> None:
@@ -370,7 +370,7 @@ class SweepController:
             return
         try:
             for key in [k for k, h in self.running.items() if h.phase != "run"]:
-                self._finish(key, Outcome("cancelled", "interrupted before it started"))
+                self._finish(key, Outcome(CellState.CANCELLED, "interrupted before it started"))
             self.launcher.stop(list(self.running))
             deadline = time.monotonic() + STOP_GRACE_S
             while self.inflight and time.monotonic() < deadline:

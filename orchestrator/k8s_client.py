@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from trainers.spec import UserError
+from trainers.states import CellState
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 SWEEP_ANNOTATION = "flanscale.io/sweep-name"
@@ -189,7 +190,7 @@ def cell_rows(sweep: str, tracking_uri: str) -> list[Any]:
     store = SweepStore(tracking_uri)
     rows = []
     for r in store.list_cells(sweep):
-        if r.state == "finished":
+        if r.state == CellState.FINISHED:
             step = r.total_steps
         else:
             point = store.last_point(r.run_id) if r.metrics.get("train/loss") is not None else None

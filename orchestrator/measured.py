@@ -19,6 +19,7 @@ from typing import Any
 
 from trainers.home import tracking_uri as home_tracking_uri
 from trainers.run_layout import TAG_FAMILY, TAG_KIND, TAG_STATE
+from trainers.states import CellState
 
 DEFAULT_MFU = 0.4  # assumed where neither the spec nor the store says
 METRIC = "train/mfu"
@@ -77,7 +78,7 @@ def _sqlite_mfus(db: Path, state: tuple, family: str, accelerator: str) -> tuple
     query = f"""
         SELECT m.value FROM runs r
         JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = '{TAG_KIND}' AND k.value = 'cell'
-        JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = '{TAG_STATE}' AND s.value = 'finished'
+        JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = '{TAG_STATE}' AND s.value = '{CellState.FINISHED}'
         JOIN tags f ON f.run_uuid = r.run_uuid AND f.key = '{TAG_FAMILY}' AND f.value = :family
         JOIN params a ON a.run_uuid = r.run_uuid AND a.key = 'accelerator' AND a.value = :accelerator
         JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = :metric AND m.is_nan = 0
@@ -100,7 +101,7 @@ def _client_mfus(tracking_uri: str, family: str, accelerator: str) -> tuple[floa
         experiments = [e.experiment_id for e in client.search_experiments()]
         if not experiments:
             return ()
-        query = (f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_STATE}` = 'finished' and "
+        query = (f"tags.`{TAG_KIND}` = 'cell' and tags.`{TAG_STATE}` = '{CellState.FINISHED}' and "
                  f"tags.`{TAG_FAMILY}` = '{family}' and params.accelerator = '{accelerator}'")
         values, token = [], None
         while True:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cells import CellState
+from trainers.states import job_status
 
 STATES = tuple(s.value for s in CellState)
 ENDED = tuple(s for s in STATES if s not in (CellState.PENDING, CellState.RUNNING))
@@ -52,7 +53,7 @@ class RayMetricsTracker:
     the task that runs the cell.
     """
 
-    def __init__(self, sweep: str, cell_key: str, model: str = "", state: str = "running") -> None:
+    def __init__(self, sweep: str, cell_key: str, model: str = "", state: str = CellState.RUNNING) -> None:
         self.tags = {"flanscale_sweep": sweep, "flanscale_cell": cell_key, "flanscale_model": model}
         self.initial_state = state
         self._m: dict[str, Any] | None = None
@@ -162,10 +163,9 @@ def end_state(result: Any, stop_requested: Callable[[], bool]) -> str:
     its last step, by the controller (cancelled) or by a preemption notice (preempted), as
     orchestrator.scheduling.classify records it. A cell that raised ends "failed"
     (orchestrator.placement.default_cell_fn)."""
-    status = result.get("status", "finished") if isinstance(result, dict) else "finished"
-    if status == "finished":
-        return "finished"
-    return "cancelled" if stop_requested() else "preempted"
+    if job_status(result) == CellState.FINISHED:
+        return CellState.FINISHED
+    return CellState.CANCELLED if stop_requested() else CellState.PREEMPTED
 
 
 def _finite(v: Any) -> bool:

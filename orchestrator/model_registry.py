@@ -29,6 +29,7 @@ from typing import Any
 from orchestrator.sqlite_store import with_retry
 from orchestrator.store import TAG_CELL_KEY
 from trainers.axes import user_values
+from trainers.states import CellState, job_status
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class RegisteringCellFn:
         from orchestrator.placement import default_cell_fn
 
         result = (self.inner or default_cell_fn)(spec, run_id, tracking_uri, home, should_stop)
-        if run_id and isinstance(result, dict) and result.get("status", "finished") == "finished":
+        if run_id and isinstance(result, dict) and job_status(result) == CellState.FINISHED:
             try:
                 result["registered_model"] = register_cell(spec, run_id, tracking_uri, home)
             except Exception as e:  # the cell trained and is finished; only its registration failed
@@ -144,7 +145,7 @@ def register_finished(store: Any, sweep: str, cells: list[Any]) -> dict[str, lis
     records = {r.key: r for r in store.list_cells(sweep)}
     for cell in cells:
         rec = records.get(cell.key)
-        if rec is None or rec.state != "finished":
+        if rec is None or rec.state != CellState.FINISHED:
             continue
         tags = store.run_tags(rec.run_id)
         if tags.get(TAG_REGISTERED):

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from orchestrator.store import TAG_WORKER
 from trainers.process import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from trainers.states import CellState
 from trainers.tracking import ENV_REEVALUATE
 
 # A cell function runs inside the Ray worker: (spec dict, run id, tracking uri, home, should_stop) -> result dict.
@@ -52,7 +53,7 @@ def default_cell_fn(spec: dict, run_id: str | None, tracking_uri: str, home: str
     try:
         result = run_cell(spec, run_id, tracking_uri, home, extra_trackers=(tracker,), should_stop=should_stop)
     except Exception:
-        tracker.set_state("failed")
+        tracker.set_state(CellState.FAILED)
         raise
     tracker.set_state(end_state(result, lambda: bool(should_stop())))
     return result

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.cells import CellState
+from orchestrator.cells import LAPSED, CellState
 
 TERMINAL = tuple(s.value for s in CellState if s.terminal)
 
@@ -42,7 +42,7 @@ def estimate_remaining_s(rows: Sequence[CellRow], slots: int, fallback_step_s: f
     mean_step_s = sum(measured) / len(measured) if measured else fallback_step_s
     work_s = 0.0
     for r in rows:
-        if r.state in TERMINAL or r.state == "cancelled":
+        if r.state in TERMINAL or r.state == CellState.CANCELLED:
             continue
         step_s = r.step_s or mean_step_s
         if step_s is None:
@@ -62,7 +62,7 @@ def format_duration(seconds: float | None) -> str:
 
 def summary_line(rows: Sequence[CellRow], slots: int, fallback_step_s: float | None = None) -> str:
     done = sum(r.state in TERMINAL for r in rows)
-    running = sum(r.state == "running" for r in rows)
+    running = sum(r.state == CellState.RUNNING for r in rows)
     eta = estimate_remaining_s(rows, slots, fallback_step_s)
     return f"{done}/{len(rows)} cells done, {running} running, about {format_duration(eta)} left"
 
@@ -75,8 +75,9 @@ def render_table(title: str, rows: Sequence[CellRow], caption: str = "", wide: b
 
     from orchestrator.termtable import Column, FittedTable
 
-    style = {"finished": "green", "running": "cyan", "failed": "red", "preempted": "yellow",
-             "cancelled": "magenta", "infeasible": "dim", "lapsed": "yellow"}
+    style = {CellState.FINISHED: "green", CellState.RUNNING: "cyan", CellState.FAILED: "red",
+             CellState.PREEMPTED: "yellow", CellState.CANCELLED: "magenta", CellState.INFEASIBLE: "dim",
+             LAPSED: "yellow"}
     columns = [
         Column("cell", [escape(r.name) for r in rows]),
         Column("state", [f"[{style.get(r.state, 'white')}]{r.state}[/]" for r in rows]),
@@ -86,7 +87,7 @@ def render_table(title: str, rows: Sequence[CellRow], caption: str = "", wide: b
         Column("run id", [r.run_id for r in rows], rank=1),
     ]
     notes = [f"[red]{r.state}[/] {escape(r.name)}: {escape(r.error[:500])}"
-             for r in rows if r.error and r.state in ("failed", "infeasible")]
+             for r in rows if r.error and r.state in (CellState.FAILED, CellState.INFEASIBLE)]
     return FittedTable(columns, wide=wide, notes=notes, title=title, caption=caption, expand=False)
 
 
@@ -116,7 +117,7 @@ class LiveProgress:
         if self._live is None:
             return
         self._last = time.monotonic()
-        shown = [r for r in rows if r.state != "finished"] or list(rows)
+        shown = [r for r in rows if r.state != CellState.FINISHED] or list(rows)
         self._live.update(render_table(self.title, shown, summary_line(rows, slots, fallback_step_s)), refresh=True)
 
     def __exit__(self, *exc: Any) -> None:

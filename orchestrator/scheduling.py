@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from orchestrator.cells import CellState
 from orchestrator.spec import RetrySpec
+from trainers.states import job_status
 
 _PREEMPTION_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ActorUnavailableError",
                       "OwnerDiedError", "LocalRayletDiedError", "ObjectLostError", "RayActorError",
@@ -59,7 +60,7 @@ class Outcome(NamedTuple):
     """How one attempt ended: finished | preempted | failed | cancelled, and whether a failure
     may be retried at all."""
 
-    kind: str
+    kind: CellState
     message: str
     retry: bool = True
 
@@ -81,11 +82,11 @@ def initial_state(stored: str | None, feasible: bool, retry_failed: bool, exhaus
 
 def next_actions(views: Sequence[CellView], *, max_concurrent: int, cancel_requested: bool) -> list[Start | Stop]:
     """Which cells to start or stop now: smallest priority first, at most `max_concurrent` running."""
-    running = [v for v in views if v.state == "running"]
+    running = [v for v in views if v.state == CellState.RUNNING]
     if cancel_requested:
         return [Stop(v.key) for v in running if not v.stopping]
     free = max(0, max_concurrent - len(running))
-    pending = sorted((v for v in views if v.state == "pending"), key=lambda v: (v.priority, v.key))
+    pending = sorted((v for v in views if v.state == CellState.PENDING), key=lambda v: (v.priority, v.key))
     return [Start(v.key) for v in pending[:free]]
 
 
@@ -94,29 +95,33 @@ def classify(result: Any = None, error: BaseException | None = None, stop_reques
     if error is not None:
         names = {c.__name__ for c in type(error).__mro__}
         if "OutOfMemoryError" in names and "RayTaskError" not in names:
-            return Outcome("failed", f"out of host memory: {_one_line(error)}")
+            return Outcome(CellState.FAILED, f"out of host memory: {_one_line(error)}")
         if names & set(_PREEMPTION_ERRORS) and "RayTaskError" not in names:
-            return Outcome("cancelled" if stop_requested else "preempted", _one_line(error))
+            return Outcome(_stopped(stop_requested), _one_line(error))
         # RayTaskError carries the cell's own exception as its cause.
         cause = getattr(error, "cause", None) or error
         cause_names = {c.__name__ for c in type(cause).__mro__}
         message = f"{type(cause).__name__}: {_one_line(cause)}"
         if any(marker.lower() in message.lower() for marker in _DEVICE_OOM):
-            return Outcome("failed", f"out of device memory: {message}")
-        return Outcome("failed", message, retry=not cause_names & set(_DETERMINISTIC_ERRORS))
-    status = result.get("status", "finished") if isinstance(result, dict) else "finished"
-    if status == "preempted":
-        return Outcome("cancelled" if stop_requested else "preempted", "stopped before the last step")
-    return Outcome("finished", "")
+            return Outcome(CellState.FAILED, f"out of device memory: {message}")
+        return Outcome(CellState.FAILED, message, retry=not cause_names & set(_DETERMINISTIC_ERRORS))
+    if job_status(result) == CellState.PREEMPTED:
+        return Outcome(_stopped(stop_requested), "stopped before the last step")
+    return Outcome(CellState.FINISHED, "")
+
+
+def _stopped(stop_requested: bool) -> CellState:
+    """A cell stopped before its last step: by the controller (cancelled) or else (preempted)."""
+    return CellState.CANCELLED if stop_requested else CellState.PREEMPTED
 
 
 def after_outcome(view: CellView, outcome: Outcome, retries: RetrySpec) -> CellView:
     """The cell's next view: retried (pending) while its budget for this kind of end lasts."""
-    if outcome.kind == "failed":
+    if outcome.kind == CellState.FAILED:
         failures = view.failures + 1
         retry = outcome.retry and failures <= retries.failure
         return replace(view, state=CellState.PENDING if retry else CellState.FAILED, failures=failures, stopping=False)
-    if outcome.kind == "preempted":
+    if outcome.kind == CellState.PREEMPTED:
         preemptions = view.preemptions + 1
         state = CellState.PENDING if preemptions <= retries.preemption else CellState.PREEMPTED
         return replace(view, state=state, preemptions=preemptions, stopping=False)

@@ -41,6 +41,9 @@ from trainers.run_layout import cell_params as layout_params
 from trainers.run_layout import cell_tags as layout_tags
 
 STATES = tuple(s.value for s in CellState)
+# MLflow's own run status for each state (KILLED for the others: preempted, cancelled).
+_MLFLOW_STATUS = {CellState.RUNNING: "RUNNING", CellState.PENDING: "SCHEDULED", CellState.FINISHED: "FINISHED",
+                  CellState.FAILED: "FAILED", CellState.INFEASIBLE: "FAILED"}
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -147,7 +150,7 @@ class SweepStore:
             return None
         run = with_retry(
             self.client.create_run, exp_id, run_name=sweep,
-            tags={TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_STATE: "pending"},
+            tags={TAG_SWEEP: sweep, TAG_KIND: "sweep", TAG_STATE: CellState.PENDING},
         )
         return self._keep_oldest(run.info.run_id, self._search(exp_id, query))
 
@@ -214,7 +217,7 @@ class SweepStore:
             parent = parent or self.sweep_run(sweep)
             tags = {
                 TAG_PARENT: parent, TAG_SWEEP: sweep, TAG_KIND: "cell", TAG_CELL_KEY: cell.key,
-                TAG_STATE: "pending", TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0", **cell_tags(cell),
+                TAG_STATE: CellState.PENDING, TAG_ATTEMPTS: "0", TAG_PREEMPTIONS: "0", **cell_tags(cell),
             }
             created[cell.key] = with_retry(self.client.create_run, exp_id, run_name=cell_name(cell), tags=tags)
         if not created:
@@ -273,8 +276,7 @@ class SweepStore:
             raise ValueError(f"unknown state {state!r}; allowed: {', '.join(STATES)}")
         state = str(state)
         self.set_tags(run_id, {TAG_STATE: state, **tags})
-        status = {"running": "RUNNING", "pending": "SCHEDULED", "finished": "FINISHED", "failed": "FAILED",
-                  "infeasible": "FAILED"}.get(state, "KILLED")
+        status = _MLFLOW_STATUS.get(state, "KILLED")
         if status in ("RUNNING", "SCHEDULED"):
             with_retry(self.client.update_run, run_id, status=status)
         else:

@@ -19,6 +19,7 @@ from trainers.home import flanscale_home
 from trainers.home import tracking_uri as resolve_tracking_uri
 from trainers.run_layout import TAG_CELL_KEY, TAG_RESTARTED, cell_params
 from trainers.spec import CellSpec, UserError
+from trainers.states import CellState
 from trainers.process import StopFlag, init_distributed, use_compilation_cache
 from trainers.tracking import FanOutTracker, MLflowTracker, NullTracker, Tracker
 
@@ -190,7 +191,7 @@ def _run(cell: CellSpec, home: Path, tracker: Tracker, stop: StopFlag, steps: in
     timing["time/train_s"] = time.perf_counter() - trained_from
     measured = accounting.train_flops(model_cfg, counters["input_tokens"], counters["target_tokens"])
     eval_metrics: dict[str, float] = {}
-    if result.status == "finished":
+    if result.status == CellState.FINISHED:
         tracker.log_metrics({"flops/finetune_measured": measured}, result.steps)
         if evaluate is not None:
             evaluated_from = time.perf_counter()
@@ -248,7 +249,7 @@ def _evaluate_base(cell: CellSpec, home: Path, tracker: Tracker, model_cfg: Any,
         "flops_fraction": flops_fraction(0.0, pretrain_flops),
         "tokens": 0.0,
         "eval": eval_metrics,
-        "status": "finished",
+        "status": CellState.FINISHED,
     }
 
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from trainers.states import CellState
 from trainers.train import Batch, NonFiniteLoss, State, TrainSetup, compile_step, to_global
 
 
 @dataclass
 class LoopResult:
     state: State
-    status: str  # "finished" | "preempted"
+    status: CellState  # FINISHED or PREEMPTED
     steps: int
     final_loss: float
     # Non-padding tokens trained on over the whole run (inputs = useful tokens that carry
@@ -125,7 +126,7 @@ def train_loop(
             metrics_log.flush()
             if save is not None:
                 save(step - 1, state, True)
-            return LoopResult(state, "preempted", step - 1, metrics_log.loss, counters, xla_flops)
+            return LoopResult(state, CellState.PREEMPTED, step - 1, metrics_log.loss, counters, xla_flops)
         raw = next(batches)
         batch = to_global(raw, setup)
         if compiled is None:
@@ -152,4 +153,4 @@ def train_loop(
     metrics_log.flush()
     if save is not None and total_steps > start:
         save(total_steps, state, True)
-    return LoopResult(state, "finished", max(step, start), metrics_log.loss, counters, xla_flops)
+    return LoopResult(state, CellState.FINISHED, max(step, start), metrics_log.loss, counters, xla_flops)

@@ -195,7 +195,7 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
     seen = set()
     for r in (store.list_cells(name) if store is not None else []):
         total = r.total_steps
-        step = total if r.state == "finished" else r.metric_steps.get("train/loss", 0)
+        step = total if r.state == CellState.FINISHED else r.metric_steps.get("train/loss", 0)
         # "lapsed", not "running", once the controller that ran the cell is gone
         axes = {k[len(USER_PREFIX):]: v for k, v in r.params.items() if k.startswith(USER_PREFIX)}
         rows.append(CellRow(r.key, r.name, r.live_state(), step, total, r.metrics.get("train/loss"), r.attempts,
@@ -203,7 +203,7 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
         seen.add(r.key)
     for c in cells or []:
         if c.key not in seen:
-            rows.append(CellRow(c.key, cell_name(c), "pending" if c.feasible else "infeasible",
+            rows.append(CellRow(c.key, cell_name(c), CellState.PENDING if c.feasible else CellState.INFEASIBLE,
                                 0, int(c.spec.optim.steps), None, 0, "", None, "" if c.feasible else c.reason,
                                 {f: format_value(v) for f, v in c.axes.items()}))
     return rows
@@ -211,7 +211,7 @@ def status_rows(store: Any, name: str, cells: list[Any] | None = None) -> list[A
 
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.cells import sweep_live_state
-    from orchestrator.progress import estimate_remaining_s, render_table, summary_line
+    from orchestrator.progress import TERMINAL, estimate_remaining_s, render_table, summary_line
     from orchestrator.store_read import open_reader
     from trainers.home import flanscale_home
     from trainers.home import tracking_uri as home_tracking_uri
@@ -233,10 +233,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = status_rows(reader, name, cells)
     sweep_state, _ = sweep_live_state(tags)
     slots = int(tags.get(TAG_MAX_CONCURRENT, getattr(spec, "max_concurrent", 1) if cells else 1) or 1)
-    done = sum(r.state in ("finished", "failed", "infeasible") for r in rows)
+    done = sum(r.state in TERMINAL for r in rows)
     if args.format == "json":
         eta = estimate_remaining_s(rows, slots)
-        print(json.dumps({"sweep": name, "state": sweep_state if tags else "pending", "done": done,
+        print(json.dumps({"sweep": name, "state": sweep_state if tags else CellState.PENDING, "done": done,
                           "total": len(rows), "eta_s": eta, "tracking_uri": uri,
                           "cells": [r.__dict__ for r in rows]}, indent=2))
         return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from trainers.home import flanscale_home
 from trainers.spec import UserError
+from trainers.states import CellState
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,4 +115,4 @@ def handle(args: argparse.Namespace) -> int:
         steps=args.steps,
     )
     print(json.dumps(result, indent=2, sort_keys=True))
-    return 0 if result["status"] == "finished" else 3
+    return 0 if result["status"] == CellState.FINISHED else 3
