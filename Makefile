@@ -13,7 +13,7 @@ UV_INSTALL := $(BIN)/uv pip install --python $(BIN)/python -q $(if $(FIND_LINKS)
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP         := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-all venv clean
 
 # Each install step writes its seconds beside its stamp, for the demo's time budget.
 $(BIN)/python:
@@ -55,6 +55,9 @@ demo: $(RUNTIME_STAMP)
 	@FLANSCALE_HOME=$(DEMO_HOME) $(BIN)/python bench/demo_budget.py show demo --table
 
 test: $(STAMP)
+	$(BIN)/pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 clean:

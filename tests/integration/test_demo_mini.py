@@ -16,7 +16,7 @@ from orchestrator.planner import plan
 from orchestrator.spec import load_spec
 from orchestrator.store import SweepStore
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[2]
 # The demo's own evaluation settings (zero-shot prompts, a direct-answer budget, batched

@@ -25,7 +25,8 @@ from orchestrator.planner import plan
 from orchestrator.spec import load_spec
 from orchestrator.store import TAG_ERROR, TAG_PARENT, TAG_STATE, TAG_SWEEP, TAG_WORKER, SweepStore
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# The first test (a real sweep end to end) is in the default run; the rest are slow ones.
+pytestmark = [pytest.mark.ray]
 
 
 def setup_module(module):
@@ -91,6 +92,7 @@ def test_tiny_sweep_runs_to_the_end_and_extending_runs_only_new_cells(ray_cpu, m
     assert all(raw_steps(store, after[c.key].run_id) == list(range(1, 9)) for c in cells)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint(ray_cpu, make_sweep, module_home):
     spec = load_spec(str(make_sweep("kill-worker", task_counts="[9]", steps=12, every=2)), [])
     cells = plan(spec)
@@ -123,6 +125,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cpu, make_sweep, module_h
     assert steps.count(1) == 1 and len(steps) < 2 * 12
 
 
+@pytest.mark.slow
 def test_failed_cell_is_recorded_others_go_on_and_retry_failed_reruns_it(ray_cpu, make_sweep, module_home):
     spec = load_spec(str(make_sweep("flaky", steps=6)), [])
     cells = plan(spec)
@@ -148,6 +151,7 @@ def _cli(*args, env, **kw):
                           text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_killed_controller_rerun_completes_without_repeating_work(make_sweep, module_home):
     path = make_sweep("kill-ctl", steps=24, every=4)
     env = dict(os.environ, FLANSCALE_HOME=str(module_home))
@@ -189,6 +193,7 @@ def test_killed_controller_rerun_completes_without_repeating_work(make_sweep, mo
     assert all(c["step"] == c["total_steps"] == 24 for c in report["cells"])
 
 
+@pytest.mark.slow
 def test_two_host_cpu_cell_trains_as_two_jax_processes(ray_cpu, make_sweep, module_home):
     """One actor per host in a placement group (PACKed on this one node), joined by
     jax.distributed over the coordinator address the controller hands out."""
@@ -206,6 +211,7 @@ def test_two_host_cpu_cell_trains_as_two_jax_processes(ray_cpu, make_sweep, modu
     assert [s for s, _ in SweepStore(home=module_home).cell_history(rec.run_id)] == [1, 2, 3, 4]  # rank 0 alone logs
 
 
+@pytest.mark.slow
 def test_changed_eval_settings_evaluate_finished_cells_again_without_training(ray_cpu, make_sweep, module_home):
     path = make_sweep("reeval", task_counts="[9]", steps=10, every=5)
     spec = load_spec(str(path), ["eval.loss_examples=4"])
@@ -227,6 +233,7 @@ def test_changed_eval_settings_evaluate_finished_cells_again_without_training(ra
     assert raw_steps(store, after.run_id, "eval/loss") == [10, 10]  # evaluated again, at its final step
 
 
+@pytest.mark.slow
 def test_a_learning_rate_axis_runs_end_to_end_and_reports_two_series(ray_cpu, make_sweep, module_home, tmp_path,
                                                                       capsys):
     path = make_sweep("lr-axis", task_counts="[9]", steps=3, every=0)
