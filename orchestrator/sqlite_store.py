@@ -90,10 +90,34 @@ def read_only_uri(tracking_uri: str) -> str:
     return f"sqlite:///{sqlite_read_uri(Path(path))}&uri=true"
 
 
+def _skip_parent_dirs_of_sqlite_uris() -> None:
+    """MLflow makes the parent folder of an SQLite store's path before each engine it opens
+    (`mlflow.store.db.utils._make_parent_dirs_if_sqlite`, MLflow 3.17). For an SQLite URI
+    filename (`sqlite:///file:///...`, how a store is opened read-only) that "parent" is a
+    relative path that begins with `file:`, so every read-only open would make a `file:/...`
+    folder tree in the working directory (or fail in a read-only one). Such a URI names a file
+    that exists; nothing is to be made for it. MLflow offers no option for this, hence the
+    wrap, which leaves every other URI to MLflow."""
+    from mlflow.store.db import utils
+
+    make_parent_dirs = utils._make_parent_dirs_if_sqlite
+    if getattr(make_parent_dirs, "skips_sqlite_uris", False):
+        return
+
+    def skip_sqlite_uris(db_uri: str) -> None:
+        if not db_uri.startswith("sqlite:///file:"):
+            make_parent_dirs(db_uri)
+
+    skip_sqlite_uris.skips_sqlite_uris = True  # type: ignore[attr-defined]
+    utils._make_parent_dirs_if_sqlite = skip_sqlite_uris
+
+
 def open_read_only_client(tracking_uri: str) -> Any:
-    """An MlflowClient that reads the store at `tracking_uri` and never writes it."""
+    """An MlflowClient that reads the store at `tracking_uri` and never writes it, nor
+    anything beside it."""
     from mlflow.tracking import MlflowClient
 
+    _skip_parent_dirs_of_sqlite_uris()
     return MlflowClient(tracking_uri=read_only_uri(tracking_uri))
 
 

@@ -94,6 +94,21 @@ def test_open_reader_uses_mlflow_for_other_schemas_and_creates_nothing(written, 
     assert open_reader() is None and not empty.exists()
 
 
+def test_a_read_only_client_makes_no_folder_where_it_runs(written, tmp_path, monkeypatch):
+    """MLflow makes an SQLite path's parent folder; for the read-only URI (file:...) that
+    would be a `file:` tree in the working directory."""
+    from orchestrator.sqlite_store import open_read_only_client
+
+    home, store = written
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    client = open_read_only_client(store.tracking_uri)
+    assert client.get_experiment_by_name("readme") is not None
+    assert client.search_registered_models() is not None  # the registry opens its own engine
+    assert list(cwd.iterdir()) == []
+
+
 def test_status_prints_the_same_either_way(written, cli_runner, monkeypatch):
     home, _ = written
     monkeypatch.setenv("FLANSCALE_HOME", str(home))
