@@ -158,6 +158,9 @@ def _save(fig, out_dir: Path, name: str, title: str) -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
     fig.savefig(png, dpi=110)
+    # The layout the PNG's drawing computed serves the SVG too: constrained layout is most of
+    # a figure's drawing time, and it would compute the same positions again.
+    fig.set_layout_engine("none")
     fig.savefig(svg)
     plt.close(fig)
     return Figure(name, title, png, svg)

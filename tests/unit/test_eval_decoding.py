@@ -295,3 +295,16 @@ def test_text_generator_stops_where_the_tokenizer_folds_newlines(monkeypatch):
     assert gen(["a", "aa"]) == [["ab"], ["bb"]]  # the text "ab Q:aa" holds no stop string; the ids do
     jax.effects_barrier()
     assert len(steps) == 4  # not 7: the row ended at " Q" ":"
+
+
+def test_prompt_widths_pad_little_and_compile_few_shapes():
+    from trainers.eval.decoding import prompt_width
+
+    assert [prompt_width(n) for n in (1, 32, 33, 100, 129, 200, 256, 257, 600)] == \
+        [32, 32, 64, 128, 160, 224, 256, 288, 640]
+    assert prompt_width(200, cap=192) == 192 and prompt_width(100, cap=256) == 128
+    for n in range(1, 4096):
+        width = prompt_width(n)
+        assert n <= width and (width - n < 32 or (width - n) * 8 < width)  # under an eighth is padding
+    octave = {prompt_width(n) for n in range(257, 513)}
+    assert len(octave) <= 8

@@ -219,20 +219,30 @@ def cut_text(text: str, stop_sequences: Sequence[str]) -> str:
 
 
 def _bucket(n: int, minimum: int = 32) -> int:
-    """Next power of two >= n: a handful of compiled prompt shapes per benchmark."""
+    """Next power of two >= n: a handful of compiled shapes per benchmark."""
     size = minimum
     while size < n:
         size *= 2
     return size
 
 
+def prompt_width(n: int, cap: int = 0) -> int:
+    """The width a batch of prompts is padded to when its longest has `n` tokens: `n` rounded
+    up to a multiple of a sixteenth of the next power of two (at least 32 tokens), so under an
+    eighth of a long row is padding and each octave of lengths compiles at most 8 shapes; at
+    most `cap`, when given (prompts are cut to it). The encoder's cost grows with the width,
+    and at a small model's scale it is most of an evaluation's."""
+    step = max(32, _bucket(n) // 16)
+    width = -(-n // step) * step
+    return min(width, cap) if cap else width
+
+
 class TextGenerator:
     """Prompts in, decoded continuations out, for one model and tokenizer.
 
     `max_prompt_tokens` > 0 keeps only the last tokens of longer prompts (the question and
-    the nearest exemplars survive; the header goes first) and pads every batch to exactly
-    that width, so one compiled program serves the whole evaluation. With 0, prompts are
-    kept whole and padded to the next power of two.
+    the nearest exemplars survive; the header goes first); with 0, prompts are kept whole.
+    Prompts are batched by length and each batch padded to `prompt_width` of its longest.
 
     `stop_sequences` (e.g. `DEFAULT_STOP`) end a row inside the decoding loop once its
     tokens end with one of them, and every continuation is cut before the first one, once
@@ -263,7 +273,7 @@ class TextGenerator:
         return ids
 
     def _batch(self, rows: list[list[int]]) -> np.ndarray:
-        width = self.max_prompt_tokens or _bucket(max(len(r) for r in rows))
+        width = prompt_width(max(len(r) for r in rows), self.max_prompt_tokens)
         inputs = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             inputs[i, : len(r)] = r

@@ -16,8 +16,9 @@ training batch (`trainers.data.packing.build_batch`, one example per row) run th
 model's full forward pass, so the prompt is encoded once per option. Both give the same
 numbers; the shared path does a fraction of the work when prompts are long and options short.
 
-Questions are sorted by length and batched `batch_size` at a time into shapes rounded up to
-powers of two, so a handful of compiled programs serve a whole benchmark.
+Questions are sorted by length and batched `batch_size` at a time; prompts are padded to
+`decoding.prompt_width`, options and option rows to powers of two, so a handful of compiled
+programs serve a whole benchmark.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trainers.data.packing import build_batch
-from trainers.eval.decoding import EOS_ID, PAD_ID, TextGenerator, _bucket
+from trainers.eval.decoding import EOS_ID, PAD_ID, TextGenerator, _bucket, prompt_width
 from trainers.eval.placement import EvalMesh
 from trainers.spec import UserError
 
@@ -122,10 +123,10 @@ class OptionScorer:
                 for lps, ids_q, opts in zip(logprobs, enc_options, options)]
 
     def _widths(self, chunk, pairs, enc_prompts, enc_options) -> tuple[int, int, int]:
-        """(prompt width, target width, option rows), each a power of two (or the fixed prompt width)."""
-        prompt_width = self.max_prompt_tokens or _bucket(max(len(enc_prompts[q]) for q in chunk))
+        """(prompt width (`prompt_width`), target width, option rows), the last two powers of two."""
+        width = prompt_width(max(len(enc_prompts[q]) for q in chunk), self.max_prompt_tokens)
         target_width = _bucket(max(len(enc_options[q][k]) for q, k in pairs), MIN_TARGET_WIDTH)
-        return prompt_width, target_width, _bucket(len(pairs), self.batch_size)
+        return width, target_width, _bucket(len(pairs), self.batch_size)
 
     def _shared(self, chunk, pairs, enc_prompts, enc_options) -> np.ndarray:
         width, target_width, rows = self._widths(chunk, pairs, enc_prompts, enc_options)
